@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# The main job: set up .venv, then run the default pipeline on the built-in data.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh fast
+exec .venv/bin/scratchlm train "$@"

@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# The test suite: set up .venv with test and interop extras, then run pytest.
+# pytest exits 5 when it collected no tests; that is a failure here too.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh dev,hf,fast
+exec .venv/bin/python -m pytest "$@"

@@ -1,0 +1,257 @@
+"""The ``scratchlm`` command: parses arguments and calls library functions, nothing more.
+
+Any ScratchLMError becomes one line on stderr and exit status 2; ``--debug`` shows the
+traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from scratchlm import __version__
+from scratchlm.errors import ScratchLMError
+
+EXAMPLE_ARGS = {"encode": "'Hello there'", "decode": "72 101 300", "info": "--file notes.txt"}
+EPILOG_TOKENIZER_TRAIN = """example:
+  scratchlm tokenizer train data/*.txt --vocab-size 10000 --special-token '<|endoftext|>' --out tok/
+"""
+
+
+def _tokenizer_train(args: argparse.Namespace) -> int:
+    from scratchlm.tokenizer import BPETokenizer, CharTokenizer, train_bpe
+    from scratchlm.tokenizer.corpus import corpus_files
+    from scratchlm.tokenizer.files import write_tokenizer_dir
+    from scratchlm.tokenizer.pretokenize import resolve_pattern
+    from scratchlm.tokenizer.report import longest_tokens
+
+    out = Path(args.out)
+    if out.exists() and not args.force:  # refuse before any work is done
+        from scratchlm.errors import OutputExistsError
+
+        raise OutputExistsError(
+            f"output directory {out} exists: choose another --out or pass --force"
+        )
+    start = time.perf_counter()
+    if args.char:
+        files = corpus_files(args.inputs)
+        texts = (p.read_text(encoding="utf-8", errors="replace") for p in files)
+        tok = CharTokenizer.train(texts, args.special_token)
+    else:
+        vocab, merges = train_bpe(
+            args.inputs,
+            args.vocab_size,
+            args.special_token,
+            pattern=resolve_pattern(args.pattern),
+            num_workers=args.workers,
+            strict=args.strict,
+            progress=not args.quiet,
+        )
+        metadata = {
+            "trained_on": [str(p) for p in args.inputs],
+            "vocab_size": args.vocab_size,
+            "pattern": args.pattern,
+        }
+        tok = BPETokenizer(
+            vocab, merges, args.special_token, pattern=args.pattern, metadata=metadata
+        )
+    file = write_tokenizer_dir(tok, out, force=args.force)
+    print(f"trained {type(tok).__name__} in {time.perf_counter() - start:.1f}s: {file}")
+    print(f"vocab size: {tok.vocab_size}  special tokens: {list(tok.special_tokens) or 'none'}")
+    longest = ", ".join(repr(t.decode("utf-8", errors="replace")) for t in longest_tokens(tok, 10))
+    print(f"longest tokens: {longest}")
+    return 0
+
+
+def _read_text_arg(args: argparse.Namespace) -> str:
+    if args.file:
+        try:
+            return Path(args.file).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            from scratchlm.errors import DataError
+
+            raise DataError(f"cannot read {args.file}: {e}") from None
+    if args.text is not None:
+        return args.text
+    return sys.stdin.read()
+
+
+def _tokenizer_encode(args: argparse.Namespace) -> int:
+    from scratchlm.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(args.tokenizer)
+    ids = tok.encode(_read_text_arg(args), allow_special=not args.no_special)
+    if args.show:
+        print("|".join(tok.decode([i]) for i in ids))
+    else:
+        print(json.dumps(ids) if args.json else " ".join(map(str, ids)))
+    return 0
+
+
+def _tokenizer_decode(args: argparse.Namespace) -> int:
+    from scratchlm.errors import DataError
+    from scratchlm.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(args.tokenizer)
+    raw = " ".join(args.ids) if args.ids else sys.stdin.read()
+    try:
+        ids = [int(x) for x in raw.replace(",", " ").strip("[] \n").split()]
+    except ValueError:
+        raise DataError("ids must be integers separated by spaces or commas") from None
+    sys.stdout.write(tok.decode(ids) + "\n")
+    return 0
+
+
+def _tokenizer_info(args: argparse.Namespace) -> int:
+    from scratchlm.tokenizer import load_tokenizer
+    from scratchlm.tokenizer.report import compression, describe, longest_tokens
+
+    tok = load_tokenizer(args.tokenizer)
+    info = describe(tok)
+    info["longest_tokens"] = [t.decode("utf-8", errors="replace") for t in longest_tokens(tok, 10)]
+    if args.file:
+        info["compression"] = compression(tok, args.file)
+    if args.json:
+        print(json.dumps(info, indent=2, ensure_ascii=False))
+    else:
+        for key, value in info.items():
+            print(f"{key}: {value}")
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from scratchlm.pipeline import DefaultRun, run_default
+
+    run_default(DefaultRun(out_dir=Path(args.out)), progress=not args.quiet)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    fmt = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(
+        prog="scratchlm",
+        description="Train, tune, chat with and export a small LLM, written from scratch.",
+        epilog="example:\n  scratchlm train            # the default run on the built-in data",
+        formatter_class=fmt,
+    )
+    parser.add_argument("--version", action="version", version=f"scratchlm {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    parser.add_argument(
+        "--log-level",
+        default=os.environ.get("SCRATCHLM_LOG", "INFO"),
+        help="DEBUG, INFO, WARNING or ERROR (default: $SCRATCHLM_LOG or INFO)",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser(
+        "train",
+        help="run the default pipeline on the built-in data",
+        description="Run the default pipeline on the built-in data (for now: the tokenizer "
+        "stage). Finished stages are reused on a rerun.",
+        epilog="example:\n  scratchlm train --out runs/default",
+        formatter_class=fmt,
+    )
+    p.add_argument("--out", default="runs/default", help="run directory (default: runs/default)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_train)
+
+    tok = sub.add_parser("tokenizer", help="train, apply and inspect tokenizers")
+    tsub = tok.add_subparsers(dest="tokenizer_command", required=True, metavar="ACTION")
+
+    p = tsub.add_parser(
+        "train",
+        help="train a byte-level BPE (or character) tokenizer",
+        description="Train a byte-level BPE tokenizer on text files or directories.",
+        epilog=EPILOG_TOKENIZER_TRAIN,
+        formatter_class=fmt,
+    )
+    p.add_argument("inputs", nargs="+", help="text files or directories of them")
+    p.add_argument("--vocab-size", type=int, default=10_000, help="default: 10000")
+    p.add_argument(
+        "--special-token",
+        action="append",
+        default=[],
+        metavar="T",
+        help="a special token, e.g. '<|endoftext|>' (repeatable)",
+    )
+    p.add_argument(
+        "--pattern", default="gpt2", help="split pattern: gpt2 (default), gpt4 or a regex"
+    )
+    p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    p.add_argument(
+        "--strict", action="store_true", help="refuse invalid UTF-8 instead of replacing it"
+    )
+    p.add_argument("--char", action="store_true", help="a character-level tokenizer instead of BPE")
+    p.add_argument("--force", action="store_true", help="replace an existing --out directory")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--out", required=True, help="output directory (gets tokenizer.json)")
+    p.set_defaults(func=_tokenizer_train)
+
+    for name, helptext, func in (
+        ("encode", "text -> ids", _tokenizer_encode),
+        ("decode", "ids -> text", _tokenizer_decode),
+        ("info", "vocab size, special tokens, compression", _tokenizer_info),
+    ):
+        p = tsub.add_parser(
+            name,
+            help=helptext,
+            description=f"Tokenizer {name}: {helptext}.",
+            epilog=f"example:\n  scratchlm tokenizer {name} runs/tok {EXAMPLE_ARGS[name]}",
+            formatter_class=fmt,
+        )
+        p.add_argument("tokenizer", help="a tokenizer.json or the directory holding it")
+        if name == "encode":
+            p.add_argument("text", nargs="?", help="text to encode (default: stdin)")
+            p.add_argument("--file", help="encode this file instead")
+            p.add_argument("--json", action="store_true", help="print ids as a JSON list")
+            p.add_argument("--show", action="store_true", help="print the tokens split by |")
+            p.add_argument(
+                "--no-special", action="store_true", help="encode special-token text as plain text"
+            )
+        elif name == "decode":
+            p.add_argument("ids", nargs="*", help="token ids (default: read from stdin)")
+        else:
+            p.add_argument("--file", help="measure bytes per token on this text file")
+            p.add_argument("--json", action="store_true", help="print JSON")
+        p.set_defaults(func=func)
+    return parser
+
+
+def _configure_logging(level: str) -> None:
+    numeric = logging.getLevelName(level.upper())
+    if not isinstance(numeric, int):
+        raise SystemExit(
+            f"scratchlm: error: unknown log level {level!r} (use DEBUG, INFO, WARNING or ERROR)"
+        )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+    root = logging.getLogger("scratchlm")
+    root.handlers[:] = [handler]
+    root.setLevel(numeric)
+    root.propagate = False
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``scratchlm`` command; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _configure_logging(args.log_level)
+    try:
+        return args.func(args)
+    except ScratchLMError as e:
+        if args.debug:
+            raise
+        print(f"scratchlm: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("scratchlm: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # output piped into `head` and the like: not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0

@@ -1,0 +1,285 @@
+"""BPETokenizer: byte-level BPE encoding and decoding with special tokens.
+
+Encoding a text: cut out special tokens, split the rest with the pre-tokenization
+pattern, and inside each pre-token start from its UTF-8 bytes and apply merges, always
+the earliest-learned (lowest-rank) merge available next, until none applies. Decoding
+joins the tokens' bytes and decodes them as UTF-8.
+
+Words repeat a lot in real text, so pre-token encodings are cached; when ``tiktoken`` is
+installed and provably gives the same ids (see ``fast.py``), it encodes instead.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from scratchlm.errors import TokenizerError
+from scratchlm.tokenizer.pretokenize import (
+    GPT2_PATTERN,
+    compile_pattern,
+    find_cut,
+    resolve_pattern,
+    special_token_regex,
+    split_special,
+)
+
+# Pre-token cache size: beyond this many distinct pre-tokens the cache starts over.
+CACHE_SIZE = 1 << 18
+# encode_iterable encodes its buffer once it holds this many characters.
+STREAM_BUFFER = 1 << 16
+
+
+class BPETokenizer:
+    """A byte-level BPE tokenizer.
+
+    Args:
+        vocab: id -> token bytes. Any id assignment works (GPT-2's single bytes are not
+            ids 0-255), but every single byte must be in it.
+        merges: the merges in the order they were learned; ``a + b`` must be in vocab.
+        special_tokens: strings that always encode to one id; those missing from
+            ``vocab`` are appended after its largest id.
+        pattern: the pre-tokenization regex, or a name from ``PATTERNS``.
+        use_tiktoken: None = use tiktoken when installed and equivalent; False = never.
+        metadata: free-form facts saved with the tokenizer (training settings).
+    """
+
+    def __init__(
+        self,
+        vocab: Mapping[int, bytes],
+        merges: Sequence[tuple[bytes, bytes]],
+        special_tokens: Iterable[str] | None = None,
+        *,
+        pattern: str = GPT2_PATTERN,
+        use_tiktoken: bool | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.vocab: dict[int, bytes] = {int(i): bytes(t) for i, t in vocab.items()}
+        self.merges: list[tuple[bytes, bytes]] = [(bytes(a), bytes(b)) for a, b in merges]
+        self.pattern = resolve_pattern(pattern)
+        self.metadata: dict[str, Any] = dict(metadata or {})
+
+        # Special tokens: reuse the vocab entry with the same bytes, else append one.
+        self._special: dict[str, int] = {}
+        by_bytes = {t: i for i, t in sorted(self.vocab.items(), reverse=True)}
+        for token in special_tokens or ():
+            if not isinstance(token, str) or not token:
+                raise TokenizerError(f"special token {token!r} is invalid: use a non-empty string")
+            if token in self._special:
+                continue
+            tid = by_bytes.get(token.encode("utf-8"))
+            if tid is None or tid in self._special.values():
+                tid = max(self.vocab) + 1
+                self.vocab[tid] = token.encode("utf-8")
+            self._special[token] = tid
+        special_ids = set(self._special.values())
+        # bytes -> id of the ordinary (non-special) tokens; the lowest id wins a tie.
+        self._id_of = {
+            t: i for i, t in sorted(self.vocab.items(), reverse=True) if i not in special_ids
+        }
+
+        missing = [b for b in range(256) if bytes([b]) not in self._id_of]
+        if missing:
+            raise TokenizerError(
+                f"vocab lacks {len(missing)} single byte(s) (first: {missing[0]:#04x}); a "
+                "byte-level BPE vocab must contain all 256 bytes"
+            )
+        self._byte_ids = [self._id_of[bytes([b])] for b in range(256)]
+        # (left id, right id) -> (rank, merged id)
+        self._ranks: dict[tuple[int, int], tuple[int, int]] = {}
+        for rank, (a, b) in enumerate(self.merges):
+            try:
+                pair, merged = (self._id_of[a], self._id_of[b]), self._id_of[a + b]
+            except KeyError:
+                raise TokenizerError(
+                    f"merge {rank} ({a!r}, {b!r}) uses a token missing from the vocab"
+                ) from None
+            self._ranks.setdefault(pair, (rank, merged))
+
+        self._split = compile_pattern(self.pattern)
+        self._special_re = special_token_regex(self._special)
+        self._max_special = max((len(t) for t in self._special), default=0)
+        self._cache: dict[str, list[int]] = {}
+        self._fast = None
+        if use_tiktoken is not False:
+            from scratchlm.tokenizer.fast import build_tiktoken_encoder
+
+            self._fast = build_tiktoken_encoder(self, required=bool(use_tiktoken))
+
+    # ----------------------------------------------------------------- properties
+
+    @property
+    def vocab_size(self) -> int:
+        """Number of embedding rows a model needs: the largest id plus one."""
+        return max(self.vocab) + 1
+
+    @property
+    def special_tokens(self) -> dict[str, int]:
+        """Special token -> id."""
+        return dict(self._special)
+
+    @property
+    def uses_tiktoken(self) -> bool:
+        return self._fast is not None
+
+    def token_to_id(self, token: str | bytes) -> int:
+        """The id of a special token, or of a token given as its text or bytes."""
+        if isinstance(token, str) and token in self._special:
+            return self._special[token]
+        key = token.encode("utf-8") if isinstance(token, str) else bytes(token)
+        if key not in self._id_of:
+            raise TokenizerError(f"{token!r} is not a token of this vocabulary")
+        return self._id_of[key]
+
+    def id_to_token(self, token_id: int) -> bytes:
+        """The bytes of one token."""
+        try:
+            return self.vocab[token_id]
+        except KeyError:
+            raise TokenizerError(
+                f"token id {token_id} is not in the vocabulary (ids 0..{self.vocab_size - 1})"
+            ) from None
+
+    # ------------------------------------------------------------------ encoding
+
+    def encode(self, text: str, *, allow_special: bool = True) -> list[int]:
+        """Text -> ids. With ``allow_special=False`` special tokens are encoded as the
+        plain text they look like."""
+        special = self._special_re if allow_special else None
+        if self._fast is not None:
+            return self._fast.encode(text, special)
+        ids: list[int] = []
+        for piece, is_special in split_special(text, special):
+            if is_special:
+                ids.append(self._special[piece])
+            else:
+                self._encode_ordinary(piece, ids)
+        return ids
+
+    def encode_ordinary(self, text: str) -> list[int]:
+        """Text -> ids, with no special-token handling (the pure-Python path)."""
+        ids: list[int] = []
+        self._encode_ordinary(text, ids)
+        return ids
+
+    def _encode_ordinary(self, text: str, out: list[int]) -> None:
+        cache = self._cache
+        for word in self._split.findall(text):
+            ids = cache.get(word)
+            if ids is None:
+                ids = self._encode_word(word)
+                if len(cache) >= CACHE_SIZE:
+                    cache.clear()
+                cache[word] = ids
+            out.extend(ids)
+
+    def _encode_word(self, word: str) -> list[int]:
+        """Apply merges inside one pre-token, lowest rank first."""
+        try:
+            data = word.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise TokenizerError(
+                f"text contains a lone surrogate {word[e.start]!r} (U+{ord(word[e.start]):04X}), "
+                "which is not valid Unicode; fix the text's encoding before tokenizing"
+            ) from None
+        ids = [self._byte_ids[b] for b in data]
+        ranks = self._ranks
+        while len(ids) > 1:
+            best = None
+            for pair in itertools.pairwise(ids):
+                found = ranks.get(pair)
+                if found is not None and (best is None or found[0] < best[1][0]):
+                    best = (pair, found)
+            if best is None:
+                break
+            (a, b), (_, merged) = best
+            out, i, n = [], 0, len(ids)
+            while i < n:
+                if i + 1 < n and ids[i] == a and ids[i + 1] == b:
+                    out.append(merged)
+                    i += 2
+                else:
+                    out.append(ids[i])
+                    i += 1
+            ids = out
+        return ids
+
+    def encode_batch(self, texts: Iterable[str], *, allow_special: bool = True) -> list[list[int]]:
+        """Encode several texts."""
+        return [self.encode(t, allow_special=allow_special) for t in texts]
+
+    def encode_iterable(self, texts: Iterable[str], *, allow_special: bool = True) -> Iterator[int]:
+        """Stream ids for text arriving in pieces (the lines of a file, say).
+
+        The ids equal ``encode("".join(texts))`` while memory stays bounded: the buffer is
+        encoded up to the last cut point where both parts tokenize like the whole.
+        """
+        special = self._special_re if allow_special else None
+        max_special = self._max_special if allow_special else 0
+        buf = ""
+        for text in texts:
+            buf += text
+            if len(buf) < STREAM_BUFFER:
+                continue
+            cut = find_cut(buf, special, max_special)
+            if cut:
+                yield from self.encode(buf[:cut], allow_special=allow_special)
+                buf = buf[cut:]
+        if buf:
+            yield from self.encode(buf, allow_special=allow_special)
+
+    # ------------------------------------------------------------------ decoding
+
+    def decode_bytes(self, ids: Iterable[int]) -> bytes:
+        """Ids -> the raw bytes they stand for."""
+        vocab = self.vocab
+        ids = ids if isinstance(ids, list) else list(ids)
+        try:
+            return b"".join([vocab[i] for i in ids])
+        except (KeyError, TypeError):
+            bad = next(i for i in ids if i not in vocab)
+            raise TokenizerError(
+                f"token id {bad!r} is not in the vocabulary (ids 0..{self.vocab_size - 1})"
+            ) from None
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """Ids -> text. Bytes that are not valid UTF-8 become U+FFFD; never raises for
+        ids in the vocabulary."""
+        return self.decode_bytes(ids).decode("utf-8", errors="replace")
+
+    # --------------------------------------------------------------------- files
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write ``tokenizer.json`` (our readable, versioned format); ``path`` may be a
+        directory or a file name. Returns the file written."""
+        from scratchlm.tokenizer.files import save_tokenizer
+
+        return save_tokenizer(self, path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> BPETokenizer:
+        """Load a tokenizer saved by ``save`` (a file or the directory holding it)."""
+        from scratchlm.tokenizer.files import load_tokenizer
+
+        tok = load_tokenizer(path)
+        if not isinstance(tok, cls):
+            raise TokenizerError(f"{path} holds a {type(tok).__name__}, not a BPE tokenizer")
+        return tok
+
+    @classmethod
+    def from_gpt2_files(
+        cls, encoder_json: str | os.PathLike, vocab_bpe: str | os.PathLike, **kwargs: Any
+    ) -> BPETokenizer:
+        """Load a tokenizer published in GPT-2's two files (encoder.json, vocab.bpe)."""
+        from scratchlm.tokenizer.hf import load_gpt2_files
+
+        return load_gpt2_files(encoder_json, vocab_bpe, **kwargs)
+
+    def __repr__(self) -> str:
+        return (
+            f"BPETokenizer(vocab_size={self.vocab_size}, merges={len(self.merges)}, "
+            f"special_tokens={list(self._special)})"
+        )

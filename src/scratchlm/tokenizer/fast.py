@@ -1,0 +1,138 @@
+"""The tiktoken fast path: the same ids as ``BPETokenizer``'s pure-Python encoder, faster.
+
+tiktoken does not use a merge list. Inside a pre-token it repeatedly joins the adjacent
+pair whose *concatenation* has the lowest rank in the vocabulary. Our encoder joins the
+adjacent pair with the lowest *merge* rank. With ranks = token ids the two agree when:
+
+1. the pattern is one whose regex semantics tiktoken shares (GPT-2 and GPT-4 styles);
+2. every ordinary token is a single byte or the result of exactly one merge, and ids of
+   merged tokens increase in merge order (so "rank of a+b" = "rank of merge (a, b)");
+3. for every merged token t = a + b, tiktoken's own procedure on t's bytes, using only
+   tokens older than t, ends in exactly the two parts (a, b).
+
+Why 3 suffices: when tiktoken joins parts x and y into t inside a longer word, no earlier
+join crossed the edges of t's span, so the joins inside that span happened in the same
+order as on t alone, and condition 3 says they leave (a, b) = (x, y). So every join
+tiktoken makes is a merge we would make, and it is the lowest-ranked one available.
+Where a condition fails, the tokenizer keeps the pure-Python encoder.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import regex
+
+from scratchlm.errors import TokenizerError
+from scratchlm.tokenizer.pretokenize import GPT2_PATTERN, GPT4_PATTERN, split_special
+
+if TYPE_CHECKING:
+    from scratchlm.tokenizer.bpe import BPETokenizer
+
+TIKTOKEN_PATTERNS = (GPT2_PATTERN, GPT4_PATTERN)
+
+
+class TiktokenEncoder:
+    """Encodes ordinary text with tiktoken; special tokens are split out here, exactly as
+    the pure-Python encoder does (longest match first)."""
+
+    def __init__(self, encoding, special_ids: dict[str, int]) -> None:
+        self.encoding = encoding
+        self.special_ids = special_ids
+
+    def encode(self, text: str, special: regex.Pattern | None) -> list[int]:
+        check_unicode(text)  # tiktoken would silently replace lone surrogates
+        if special is None:
+            return self.encoding.encode_ordinary(text)
+        ids: list[int] = []
+        for piece, is_special in split_special(text, special):
+            if is_special:
+                ids.append(self.special_ids[piece])
+            else:
+                ids.extend(self.encoding.encode_ordinary(piece))
+        return ids
+
+
+def check_unicode(text: str) -> None:
+    """Raise TokenizerError if ``text`` holds a lone surrogate (not valid Unicode)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        ch = text[e.start]
+        raise TokenizerError(
+            f"text contains a lone surrogate {ch!r} (U+{ord(ch):04X}) at index {e.start}, "
+            "which is not valid Unicode; fix the text's encoding before tokenizing"
+        ) from None
+
+
+def tiktoken_incompatibility(tok: BPETokenizer) -> str | None:
+    """Why tiktoken could give other ids than ``tok``'s own encoder, or None if it can't."""
+    if tok.pattern not in TIKTOKEN_PATTERNS:
+        return "the split pattern is not one of the GPT-2/GPT-4 patterns tiktoken shares"
+    special_ids = set(tok.special_tokens.values())
+    ordinary = {i: t for i, t in tok.vocab.items() if i not in special_ids}
+    id_of = {t: i for i, t in ordinary.items()}
+    if len(id_of) != len(ordinary):
+        return "two ordinary tokens have the same bytes"
+    made_by: dict[int, tuple[int, int]] = {}
+    last = -1
+    for a, b in tok.merges:
+        merged = id_of[a + b]
+        if merged in made_by:
+            return f"token {a + b!r} is made by two different merges"
+        if merged <= last:
+            return "ids of merged tokens do not increase in merge order"
+        made_by[merged] = (id_of[a], id_of[b])
+        last = merged
+    for tid, token in ordinary.items():
+        if len(token) > 1 and tid not in made_by:
+            return f"token {token!r} is neither a single byte nor made by a merge"
+    for tid, pair in made_by.items():
+        if _rank_bpe(ordinary[tid], id_of, max_rank=tid) != list(pair):
+            return f"token {ordinary[tid]!r} would be built from other parts by tiktoken"
+    return None
+
+
+def _rank_bpe(data: bytes, id_of: dict[bytes, int], max_rank: int) -> list[int]:
+    """tiktoken's procedure: join the adjacent pair whose concatenation has the lowest
+    rank (below ``max_rank``), leftmost first, until none is left."""
+    parts = [bytes([b]) for b in data]
+    while len(parts) > 1:
+        best, best_i = max_rank, -1
+        for i in range(len(parts) - 1):
+            rank = id_of.get(parts[i] + parts[i + 1])
+            if rank is not None and rank < best:
+                best, best_i = rank, i
+        if best_i < 0:
+            break
+        parts[best_i : best_i + 2] = [parts[best_i] + parts[best_i + 1]]
+    return [id_of[p] for p in parts]
+
+
+def build_tiktoken_encoder(tok: BPETokenizer, *, required: bool = False) -> TiktokenEncoder | None:
+    """A TiktokenEncoder for ``tok``, or None when tiktoken is missing or could differ.
+
+    With ``required`` those cases raise TokenizerError instead.
+    """
+    try:
+        import tiktoken
+    except ImportError:
+        if required:
+            raise TokenizerError(
+                "use_tiktoken=True but tiktoken is not installed: pip install tiktoken"
+            ) from None
+        return None
+    reason = tiktoken_incompatibility(tok)
+    if reason is not None:
+        if required:
+            raise TokenizerError(f"tiktoken cannot encode for this tokenizer: {reason}")
+        return None
+    special_ids = set(tok.special_tokens.values())
+    ranks = {t: i for i, t in tok.vocab.items() if i not in special_ids}
+    encoding = tiktoken.Encoding(
+        name=f"scratchlm-{len(ranks)}",
+        pat_str=tok.pattern,
+        mergeable_ranks=ranks,
+        special_tokens={},
+    )
+    return TiktokenEncoder(encoding, tok.special_tokens)

@@ -1,0 +1,189 @@
+"""Tokenizer files: our own readable ``tokenizer.json`` and a loader for every format we write.
+
+Our format is JSON a person can read: each token is shown as text, with a backslash
+escape for what is not printable (``\\n`` is ``\\x0a``, a lone byte of a multi-byte
+character is ``\\xe3``, a backslash is ``\\\\``). It is versioned, never pickled::
+
+    {"format": "scratchlm-tokenizer", "version": 1, "type": "bpe",
+     "pattern": "...", "special_tokens": {"<|endoftext|>": 10000},
+     "vocab": {"0": "\\x00", ..., "256": " t", ...}, "merges": [[" ", "t"], ...],
+     "metadata": {"trained_on": [...], ...}}
+
+Files are written to a temporary name and renamed, so a crash never leaves half a file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from scratchlm.errors import TokenizerError
+
+FORMAT = "scratchlm-tokenizer"
+VERSION = 1
+FILENAME = "tokenizer.json"
+
+
+def escape_token(token: bytes) -> str:
+    """Token bytes -> readable text; ``unescape_token`` inverts it exactly."""
+    out = []
+    for ch in token.decode("utf-8", errors="surrogateescape"):
+        if "\udc80" <= ch <= "\udcff":  # a byte that is not part of valid UTF-8
+            out.append(f"\\x{ord(ch) - 0xDC00:02x}")
+        elif ch == "\\":
+            out.append("\\\\")
+        elif ch.isprintable():
+            out.append(ch)
+        else:
+            out.extend(f"\\x{b:02x}" for b in ch.encode("utf-8"))
+    return "".join(out)
+
+
+def unescape_token(text: str) -> bytes:
+    """Readable text from ``escape_token`` -> token bytes."""
+    out = bytearray()
+    i = 0
+    while i < len(text):
+        ch = text[i]
+        if ch != "\\":
+            out += ch.encode("utf-8")
+            i += 1
+        elif text.startswith("\\\\", i):
+            out += b"\\"
+            i += 2
+        elif text.startswith("\\x", i) and len(text) >= i + 4:
+            out.append(int(text[i + 2 : i + 4], 16))
+            i += 4
+        else:
+            raise TokenizerError(f"bad escape in token {text!r} at index {i}")
+    return bytes(out)
+
+
+def tokenizer_file(path: str | os.PathLike) -> Path:
+    """``path`` itself if it is a file, else ``path/tokenizer.json``."""
+    path = Path(path)
+    return path / FILENAME if path.is_dir() or path.suffix != ".json" else path
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def write_tokenizer_dir(tok: Any, out_dir: str | os.PathLike, *, force: bool = False) -> Path:
+    """Save ``tok`` as ``out_dir/tokenizer.json``, building the folder under a temporary
+    name and renaming it into place. An existing ``out_dir`` is refused unless ``force``,
+    and then replaced only once the new one is complete."""
+    from scratchlm.errors import OutputExistsError
+
+    out = Path(out_dir)
+    if out.exists() and not force:
+        raise OutputExistsError(
+            f"output directory {out} exists: choose another --out or pass --force"
+        )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+    try:
+        save_tokenizer(tok, tmp)
+        if out.exists():
+            old = out.with_name(f".{out.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out / FILENAME
+
+
+def tokenizer_to_dict(tok: Any) -> dict[str, Any]:
+    """The JSON-ready form of a BPETokenizer or CharTokenizer."""
+    from scratchlm.tokenizer.bpe import BPETokenizer
+    from scratchlm.tokenizer.char import CharTokenizer
+
+    if isinstance(tok, CharTokenizer):
+        return {"format": FORMAT, "version": VERSION, "type": "char", **tok.to_dict()}
+    assert isinstance(tok, BPETokenizer), type(tok)
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "type": "bpe",
+        "pattern": tok.pattern,
+        "special_tokens": tok.special_tokens,
+        "vocab": {str(i): escape_token(t) for i, t in sorted(tok.vocab.items())},
+        "merges": [[escape_token(a), escape_token(b)] for a, b in tok.merges],
+        "metadata": tok.metadata,
+    }
+
+
+def save_tokenizer(tok: Any, path: str | os.PathLike) -> Path:
+    """Write a tokenizer in our format; returns the file written."""
+    file = tokenizer_file(path)
+    atomic_write_text(file, json.dumps(tokenizer_to_dict(tok), ensure_ascii=False, indent=1))
+    return file
+
+
+def load_tokenizer(path: str | os.PathLike, **kwargs: Any) -> Any:
+    """Load any tokenizer file we write: our BPE or char format, a Hugging Face
+    ``tokenizer.json`` (byte-level BPE), or a folder holding one of them or GPT-2's two
+    files (``encoder.json`` + ``vocab.bpe``). ``kwargs`` go to the tokenizer."""
+    from scratchlm.tokenizer.bpe import BPETokenizer
+    from scratchlm.tokenizer.char import CharTokenizer
+
+    path = Path(path)
+    if not path.exists():
+        raise TokenizerError(f"tokenizer path {path} does not exist")
+    if path.is_dir() and not (path / FILENAME).exists():
+        if (path / "encoder.json").exists() and (path / "vocab.bpe").exists():
+            return BPETokenizer.from_gpt2_files(path / "encoder.json", path / "vocab.bpe", **kwargs)
+        raise TokenizerError(f"no {FILENAME} (or encoder.json + vocab.bpe) in {path}")
+    file = tokenizer_file(path)
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise TokenizerError(f"cannot read tokenizer file {file}: {e}") from None
+    if not isinstance(data, dict):
+        raise TokenizerError(f"{file} is not a tokenizer file (expected a JSON object)")
+    if data.get("format") != FORMAT:
+        if "model" in data and "added_tokens" in data:
+            from scratchlm.tokenizer.hf import from_hf_tokenizer_json
+
+            return from_hf_tokenizer_json(data, **kwargs)
+        raise TokenizerError(f"{file} is not a scratchlm or Hugging Face tokenizer file")
+    if data.get("version") != VERSION:
+        raise TokenizerError(
+            f"{file} has format version {data.get('version')}; this scratchlm reads "
+            f"version {VERSION}: upgrade scratchlm"
+        )
+    try:
+        if data["type"] == "char":
+            return CharTokenizer.from_dict(data)
+        if data["type"] != "bpe":
+            raise TokenizerError(f"{file}: unknown tokenizer type {data['type']!r}")
+        vocab = {int(i): unescape_token(t) for i, t in data["vocab"].items()}
+        merges = [(unescape_token(a), unescape_token(b)) for a, b in data["merges"]]
+        return BPETokenizer(
+            vocab,
+            merges,
+            list(data["special_tokens"]),
+            pattern=data["pattern"],
+            metadata=data.get("metadata"),
+            **kwargs,
+        )
+    except (KeyError, TypeError, ValueError) as e:
+        raise TokenizerError(f"{file} is damaged or incomplete ({type(e).__name__}: {e})") from None

@@ -1,0 +1,144 @@
+"""Pre-tokenization: how text is cut into pieces before byte-pair merges are applied.
+
+Three layers, applied in this order by both training and encoding:
+
+1. Special tokens (``<|endoftext|>``, chat markers) are cut out first, so no merge ever
+   spans a document boundary or contains a special token. Where one special token is a
+   prefix of another, the longest one wins.
+2. The text between special tokens is split by a regular expression (GPT-2's by default)
+   into pre-tokens: words with their leading space, runs of digits, punctuation, spaces.
+3. Merges then act inside each pre-token only (see ``train_bpe`` and ``BPETokenizer``).
+
+Streaming needs places where text can be cut into chunks that pre-tokenize exactly as
+the whole text would. With the GPT-2 and GPT-4 patterns no pre-token ever contains a
+letter or digit followed by whitespace (whitespace only ever *starts* a word pre-token),
+so the position just before such whitespace is a safe cut. ``last_safe_cut`` finds one.
+"""
+
+from __future__ import annotations
+
+import codecs
+from collections.abc import Iterable, Iterator
+from typing import AnyStr
+
+import regex
+
+# GPT-2's split pattern (Radford et al., 2019): contractions, words with an optional
+# leading space, numbers, punctuation runs, and whitespace (trailing whitespace before a
+# word is left for the word's leading space).
+GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+
+# The GPT-4 style pattern (cl100k): case-insensitive contractions, numbers in groups of at
+# most three digits, punctuation that keeps trailing newlines, newlines kept apart.
+GPT4_PATTERN = (
+    r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]++[\r\n]*"""
+    r"""|\s*[\r\n]|\s+(?!\S)|\s+"""
+)
+
+PATTERNS = {"gpt2": GPT2_PATTERN, "gpt4": GPT4_PATTERN}
+
+# A letter or digit followed by ASCII whitespace: cutting between the two is safe.
+_SAFE_CUT_TEXT = regex.compile(r"(?r)[\p{L}\p{N}](?=[ \t\r\n])")
+_SAFE_CUT_BYTES = regex.compile(rb"(?r)[A-Za-z0-9](?=[ \t\r\n])")
+
+
+def resolve_pattern(pattern: str) -> str:
+    """Return the regex for a pattern name (``gpt2``, ``gpt4``) or a regex given as is."""
+    return PATTERNS.get(pattern, pattern)
+
+
+def compile_pattern(pattern: str) -> regex.Pattern:
+    """Compile a split pattern (a name from ``PATTERNS`` or a regex)."""
+    return regex.compile(resolve_pattern(pattern))
+
+
+def special_token_regex(
+    special_tokens: Iterable[str], *, as_bytes: bool = False
+) -> regex.Pattern | None:
+    """A regex matching any special token, longest first; None when there are none.
+
+    Alternatives are tried in order at each position, so sorting by length (longest
+    first) makes ``<|endoftext|><|endoftext|>`` win over its prefix ``<|endoftext|>``.
+    With ``as_bytes`` the regex matches the tokens' UTF-8 bytes.
+    """
+    tokens = sorted({t.encode("utf-8") for t in special_tokens}, key=lambda t: (-len(t), t))
+    if not tokens:
+        return None
+    if as_bytes:
+        return regex.compile(b"|".join(regex.escape(t) for t in tokens))
+    return regex.compile("|".join(regex.escape(t.decode("utf-8")) for t in tokens))
+
+
+def split_special(text: str, special: regex.Pattern | None) -> Iterator[tuple[str, bool]]:
+    """Yield ``(piece, is_special)`` in order; ordinary pieces are never empty."""
+    if special is None:
+        if text:
+            yield text, False
+        return
+    start = 0
+    for m in special.finditer(text):
+        if m.start() > start:
+            yield text[start : m.start()], False
+        yield m.group(), True
+        start = m.end()
+    if start < len(text):
+        yield text[start:], False
+
+
+def last_safe_cut(text: str, end: int) -> int | None:
+    """The largest cut position ``p <= end`` (0 < p) that splits ``text`` into two parts
+    pre-tokenizing exactly like the whole (see the module docstring), or None."""
+    m = _SAFE_CUT_TEXT.search(text, 0, max(0, end))
+    return None if m is None else m.start() + 1
+
+
+def last_safe_cut_bytes(data: bytes, end: int) -> int | None:
+    """``last_safe_cut`` for UTF-8 bytes; the cut is always on an ASCII character."""
+    m = _SAFE_CUT_BYTES.search(data, 0, max(0, end))
+    return None if m is None else m.start() + 1
+
+
+def find_cut(buf: AnyStr, special: regex.Pattern | None, max_special_len: int) -> int | None:
+    """Where to cut a growing buffer so that both parts tokenize like the whole, or None.
+
+    ``buf`` (str or UTF-8 bytes) starts at a true boundary and may continue past its end.
+    A special-token match that starts at least ``max_special_len`` units before the end
+    is complete and final, so the position after it is a true boundary; a safe cut (see
+    ``last_safe_cut``) later than that and equally far from the end is one too. The
+    latest of the two is returned, which keeps chunks as large as possible.
+    """
+    limit = len(buf) - max_special_len if special is not None else len(buf)
+    if limit <= 0:
+        return None
+    cut = None
+    if special is not None:
+        for m in special.finditer(buf):
+            if m.start() >= limit:
+                break
+            cut = m.end()
+    find_safe = last_safe_cut_bytes if isinstance(buf, bytes) else last_safe_cut
+    safe = find_safe(buf, limit)
+    if safe is not None and (cut is None or safe > cut):
+        cut = safe
+    return cut
+
+
+def decode_utf8(data: bytes) -> tuple[str, int]:
+    """Decode UTF-8, replacing invalid bytes with U+FFFD; returns ``(text, n_bad_bytes)``."""
+    try:
+        return data.decode("utf-8"), 0
+    except UnicodeDecodeError:
+        pass
+    # Walk the errors one at a time: memoryview slices copy nothing, so this stays linear.
+    view, pos, bad, parts = memoryview(data), 0, 0, []
+    while pos < len(data):
+        try:
+            text, _ = codecs.utf_8_decode(view[pos:], "strict", True)
+            parts.append(text)
+            break
+        except UnicodeDecodeError as e:
+            parts.append(codecs.utf_8_decode(view[pos : pos + e.start], "strict", True)[0])
+            parts.append("\ufffd")
+            bad += e.end - e.start
+            pos += e.end
+    return "".join(parts), bad

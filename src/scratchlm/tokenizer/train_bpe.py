@@ -138,22 +138,34 @@ def merge_pairs_reference(word_counts: Mapping[bytes, int], num_merges: int) -> 
         merges.append(best)
         merged: dict[tuple[bytes, ...], int] = Counter()
         for word, count in words.items():
-            merged[_apply_merge(word, best, best[0] + best[1])] += count
+            merged[tuple(_apply_merge(word, best, best[0] + best[1]))] += count
         words = merged
     return merges
 
 
-def _apply_merge(word: Sequence, pair: tuple, new) -> tuple:
-    """Replace every occurrence of ``pair`` in ``word``, scanning left to right."""
-    out, i, n = [], 0, len(word)
-    while i < n:
-        if i + 1 < n and word[i] == pair[0] and word[i + 1] == pair[1]:
+def _apply_merge(word: Sequence, pair: tuple, new) -> list:
+    """Replace every occurrence of ``pair`` in ``word``, scanning left to right.
+
+    ``list.index`` finds each candidate left token in C, which matters: this runs for
+    every word holding a merged pair.
+    """
+    a, b = pair
+    out: list = []
+    i, n = 0, len(word)
+    while True:
+        try:
+            j = word.index(a, i, n - 1)  # a left token with a right neighbour
+        except ValueError:
+            break
+        if word[j + 1] == b:
+            out.extend(word[i:j])
             out.append(new)
-            i += 2
+            i = j + 2
         else:
-            out.append(word[i])
-            i += 1
-    return tuple(out)
+            out.extend(word[i : j + 1])
+            i = j + 1
+    out.extend(word[i:])
+    return out
 
 
 def _order_key(token: bytes) -> tuple[int, ...]:
@@ -168,8 +180,10 @@ def merge_pairs(
     """The incremental merge loop; returns the same merges as ``merge_pairs_reference``.
 
     State: each distinct word as a list of token ids, pair -> total count, pair -> the
-    words holding it, and a heap of ``(-count, key_a, key_b, pair)`` entries. The heap is
-    lazy: a count change pushes a new entry and stale ones are skipped when popped.
+    words that may hold it, and a heap of ``(-count, key_a, key_b, pair)`` entries. Both
+    the index and the heap are lazy: a word that lost a pair stays in its index (it is
+    skipped when nothing merges), and a count change pushes a new heap entry, so stale
+    entries are skipped when popped.
     """
     tokens: list[bytes] = [bytes([i]) for i in range(256)]
     keys: list[tuple[int, ...]] = [_order_key(t) for t in tokens]
@@ -199,21 +213,20 @@ def merge_pairs(
         keys.append(_order_key(tokens[new]))
         merges.append((tokens[a], tokens[b]))
 
+        # Only words that held the pair change; recount their pairs (old out, new in).
         delta: dict[tuple[int, int], int] = defaultdict(int)
         for i in where.pop(pair):
-            word, count = words[i], counts[i]
-            merged = list(_apply_merge(word, pair, new))
-            old_pairs = list(itertools.pairwise(word))
-            new_pairs = list(itertools.pairwise(merged))
-            for p in old_pairs:
+            word = words[i]
+            merged = _apply_merge(word, pair, new)
+            if len(merged) == len(word):
+                continue  # the index is lazy: this word lost the pair to an earlier merge
+            count = counts[i]
+            for p in itertools.pairwise(word):
                 delta[p] -= count
-            for p in new_pairs:
+            for p in itertools.pairwise(merged):
                 delta[p] += count
-            for p in set(old_pairs).difference(new_pairs):
-                if p != pair:
-                    where[p].discard(i)
-            for p in new_pairs:
-                where[p].add(i)
+                if new in p:  # pairs without the new token were indexed already
+                    where[p].add(i)
             words[i] = merged
         del pair_counts[pair]
         for p, d in delta.items():
@@ -225,7 +238,6 @@ def merge_pairs(
                 heapq.heappush(heap, (-c, keys[p[0]], keys[p[1]], p))
             else:
                 del pair_counts[p]
-                where.pop(p, None)
         bar.update(1)
     bar.close()
     return merges

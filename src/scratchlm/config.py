@@ -1,0 +1,212 @@
+"""Configs as small dataclasses: architecture fields only, derived values as properties,
+named presets in one table, and a JSON round trip (saved next to the weights)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from scratchlm.errors import ConfigError
+
+NORMS = ("rmsnorm", "layernorm", "dyt")
+FFNS = ("swiglu", "gelu")
+POSITIONS = ("rope", "learned", "cope", "none")
+
+
+@dataclass
+class ModelConfig:
+    """Architecture of a decoder-only Transformer (``TransformerLM``).
+
+    ``d_ff`` of 0 means the derived default: 8/3 * d_model rounded down to a multiple of
+    64 for SwiGLU (the same parameter count as a 4x GELU MLP), 4 * d_model for GELU.
+    ``n_kv_heads`` of 0 means ``n_heads`` (no grouped-query attention). ``shared_depth``
+    R > 1 applies each of the ``n_layers`` blocks R times in a row, each application
+    with its own learned residual scale (recursive depth: more compute, same weights).
+    """
+
+    vocab_size: int = 10_000
+    context_length: int = 256
+    d_model: int = 512
+    n_layers: int = 4
+    n_heads: int = 16
+    n_kv_heads: int = 0
+    d_ff: int = 0
+    norm: str = "rmsnorm"
+    norm_eps: float = 1e-5
+    ffn: str = "swiglu"
+    position: str = "rope"
+    rope_theta: float = 10_000.0
+    tie_embeddings: bool = False
+    bias: bool = False
+    qk_norm: bool = False
+    shared_depth: int = 1
+    dropout: float = 0.0
+    init_std: float = 0.02
+
+    def __post_init__(self) -> None:
+        if self.n_kv_heads == 0:
+            self.n_kv_heads = self.n_heads
+        if self.d_ff == 0:
+            self.d_ff = (
+                (8 * self.d_model // 3) // 64 * 64 if self.ffn == "swiglu" else 4 * self.d_model
+            )
+            self.d_ff = max(self.d_ff, 1)
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ConfigError naming the first bad value."""
+        positive = ("vocab_size", "context_length", "d_model", "n_layers", "n_heads", "d_ff")
+        for name in positive:
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        for name, allowed in (("norm", NORMS), ("ffn", FFNS), ("position", POSITIONS)):
+            if getattr(self, name) not in allowed:
+                raise ConfigError(
+                    f"{name}={getattr(self, name)!r} is not one of {', '.join(allowed)}"
+                )
+        if self.d_model % self.n_heads:
+            raise ConfigError(
+                f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}: "
+                "pick n_heads that divides d_model"
+            )
+        if self.n_kv_heads <= 0 or self.n_heads % self.n_kv_heads:
+            raise ConfigError(
+                f"n_heads={self.n_heads} is not a multiple of n_kv_heads={self.n_kv_heads}: "
+                "each key/value head must serve the same number of query heads"
+            )
+        if self.position == "rope" and self.head_dim % 2:
+            raise ConfigError(
+                f"RoPE needs an even head_dim, but d_model/n_heads = {self.d_model}/"
+                f"{self.n_heads} = {self.head_dim}"
+            )
+        if self.rope_theta <= 0:
+            raise ConfigError(f"rope_theta must be positive, got {self.rope_theta}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
+        if not isinstance(self.shared_depth, int) or self.shared_depth < 1:
+            raise ConfigError(f"shared_depth must be an integer >= 1, got {self.shared_depth!r}")
+        if self.norm_eps <= 0 or self.init_std <= 0:
+            raise ConfigError(
+                f"norm_eps and init_std must be positive, got {self.norm_eps}, {self.init_std}"
+            )
+
+    # Derived values, computed in one place.
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+    @property
+    def n_rep(self) -> int:
+        """Query heads per key/value head (grouped-query attention)."""
+        return self.n_heads // self.n_kv_heads
+
+    @property
+    def depth(self) -> int:
+        """Blocks applied per forward pass (n_layers * shared_depth): the KV cache size."""
+        return self.n_layers * self.shared_depth
+
+    # JSON round trip.
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown model config field(s): {', '.join(unknown)}")
+        return cls(**data)
+
+    def save(self, path: str | os.PathLike) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> ModelConfig:
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as e:
+            raise ConfigError(f"cannot read model config {path}: {e}") from None
+        return cls.from_dict(data.get("model", data))
+
+    def replace(self, **changes: Any) -> ModelConfig:
+        """A copy with some fields changed (derived defaults recomputed when reset to 0)."""
+        return dataclasses.replace(self, **changes)
+
+
+# Named presets. vocab_size is a default: training sets it from the tokenizer.
+PRESETS: dict[str, dict[str, Any]] = {
+    # A few hundred thousand parameters: tests and CPU smoke runs in seconds.
+    "tiny": dict(vocab_size=512, context_length=128, d_model=64, n_layers=2, n_heads=4,
+                 n_kv_heads=2),
+    # The classic TinyStories setting.
+    "small": dict(vocab_size=10_000, context_length=256, d_model=512, n_layers=4,
+                  n_heads=16, d_ff=1344),
+    # GPT-2 sizes with the modern (Llama) recipe: RoPE, RMSNorm, SwiGLU.
+    "gpt2-small": dict(vocab_size=50_257, context_length=1024, d_model=768, n_layers=12,
+                       n_heads=12),
+    "gpt2-medium": dict(vocab_size=50_257, context_length=1024, d_model=1024, n_layers=24,
+                        n_heads=16),
+    # GPT-2 124M exactly as published: learned positions, LayerNorm, GELU, biases, tied.
+    "gpt2-classic": dict(vocab_size=50_257, context_length=1024, d_model=768, n_layers=12,
+                         n_heads=12, norm="layernorm", ffn="gelu", position="learned",
+                         bias=True, tie_embeddings=True),
+}  # fmt: skip
+
+
+def preset(name: str, **overrides: Any) -> ModelConfig:
+    """The ModelConfig of a named preset, with some fields overridden."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return ModelConfig(**{**PRESETS[name], **overrides})
+
+
+@dataclass
+class SampleConfig:
+    """Sampling settings of generation (see ``scratchlm.sampling``).
+
+    temperature 0 means greedy (argmax). top_k 0 and top_p 1.0 and min_p 0.0 disable
+    those filters; penalties of 1.0 / 0.0 disable them.
+    """
+
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    max_new_tokens: int = 256
+    seed: int | None = None
+    stop: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.temperature < 0:
+            raise ConfigError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
+        if self.top_k < 0:
+            raise ConfigError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ConfigError(f"top_p must be in (0, 1] (1 = off), got {self.top_p}")
+        if not 0.0 <= self.min_p < 1.0:
+            raise ConfigError(f"min_p must be in [0, 1) (0 = off), got {self.min_p}")
+        if self.repetition_penalty <= 0:
+            raise ConfigError(
+                f"repetition_penalty must be > 0 (1 = off), got {self.repetition_penalty}"
+            )
+        if self.max_new_tokens < 0:
+            raise ConfigError(f"max_new_tokens must be >= 0, got {self.max_new_tokens}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SampleConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown sampling setting(s): {', '.join(unknown)}")
+        return cls(**data)

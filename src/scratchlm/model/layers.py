@@ -1,0 +1,156 @@
+"""The building blocks, written out: linear maps, embeddings, norms, activations, MLPs.
+
+Each follows torch.nn conventions (a Linear's weight is (out_features, in_features)) and
+Hugging Face's module names, so weights map onto Llama/GPT-2 checkpoints by renaming.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+
+def softmax(x: Tensor, dim: int = -1) -> Tensor:
+    """Softmax that stays finite for large inputs: subtracting the max changes nothing
+    mathematically (exp(x - m) / sum exp(x - m)) but keeps exp() from overflowing.
+    Rows that are all -inf (nothing to attend to) give zeros instead of NaN."""
+    m = x.amax(dim=dim, keepdim=True)
+    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+    e = torch.exp(x - m)
+    s = e.sum(dim=dim, keepdim=True)
+    return e / torch.where(s > 0, s, torch.ones_like(s))
+
+
+def silu(x: Tensor) -> Tensor:
+    """SiLU (swish): x * sigmoid(x)."""
+    return x * torch.sigmoid(x)
+
+
+def gelu(x: Tensor) -> Tensor:
+    """GELU, tanh approximation (as in GPT-2): 0.5 x (1 + tanh(sqrt(2/pi)(x + 0.044715 x^3)))."""
+    return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x.pow(3))))
+
+
+class Linear(nn.Module):
+    """y = x W^T (+ b); weight (out_features, in_features), truncated-normal init."""
+
+    def __init__(
+        self, in_features: int, out_features: int, bias: bool = False, std: float = 0.02
+    ) -> None:
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.weight = nn.Parameter(torch.empty(out_features, in_features))
+        self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
+        self.reset_parameters(std)
+
+    def reset_parameters(self, std: float = 0.02) -> None:
+        nn.init.trunc_normal_(self.weight, mean=0.0, std=std, a=-3 * std, b=3 * std)
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
+
+    def forward(self, x: Tensor) -> Tensor:  # (..., in) -> (..., out)
+        return nn.functional.linear(x, self.weight, self.bias)
+
+    def extra_repr(self) -> str:
+        return f"{self.in_features} -> {self.out_features}, bias={self.bias is not None}"
+
+
+class Embedding(nn.Module):
+    """Lookup table: ids (...) -> vectors (..., embedding_dim)."""
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, std: float = 0.02) -> None:
+        super().__init__()
+        self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
+        self.weight = nn.Parameter(torch.empty(num_embeddings, embedding_dim))
+        nn.init.trunc_normal_(self.weight, mean=0.0, std=std, a=-3 * std, b=3 * std)
+
+    def forward(self, ids: Tensor) -> Tensor:
+        return self.weight[ids]
+
+    def extra_repr(self) -> str:
+        return f"{self.num_embeddings} x {self.embedding_dim}"
+
+
+class RMSNorm(nn.Module):
+    """x / sqrt(mean(x^2) + eps) * weight (Zhang & Sennrich, 2019). Computed in float32
+    so bf16 activations do not lose the small variances."""
+
+    def __init__(self, d: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(d))
+
+    def forward(self, x: Tensor) -> Tensor:
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (x32 * self.weight.float()).to(x.dtype)
+
+
+class LayerNorm(nn.Module):
+    """(x - mean) / sqrt(var + eps) * weight + bias (Ba et al., 2016), in float32."""
+
+    def __init__(self, d: int, eps: float = 1e-5, bias: bool = True) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(d))
+        self.bias = nn.Parameter(torch.zeros(d)) if bias else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        x32 = x.float()
+        mean = x32.mean(-1, keepdim=True)
+        var = (x32 - mean).pow(2).mean(-1, keepdim=True)
+        y = (x32 - mean) * torch.rsqrt(var + self.eps) * self.weight.float()
+        if self.bias is not None:
+            y = y + self.bias.float()
+        return y.to(x.dtype)
+
+
+class DyT(nn.Module):
+    """Dynamic tanh, a normalisation-free replacement for a norm layer
+    (Zhu et al., 2025): weight * tanh(alpha * x) + bias, alpha a learned scalar."""
+
+    def __init__(self, d: int, alpha_init: float = 0.5) -> None:
+        super().__init__()
+        self.alpha = nn.Parameter(torch.tensor(alpha_init))
+        self.weight = nn.Parameter(torch.ones(d))
+        self.bias = nn.Parameter(torch.zeros(d))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.weight * torch.tanh(self.alpha * x) + self.bias
+
+
+def make_norm(kind: str, d: int, eps: float, bias: bool = True) -> nn.Module:
+    """The norm layer a config names: ``rmsnorm``, ``layernorm`` or ``dyt``."""
+    if kind == "rmsnorm":
+        return RMSNorm(d, eps)
+    if kind == "layernorm":
+        return LayerNorm(d, eps, bias=bias)
+    assert kind == "dyt", kind
+    return DyT(d)
+
+
+class SwiGLU(nn.Module):
+    """down(silu(gate(x)) * up(x)) (Shazeer, 2020), as in Llama."""
+
+    def __init__(self, d_model: int, d_ff: int, bias: bool = False, std: float = 0.02) -> None:
+        super().__init__()
+        self.gate_proj = Linear(d_model, d_ff, bias, std)
+        self.up_proj = Linear(d_model, d_ff, bias, std)
+        self.down_proj = Linear(d_ff, d_model, bias, std)
+
+    def forward(self, x: Tensor) -> Tensor:  # (..., d_model) -> (..., d_model)
+        return self.down_proj(nn.functional.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class GeluMLP(nn.Module):
+    """down(gelu(up(x))), as in GPT-2 (whose names are c_fc / c_proj)."""
+
+    def __init__(self, d_model: int, d_ff: int, bias: bool = True, std: float = 0.02) -> None:
+        super().__init__()
+        self.up_proj = Linear(d_model, d_ff, bias, std)
+        self.down_proj = Linear(d_ff, d_model, bias, std)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.down_proj(nn.functional.gelu(self.up_proj(x), approximate="tanh"))

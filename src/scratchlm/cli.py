@@ -125,6 +125,14 @@ def _tokenizer_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tokenizer_export_hf(args: argparse.Namespace) -> int:
+    from scratchlm.tokenizer import load_tokenizer
+    from scratchlm.tokenizer.hf import save_hf_tokenizer
+
+    print(save_hf_tokenizer(load_tokenizer(args.tokenizer), args.out_dir, force=args.force))
+    return 0
+
+
 def _train(args: argparse.Namespace) -> int:
     from scratchlm.pipeline import DefaultRun, run_default
 
@@ -220,6 +228,19 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--file", help="measure bytes per token on this text file")
             p.add_argument("--json", action="store_true", help="print JSON")
         p.set_defaults(func=func)
+
+    p = tsub.add_parser(
+        "export-hf",
+        help="write a Hugging Face tokenizer folder",
+        description="Write tokenizer.json, tokenizer_config.json and special_tokens_map.json, "
+        "which transformers.AutoTokenizer.from_pretrained loads with the same ids.",
+        epilog="example:\n  scratchlm tokenizer export-hf runs/tok runs/tok-hf",
+        formatter_class=fmt,
+    )
+    p.add_argument("tokenizer", help="a tokenizer.json or the directory holding it")
+    p.add_argument("out_dir", help="output directory")
+    p.add_argument("--force", action="store_true", help="replace an existing output directory")
+    p.set_defaults(func=_tokenizer_export_hf)
     return parser
 
 

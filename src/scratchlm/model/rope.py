@@ -11,9 +11,15 @@ import torch
 from torch import Tensor, nn
 
 
-def rope_frequencies(head_dim: int, theta: float = 10_000.0) -> Tensor:
-    """Angular speed of each channel pair: (head_dim/2,)."""
-    return 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
+def rope_frequencies(
+    head_dim: int, theta: float = 10_000.0, dtype: torch.dtype = torch.float32
+) -> Tensor:
+    """Angular speed of each channel pair: (head_dim/2,).
+
+    In float32 this is computed exactly as Hugging Face's Llama does, so imported and
+    exported models get bit-identical angles (float64 tables drift ~3e-5 from HF's at 2k).
+    """
+    return 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).to(dtype) / head_dim)
 
 
 def rotate_half(x: Tensor) -> Tensor:
@@ -33,9 +39,9 @@ def rope(x: Tensor, positions: Tensor, theta: float = 10_000.0) -> Tensor:
     The plain function: computes the angles each call. The model uses RotaryEmbedding,
     which reads them from a precomputed table.
     """
-    angles = positions.to(torch.float64)[..., None] * rope_frequencies(x.shape[-1], theta).to(
-        x.device
-    )  # (..., T, D/2)
+    dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    freqs = rope_frequencies(x.shape[-1], theta, dtype).to(x.device)
+    angles = positions.to(dtype)[..., None] * freqs  # (..., T, D/2)
     angles = torch.cat((angles, angles), dim=-1)  # (..., T, D)
     return apply_rotary(x, angles.cos().to(x.dtype), angles.sin().to(x.dtype))
 
@@ -46,13 +52,12 @@ class RotaryEmbedding(nn.Module):
     def __init__(self, head_dim: int, max_seq_len: int, theta: float = 10_000.0) -> None:
         super().__init__()
         self.head_dim, self.max_seq_len, self.theta = head_dim, max_seq_len, theta
-        angles = torch.arange(max_seq_len, dtype=torch.float64)[:, None] * rope_frequencies(
-            head_dim, theta
-        )
+        positions = torch.arange(max_seq_len, dtype=torch.int64).float()
+        angles = positions[:, None] * rope_frequencies(head_dim, theta)  # (max_seq_len, D/2)
         angles = torch.cat((angles, angles), dim=-1)  # (max_seq_len, D)
         # Not saved with the weights: they are a function of the config.
-        self.register_buffer("cos", angles.cos().float(), persistent=False)
-        self.register_buffer("sin", angles.sin().float(), persistent=False)
+        self.register_buffer("cos", angles.cos(), persistent=False)
+        self.register_buffer("sin", angles.sin(), persistent=False)
 
     def angles(self, positions: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
         """cos, sin for positions (B, T), shaped (B, 1, T, D) to broadcast over heads."""

@@ -91,10 +91,10 @@ class TransformerLM(nn.Module):
         positions: (B, T) position of each token (default: cache length + 0..T-1).
         attention_mask: (B, T) bool, False for padding tokens that nothing may attend to.
         """
-        B, T = ids.shape
         c = self.config
         past = cache.length if cache is not None else 0
         self._check(ids, past, cache)
+        B, T = ids.shape
         if positions is None:
             positions = torch.arange(past, past + T, device=ids.device).expand(B, T)
         x = self.embed_tokens(ids)  # (B, T, d_model)

@@ -22,9 +22,11 @@ from scratchlm.tokenizer.pretokenize import (
     GPT2_PATTERN,
     compile_pattern,
     find_cut,
+    has_safe_cuts,
     resolve_pattern,
     special_token_regex,
     split_special,
+    split_text,
 )
 
 # Pre-token cache size: beyond this many distinct pre-tokens the cache starts over.
@@ -62,9 +64,15 @@ class BPETokenizer:
         self.pattern = resolve_pattern(pattern)
         self.metadata: dict[str, Any] = dict(metadata or {})
 
-        # Special tokens: reuse the vocab entry with the same bytes, else append one.
+        # Special tokens: reuse the vocab entry with the same bytes, else append one
+        # (also when those bytes are an ordinary token that merges produce or use).
         self._special: dict[str, int] = {}
         by_bytes = {t: i for i, t in sorted(self.vocab.items(), reverse=True)}
+        ordinary = [bytes([b]) for b in range(256)] + [
+            t for a, b in self.merges for t in (a, b, a + b)
+        ]
+        for t in ordinary:
+            by_bytes.pop(t, None)
         for token in special_tokens or ():
             if not isinstance(token, str) or not token:
                 raise TokenizerError(f"special token {token!r} is invalid: use a non-empty string")
@@ -100,6 +108,7 @@ class BPETokenizer:
             self._ranks.setdefault(pair, (rank, merged))
 
         self._split = compile_pattern(self.pattern)
+        self._safe_cuts = has_safe_cuts(self.pattern)
         self._special_re = special_token_regex(self._special)
         self._max_special = max((len(t) for t in self._special), default=0)
         self._cache: dict[str, list[int]] = {}
@@ -149,7 +158,7 @@ class BPETokenizer:
         """Text -> ids. With ``allow_special=False`` special tokens are encoded as the
         plain text they look like."""
         special = self._special_re if allow_special else None
-        if self._fast is not None:
+        if self._fast is not None and self._fast.handles(text):
             return self._fast.encode(text, special)
         ids: list[int] = []
         for piece, is_special in split_special(text, special):
@@ -167,7 +176,7 @@ class BPETokenizer:
 
     def _encode_ordinary(self, text: str, out: list[int]) -> None:
         cache = self._cache
-        for word in self._split.findall(text):
+        for word in split_text(self._split, text):
             ids = cache.get(word)
             if ids is None:
                 ids = self._encode_word(word)
@@ -224,7 +233,7 @@ class BPETokenizer:
             buf += text
             if len(buf) < STREAM_BUFFER:
                 continue
-            cut = find_cut(buf, special, max_special)
+            cut = find_cut(buf, special, max_special, self._safe_cuts)
             if cut:
                 yield from self.encode(buf[:cut], allow_special=allow_special)
                 buf = buf[cut:]
@@ -274,7 +283,7 @@ class BPETokenizer:
         cls, encoder_json: str | os.PathLike, vocab_bpe: str | os.PathLike, **kwargs: Any
     ) -> BPETokenizer:
         """Load a tokenizer published in GPT-2's two files (encoder.json, vocab.bpe)."""
-        from scratchlm.tokenizer.hf import load_gpt2_files
+        from scratchlm.tokenizer.gpt2 import load_gpt2_files
 
         return load_gpt2_files(encoder_json, vocab_bpe, **kwargs)
 

@@ -21,10 +21,13 @@ from pathlib import Path
 
 from scratchlm.errors import DataError
 from scratchlm.tokenizer.pretokenize import (
+    GPT2_PATTERN,
     compile_pattern,
     decode_utf8,
     find_cut,
+    has_safe_cuts,
     special_token_regex,
+    split_text,
 )
 
 log = logging.getLogger(__name__)
@@ -76,24 +79,28 @@ def _looks_like_text(path: Path) -> bool:
 
 
 def iter_chunks(
-    path: Path, special_tokens: Sequence[str], chunk_size: int = DEFAULT_CHUNK_SIZE
+    path: Path,
+    special_tokens: Sequence[str],
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    pattern: str = GPT2_PATTERN,
 ) -> Iterator[bytes]:
     """Yield the bytes of ``path`` in chunks of roughly ``chunk_size`` cut at true
     boundaries, so that counting pre-tokens chunk by chunk equals counting the whole."""
     special = special_token_regex(special_tokens, as_bytes=True)
     max_special = max((len(t.encode("utf-8")) for t in special_tokens), default=0)
+    safe_cuts = has_safe_cuts(pattern)
     buf = b""
     with open(path, "rb") as f:
         while data := f.read(chunk_size):
             buf += data
             while len(buf) >= chunk_size:
-                cut = find_cut(buf, special, max_special)
+                cut = find_cut(buf, special, max_special, safe_cuts)
                 if cut is None:
                     if len(buf) < MAX_BUFFER_CHUNKS * chunk_size:
                         break  # read more, a cut will come
                     log.warning("%s: no safe cut point in %d bytes; cutting anyway", path, len(buf))
-                    cut = len(buf) - max_special
-                    while buf[cut] & 0xC0 == 0x80:  # never inside a UTF-8 character
+                    cut = len(buf) - max(max_special, 1)
+                    while cut > 0 and buf[cut] & 0xC0 == 0x80:  # not inside a character
                         cut -= 1
                 yield buf[:cut]
                 buf = buf[cut:]
@@ -123,7 +130,7 @@ def count_chunk(chunk: bytes, special_tokens: Sequence[str], pattern: str) -> Ch
     pieces = special.split(text) if special is not None else [text]
     counts: Counter = Counter()
     for piece in pieces:
-        counts.update(split.findall(piece))
+        counts.update(split_text(split, piece))
     return ChunkCounts(counts, len(chunk), bad)
 
 
@@ -149,7 +156,7 @@ def count_pretokens(
     workers = num_workers or len(os.sched_getaffinity(0))
     if total_bytes < MIN_PARALLEL_BYTES:
         workers = 1
-    chunks = (c for f in files for c in iter_chunks(f, special_tokens, chunk_size))
+    chunks = (c for f in files for c in iter_chunks(f, special_tokens, chunk_size, pattern))
     result = ChunkCounts()
     bar = _progress_bar(total_bytes, "pre-tokenizing", progress)
     if workers == 1:

@@ -19,8 +19,11 @@ Where a condition fails, the tokenizer keeps the pure-Python encoder.
 
 from __future__ import annotations
 
+import functools
+import unicodedata
 from typing import TYPE_CHECKING
 
+import numpy as np
 import regex
 
 from scratchlm.errors import TokenizerError
@@ -40,8 +43,19 @@ class TiktokenEncoder:
         self.encoding = encoding
         self.special_ids = special_ids
 
+    def handles(self, text: str) -> bool:
+        """False for text the pure-Python path must encode: text holding lone surrogates
+        (an error there; tiktoken would silently replace them) or characters that are
+        unassigned in older Unicode tables. tiktoken's regex engine ships its own,
+        older tables than the ``regex`` module, so a letter added in a recent Unicode
+        version (U+0558, say) may split differently there. Python's ``unicodedata``
+        stands in for the older tables."""
+        if text.isascii():
+            return True
+        codes = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+        return not bool(_unassigned_or_surrogate()[codes].any())
+
     def encode(self, text: str, special: regex.Pattern | None) -> list[int]:
-        check_unicode(text)  # tiktoken would silently replace lone surrogates
         if special is None:
             return self.encoding.encode_ordinary(text)
         ids: list[int] = []
@@ -53,16 +67,16 @@ class TiktokenEncoder:
         return ids
 
 
-def check_unicode(text: str) -> None:
-    """Raise TokenizerError if ``text`` holds a lone surrogate (not valid Unicode)."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as e:
-        ch = text[e.start]
-        raise TokenizerError(
-            f"text contains a lone surrogate {ch!r} (U+{ord(ch):04X}) at index {e.start}, "
-            "which is not valid Unicode; fix the text's encoding before tokenizing"
-        ) from None
+@functools.cache
+def _unassigned_or_surrogate() -> np.ndarray:
+    """bool (0x110000,): code points that Python's Unicode tables call unassigned (Cn)
+    or that are surrogates (Cs). Built once per process, in about 0.3 s."""
+    category = unicodedata.category
+    return np.fromiter(
+        (category(chr(cp)) in ("Cn", "Cs") for cp in range(0x110000)),
+        dtype=bool,
+        count=0x110000,
+    )
 
 
 def tiktoken_incompatibility(tok: BPETokenizer) -> str | None:

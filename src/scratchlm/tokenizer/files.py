@@ -16,11 +16,10 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from scratchlm.atomic import atomic_write_text, write_dir_atomically
 from scratchlm.errors import TokenizerError
 
 FORMAT = "scratchlm-tokenizer"
@@ -69,45 +68,11 @@ def tokenizer_file(path: str | os.PathLike) -> Path:
     return path / FILENAME if path.is_dir() or path.suffix != ".json" else path
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def write_tokenizer_dir(tok: Any, out_dir: str | os.PathLike, *, force: bool = False) -> Path:
     """Save ``tok`` as ``out_dir/tokenizer.json``, building the folder under a temporary
     name and renaming it into place. An existing ``out_dir`` is refused unless ``force``,
     and then replaced only once the new one is complete."""
-    from scratchlm.errors import OutputExistsError
-
-    out = Path(out_dir)
-    if out.exists() and not force:
-        raise OutputExistsError(
-            f"output directory {out} exists: choose another --out or pass --force"
-        )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
-    try:
-        save_tokenizer(tok, tmp)
-        if out.exists():
-            old = out.with_name(f".{out.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    out = write_dir_atomically(out_dir, lambda tmp: save_tokenizer(tok, tmp), force=force)
     return out / FILENAME
 
 
@@ -185,5 +150,5 @@ def load_tokenizer(path: str | os.PathLike, **kwargs: Any) -> Any:
             metadata=data.get("metadata"),
             **kwargs,
         )
-    except (KeyError, TypeError, ValueError) as e:
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise TokenizerError(f"{file} is damaged or incomplete ({type(e).__name__}: {e})") from None

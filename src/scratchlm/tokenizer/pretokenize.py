@@ -10,9 +10,15 @@ Three layers, applied in this order by both training and encoding:
 3. Merges then act inside each pre-token only (see ``train_bpe`` and ``BPETokenizer``).
 
 Streaming needs places where text can be cut into chunks that pre-tokenize exactly as
-the whole text would. With the GPT-2 and GPT-4 patterns no pre-token ever contains a
-letter or digit followed by whitespace (whitespace only ever *starts* a word pre-token),
-so the position just before such whitespace is a safe cut. ``last_safe_cut`` finds one.
+the whole text would. With the GPT-2 and GPT-4 patterns two kinds of position are such
+"safe cuts" (``last_safe_cut`` finds them):
+
+- before ASCII whitespace that follows a letter or digit: no pre-token holds a letter
+  or digit followed by whitespace (whitespace only ever *starts* a word pre-token);
+- after a newline that has a non-whitespace character on both sides (``X\nY``): both
+  patterns end a pre-token there, and the newline pre-tokenizes the same alone.
+
+Other patterns get no safe cuts: streaming then cuts only at special tokens.
 """
 
 from __future__ import annotations
@@ -37,9 +43,10 @@ GPT4_PATTERN = (
 
 PATTERNS = {"gpt2": GPT2_PATTERN, "gpt4": GPT4_PATTERN}
 
-# A letter or digit followed by ASCII whitespace: cutting between the two is safe.
-_SAFE_CUT_TEXT = regex.compile(r"(?r)[\p{L}\p{N}](?=[ \t\r\n])")
-_SAFE_CUT_BYTES = regex.compile(rb"(?r)[A-Za-z0-9](?=[ \t\r\n])")
+# Safe cuts (see the module docstring), searched from the right; the cut is m.end().
+_SAFE_CUT = regex.compile(r"(?r)[\p{L}\p{N}](?=[ \t\r\n])|(?<=\S)\n(?=\S)")
+# How far back from the end ``last_safe_cut_bytes`` looks.
+_SAFE_CUT_WINDOW = 1 << 16
 
 
 def resolve_pattern(pattern: str) -> str:
@@ -50,6 +57,28 @@ def resolve_pattern(pattern: str) -> str:
 def compile_pattern(pattern: str) -> regex.Pattern:
     """Compile a split pattern (a name from ``PATTERNS`` or a regex)."""
     return regex.compile(resolve_pattern(pattern))
+
+
+def has_safe_cuts(pattern: str) -> bool:
+    """Whether the safe-cut rules are proven for this pattern (GPT-2 and GPT-4 styles)."""
+    return resolve_pattern(pattern) in (GPT2_PATTERN, GPT4_PATTERN)
+
+
+def split_text(split: regex.Pattern, text: str) -> list[str]:
+    """Pre-tokens of ``text``: the pattern's matches, and for a pattern that does not
+    match every character, the unmatched runs between them too, so no text is lost."""
+    if split.pattern in (GPT2_PATTERN, GPT4_PATTERN):
+        return split.findall(text)  # these match every character: no gaps to keep
+    pieces, pos = [], 0
+    for m in split.finditer(text):
+        if m.start() > pos:
+            pieces.append(text[pos : m.start()])
+        if m.end() > m.start():
+            pieces.append(m.group())
+        pos = m.end()
+    if pos < len(text):
+        pieces.append(text[pos:])
+    return pieces
 
 
 def special_token_regex(
@@ -86,26 +115,37 @@ def split_special(text: str, special: regex.Pattern | None) -> Iterator[tuple[st
 
 
 def last_safe_cut(text: str, end: int) -> int | None:
-    """The largest cut position ``p <= end`` (0 < p) that splits ``text`` into two parts
-    pre-tokenizing exactly like the whole (see the module docstring), or None."""
-    m = _SAFE_CUT_TEXT.search(text, 0, max(0, end))
-    return None if m is None else m.start() + 1
+    """The largest safe cut ``0 < p <= end`` of ``text`` (see the module docstring): both
+    parts pre-tokenize exactly like the whole. None if there is none."""
+    m = _SAFE_CUT.search(text, 0, max(0, end))
+    return None if m is None else m.end()
 
 
 def last_safe_cut_bytes(data: bytes, end: int) -> int | None:
-    """``last_safe_cut`` for UTF-8 bytes; the cut is always on an ASCII character."""
-    m = _SAFE_CUT_BYTES.search(data, 0, max(0, end))
-    return None if m is None else m.start() + 1
+    """``last_safe_cut`` for UTF-8 bytes, looking at most 64 KiB back from ``end``."""
+    start = max(0, end - _SAFE_CUT_WINDOW)
+    while 0 < start < end and data[start] & 0xC0 == 0x80:  # start on a character
+        start += 1
+    while start < end < len(data) and data[end] & 0xC0 == 0x80:  # end on one too
+        end -= 1
+    # surrogateescape keeps invalid bytes one-to-one, so offsets map back exactly.
+    text = data[start:end].decode("utf-8", errors="surrogateescape")
+    cut = last_safe_cut(text, len(text))
+    if cut is None:
+        return None
+    return start + len(text[:cut].encode("utf-8", errors="surrogateescape"))
 
 
-def find_cut(buf: AnyStr, special: regex.Pattern | None, max_special_len: int) -> int | None:
+def find_cut(
+    buf: AnyStr, special: regex.Pattern | None, max_special_len: int, safe_cuts: bool = True
+) -> int | None:
     """Where to cut a growing buffer so that both parts tokenize like the whole, or None.
 
     ``buf`` (str or UTF-8 bytes) starts at a true boundary and may continue past its end.
     A special-token match that starts at least ``max_special_len`` units before the end
-    is complete and final, so the position after it is a true boundary; a safe cut (see
-    ``last_safe_cut``) later than that and equally far from the end is one too. The
-    latest of the two is returned, which keeps chunks as large as possible.
+    is complete and final, so the position after it is a true boundary; with
+    ``safe_cuts``, a safe cut (see ``last_safe_cut``) later than that and equally far
+    from the end is one too. The latest is returned, keeping chunks as large as possible.
     """
     limit = len(buf) - max_special_len if special is not None else len(buf)
     if limit <= 0:
@@ -116,10 +156,11 @@ def find_cut(buf: AnyStr, special: regex.Pattern | None, max_special_len: int) -
             if m.start() >= limit:
                 break
             cut = m.end()
-    find_safe = last_safe_cut_bytes if isinstance(buf, bytes) else last_safe_cut
-    safe = find_safe(buf, limit)
-    if safe is not None and (cut is None or safe > cut):
-        cut = safe
+    if safe_cuts:
+        find_safe = last_safe_cut_bytes if isinstance(buf, bytes) else last_safe_cut
+        safe = find_safe(buf, limit)
+        if safe is not None and (cut is None or safe > cut):
+            cut = safe
     return cut
 
 

@@ -1,0 +1,286 @@
+"""Hugging Face transformers folders, both ways: ``to_hf`` and ``from_hf``.
+
+A folder ``to_hf`` writes loads with ``AutoModelForCausalLM.from_pretrained`` and
+``AutoTokenizer.from_pretrained`` and nothing else::
+
+    config.json              Llama or GPT-2 architecture, chosen by the position option
+    generation_config.json   bos / eos ids (the tokenizer's <|endoftext|>)
+    model.safetensors        weights under HF's names (the key maps in hf_llama, hf_gpt2)
+    tokenizer.json, tokenizer_config.json, special_tokens_map.json
+
+``position="rope"`` (with RMSNorm, SwiGLU, no bias) is ``LlamaForCausalLM``;
+``position="learned"`` (with LayerNorm, GELU, biases, no grouped-query attention) is
+``GPT2LMHeadModel``. Any other option is refused with a ConfigError naming it, never
+approximated. ``from_hf`` reads the same two architectures from local files, and only
+from safetensors: a pickle (``pytorch_model.bin``) can run code when loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from scratchlm.config import ModelConfig
+from scratchlm.errors import ConfigError, OutputExistsError, ScratchLMError, TokenizerError
+from scratchlm.export import hf_gpt2, hf_llama
+from scratchlm.export.keymap import from_hf_tensors, to_hf_tensors
+from scratchlm.model import TransformerLM
+
+ARCHITECTURES: dict[str, ModuleType] = {
+    hf_llama.MODEL_TYPE: hf_llama,
+    hf_gpt2.MODEL_TYPE: hf_gpt2,
+}
+WEIGHTS = "model.safetensors"
+WEIGHTS_INDEX = "model.safetensors.index.json"
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+
+
+# ------------------------------------------------------------------------- export
+
+
+def architecture_for(config: ModelConfig) -> ModuleType:
+    """The HF architecture module (hf_llama or hf_gpt2) that represents ``config``
+    exactly; ConfigError naming every option that stands in the way otherwise."""
+    if config.position == "rope":
+        arch = hf_llama
+    elif config.position == "learned":
+        arch = hf_gpt2
+    else:
+        raise ConfigError(
+            f"position={config.position!r} has no Hugging Face architecture: export supports "
+            "position='rope' (as Llama) and position='learned' (as GPT-2)"
+        )
+    problems = arch.unsupported(config)
+    if problems:
+        raise ConfigError(
+            f"cannot export to Hugging Face {arch.ARCHITECTURE} "
+            f"(chosen for position={config.position!r}): " + "; ".join(problems)
+        )
+    return arch
+
+
+def to_hf(
+    model: TransformerLM, tokenizer: Any, out_dir: str | os.PathLike, *, force: bool = False
+) -> Path:
+    """Write ``model`` (and ``tokenizer``, a byte-level BPETokenizer, or None to skip
+    it) as a Hugging Face transformers folder at ``out_dir``; returns the folder.
+
+    The folder is built under a temporary name and renamed into place; an existing
+    ``out_dir`` is refused unless ``force``, and then replaced only once the new one is
+    complete.
+    """
+    c = model.config
+    arch = architecture_for(c)  # refuse before anything is written
+    out = Path(out_dir)
+    if out.exists() and not force:
+        raise OutputExistsError(f"output directory {out} exists: choose another or pass --force")
+    if tokenizer is not None and tokenizer.vocab_size > c.vocab_size:
+        raise ScratchLMError(
+            f"the tokenizer has {tokenizer.vocab_size} ids but the model only "
+            f"{c.vocab_size} embedding rows: they do not belong together"
+        )
+    bos, eos, pad = _special_ids(tokenizer)
+    dtype = str(model.embed_tokens.weight.dtype).removeprefix("torch.")
+    state, key_map = model.state_dict(), arch.key_map(c)
+    tied = {"lm_head.weight"} if c.tie_embeddings else set()  # HF re-ties it on load
+    mapped = {k for m in key_map for k in m.ours} | tied
+    assert mapped == set(state), f"key map and model disagree: {sorted(mapped ^ set(state))}"
+    tensors = to_hf_tensors(state, key_map)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+    try:
+        if tokenizer is not None:
+            _write_tokenizer(tokenizer, tmp, c.context_length)
+        _write_json(tmp / "config.json", arch.hf_config(c, bos, eos, dtype))
+        generation = {"bos_token_id": bos, "eos_token_id": eos}
+        if pad is not None:
+            generation["pad_token_id"] = pad
+        _write_json(tmp / "generation_config.json", generation)
+        # transformers refuses safetensors files whose metadata lacks the format.
+        save_file(tensors, tmp / WEIGHTS, metadata={"format": "pt"})
+        _publish(tmp, out, force)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _special_ids(tokenizer: Any) -> tuple[int | None, int | None, int | None]:
+    """bos, eos, pad ids as the tokenizer files name them: GPT-2's convention, one
+    <|endoftext|> that separates documents is both bos and eos."""
+    if tokenizer is None:
+        return None, None, None
+    from scratchlm.tokenizer.hf import EOS_CANDIDATES, PAD_CANDIDATES
+
+    specials = tokenizer.special_tokens
+    eos = next((specials[t] for t in EOS_CANDIDATES if t in specials), None)
+    pad = next((specials[t] for t in PAD_CANDIDATES if t in specials), None)
+    return eos, eos, pad
+
+
+def _write_tokenizer(tokenizer: Any, folder: Path, context_length: int) -> None:
+    from scratchlm.tokenizer.hf import save_hf_tokenizer
+
+    written = save_hf_tokenizer(tokenizer, folder / "tokenizer", model_max_length=context_length)
+    for name in TOKENIZER_FILES:
+        os.replace(written / name, folder / name)
+    shutil.rmtree(written)
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def _publish(tmp: Path, out: Path, force: bool) -> None:
+    """Rename the finished ``tmp`` folder to ``out``, replacing it if ``force``."""
+    if not out.exists():
+        os.replace(tmp, out)
+        return
+    if not force:
+        raise OutputExistsError(f"output directory {out} exists: choose another or pass --force")
+    old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".old"))
+    os.replace(out, old / out.name)
+    os.replace(tmp, out)
+    shutil.rmtree(old)
+
+
+# ------------------------------------------------------------------------- import
+
+
+def from_hf(
+    path: str | os.PathLike, *, dtype: torch.dtype = torch.float32
+) -> tuple[TransformerLM, Any]:
+    """Load a local Hugging Face Llama- or GPT-2-architecture folder as
+    ``(TransformerLM in eval mode, BPETokenizer)``.
+
+    The folder needs config.json, safetensors weights (``model.safetensors``, or shards
+    listed in ``model.safetensors.index.json``) and a tokenizer (``tokenizer.json``, or
+    GPT-2's ``vocab.json`` + ``merges.txt``). Weights are cast to ``dtype``.
+    """
+    folder = Path(path)
+    if not folder.is_dir():
+        raise ScratchLMError(f"{folder} is not a folder (expected a Hugging Face model folder)")
+    hf = _read_config(folder)
+    model_type = hf.get("model_type")
+    arch = ARCHITECTURES.get(model_type)
+    if arch is None:
+        raise ConfigError(
+            f"{folder}: model_type {model_type!r} (architectures {hf.get('architectures')}) is "
+            f"not supported; scratchlm imports {', '.join(ARCHITECTURES)}"
+        )
+    config = arch.model_config(hf)
+    tokenizer = _read_tokenizer(folder)  # before the weights: a bad tokenizer fails fast
+    if tokenizer.vocab_size > config.vocab_size:
+        raise ScratchLMError(
+            f"{folder}: the tokenizer has {tokenizer.vocab_size} ids but the model only "
+            f"{config.vocab_size} embedding rows"
+        )
+    tensors = _read_weights(folder)
+    if arch is hf_gpt2:
+        tensors = {hf_gpt2.normalize_key(k): t for k, t in tensors.items()}
+    key_map = arch.key_map(config)
+    expected = {m.hf for m in key_map}
+    if config.tie_embeddings:
+        expected.add("lm_head.weight")  # some checkpoints store the tied copy too
+    unexpected = sorted(
+        k for k in tensors if k not in expected and not k.endswith(arch.IGNORED_SUFFIXES)
+    )
+    if unexpected:
+        raise ScratchLMError(
+            f"{folder} has tensors a plain {arch.ARCHITECTURE} with this config.json does not: "
+            f"{', '.join(unexpected[:5])}{' ...' if len(unexpected) > 5 else ''}"
+        )
+    state = from_hf_tensors(tensors, key_map, str(folder))
+    if config.tie_embeddings:
+        state["lm_head.weight"] = state["embed_tokens.weight"]
+
+    model = TransformerLM(config)
+    wanted = model.state_dict()
+    for name, t in state.items():
+        if t.shape != wanted[name].shape:
+            raise ScratchLMError(
+                f"{folder}: tensor for {name} has shape {tuple(t.shape)}, config.json "
+                f"implies {tuple(wanted[name].shape)}"
+            )
+    model.load_state_dict(state, strict=True)
+    model.to(dtype)
+    return model.eval(), tokenizer
+
+
+def _read_config(folder: Path) -> dict[str, Any]:
+    file = folder / "config.json"
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ScratchLMError(
+            f"{folder} has no config.json: not a Hugging Face model folder"
+        ) from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ScratchLMError(f"cannot read {file}: {e}") from None
+    if not isinstance(data, dict):
+        raise ScratchLMError(f"{file} is not a JSON object")
+    return data
+
+
+def _read_weights(folder: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of the folder's safetensors file(s); never a pickle."""
+    if (folder / WEIGHTS).is_file():
+        files = [folder / WEIGHTS]
+    elif (folder / WEIGHTS_INDEX).is_file():
+        files = _shards(folder)
+    else:
+        pickles = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
+        if pickles:
+            raise ScratchLMError(
+                f"{folder} has weights only as PyTorch pickles ({', '.join(pickles)}); scratchlm "
+                "never loads pickles because unpickling can run arbitrary code. Convert them to "
+                "safetensors with a tool you trust, e.g. in Python with transformers: "
+                "AutoModelForCausalLM.from_pretrained(src).save_pretrained(dst)"
+            )
+        raise ScratchLMError(f"{folder} has no {WEIGHTS} (or {WEIGHTS_INDEX} with shards)")
+    tensors: dict[str, torch.Tensor] = {}
+    for file in files:
+        try:
+            tensors.update(load_file(file))
+        except Exception as e:  # safetensors raises its own error types
+            raise ScratchLMError(f"cannot read weights {file}: {e}") from None
+    return tensors
+
+
+def _shards(folder: Path) -> list[Path]:
+    index = folder / WEIGHTS_INDEX
+    try:
+        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        names = sorted(set(weight_map.values()))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise ScratchLMError(f"cannot read the shard index {index}: {e}") from None
+    for name in names:
+        # Shards live beside the index: a path elsewhere is a damaged or hostile index.
+        if not isinstance(name, str) or not re.fullmatch(r"[\w.-]+\.safetensors", name):
+            raise ScratchLMError(f"{index} names shard {name!r}, not a .safetensors file name")
+        if not (folder / name).is_file():
+            raise ScratchLMError(f"{index} lists shard {name}, which is missing")
+    return [folder / n for n in names]
+
+
+def _read_tokenizer(folder: Path) -> Any:
+    from scratchlm.tokenizer import load_tokenizer
+
+    if (folder / "tokenizer.json").is_file():
+        return load_tokenizer(folder / "tokenizer.json")
+    if (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():
+        from scratchlm.tokenizer.gpt2 import load_gpt2_files
+
+        return load_gpt2_files(folder / "vocab.json", folder / "merges.txt")
+    raise TokenizerError(f"{folder} has no tokenizer.json (or GPT-2's vocab.json + merges.txt)")

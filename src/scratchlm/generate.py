@@ -1,0 +1,144 @@
+"""The generation engine: token ids in, token ids out. It knows nothing of text.
+
+Several prompts of different lengths run as one batch: they are left-padded, a boolean
+attention mask hides the padding, and each row has its own positions, so every row
+computes exactly what it would alone. One forward pass fills the KV cache with the
+prompts (prefill); after that each step feeds one token per row (decode). Rows stop on
+their own (a stop id, or the token budget) while the others go on.
+
+When a row reaches the model's context length, generation continues on a sliding
+window: the cache is rebuilt from the last half of every row's tokens.
+
+Text, stop strings and streaming live one layer up, in ``scratchlm.textgen``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+import torch
+from torch import Tensor
+
+from scratchlm.config import SampleConfig
+from scratchlm.errors import ScratchLMError
+from scratchlm.model import KVCache, TransformerLM
+from scratchlm.sampling import sample_next
+
+log = logging.getLogger(__name__)
+
+
+def fit_prompt(ids: Sequence[int], context_length: int, truncate: bool = True) -> list[int]:
+    """A prompt that fits the context: longer ones lose their oldest tokens (with a
+    warning), or raise when ``truncate`` is False."""
+    ids = list(ids)
+    if not ids:
+        raise ScratchLMError("the prompt is empty: give at least one token")
+    if len(ids) <= context_length:
+        return ids
+    if not truncate:
+        raise ScratchLMError(
+            f"the prompt has {len(ids)} tokens but the model's context is {context_length}; "
+            "shorten it, or allow truncation from the left"
+        )
+    log.warning(
+        "prompt of %d tokens is longer than the context (%d): keeping the last %d",
+        len(ids),
+        context_length,
+        context_length,
+    )
+    return ids[-context_length:]
+
+
+def left_pad(rows: Sequence[Sequence[int]], device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+    """Batch rows of different lengths: ids (B, T) left-padded with 0, attention mask
+    (B, T) True at real tokens, positions (B, T) counting from 0 at each row's start."""
+    width = max(len(r) for r in rows)
+    ids = torch.zeros(len(rows), width, dtype=torch.long)
+    mask = torch.zeros(len(rows), width, dtype=torch.bool)
+    for i, row in enumerate(rows):
+        ids[i, width - len(row) :] = torch.tensor(row, dtype=torch.long)
+        mask[i, width - len(row) :] = True
+    positions = (mask.long().cumsum(1) - 1).clamp(min=0)
+    return ids.to(device), mask.to(device), positions.to(device)
+
+
+@contextmanager
+def _eval_mode(model: torch.nn.Module):
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+def generate_ids(
+    model: TransformerLM,
+    prompts: Sequence[Sequence[int]],
+    sample: SampleConfig | None = None,
+    *,
+    stop_ids: Sequence[int] = (),
+    generator: torch.Generator | None = None,
+    use_cache: bool = True,
+    truncate: bool = True,
+) -> Iterator[list[int | None]]:
+    """Yield, step by step, the next token of every row: a list of B entries, each an
+    id, or None once that row has stopped. A stop id ends its row and is not yielded.
+
+    ``use_cache=False`` recomputes the whole sequence every step (the slow path, kept
+    to measure and test the cache against).
+    """
+    sample = sample or SampleConfig()
+    context = model.config.context_length
+    rows = [fit_prompt(p, context, truncate) for p in prompts]
+    param = next(model.parameters())
+    device = param.device
+    stop = torch.tensor(sorted(set(stop_ids)), dtype=torch.long, device=device)
+    finished = torch.zeros(len(rows), dtype=torch.bool, device=device)
+    penalties = (
+        sample.repetition_penalty != 1.0
+        or sample.presence_penalty != 0.0
+        or sample.frequency_penalty != 0.0
+    )
+
+    with torch.inference_mode(), _eval_mode(model):
+        cache = KVCache.for_model(model.config, len(rows), device=device, dtype=param.dtype)
+        logits, positions = _prefill(model, rows, cache if use_cache else None)
+        for _ in range(sample.max_new_tokens):
+            history = _history(rows, device) if penalties else None  # (B, L), -1 = padding
+            next_ids = sample_next(logits[:, -1].float(), sample, generator, history)  # (B,)
+            finished |= torch.isin(next_ids, stop)
+            out = next_ids.tolist()
+            done = finished.tolist()
+            yield [None if d else t for t, d in zip(out, done, strict=True)]
+            if all(done):
+                return
+            for row, token in zip(rows, out, strict=True):
+                row.append(token)
+            if not use_cache:
+                logits, positions = _prefill(model, [r[-context:] for r in rows], None)
+            elif cache.length + 1 > context:
+                # Sliding window: rebuild the cache from the last half of each row.
+                keep = max(1, context // 2)
+                cache.reset()
+                logits, positions = _prefill(model, [r[-keep:] for r in rows], cache)
+            else:
+                positions = positions + 1
+                logits = model(next_ids[:, None], cache, positions[:, None], last_only=True)
+
+
+def _history(rows: Sequence[Sequence[int]], device: torch.device) -> Tensor:
+    ids, mask, _ = left_pad(rows, device)
+    return ids.masked_fill(~mask, -1)
+
+
+def _prefill(
+    model: TransformerLM, rows: Sequence[Sequence[int]], cache: KVCache | None
+) -> tuple[Tensor, Tensor]:
+    """Run the prompts; returns the last logits (B, 1, V) and each row's last position (B,)."""
+    ids, mask, positions = left_pad(rows, next(model.parameters()).device)
+    padded = not bool(mask.all())
+    logits = model(ids, cache, positions, attention_mask=mask if padded else None, last_only=True)
+    return logits, positions[:, -1]

@@ -1,0 +1,178 @@
+"""Text generation: the layer between strings and the id-only engine in ``generate``.
+
+It encodes prompts, turns each row's new ids back into text as they arrive, finds stop
+strings even when they are spread over several tokens (and leaves them out of the
+output), and streams text pieces that never split a UTF-8 character: a token may end in
+the middle of a character's bytes, so bytes are decoded incrementally and held back
+until the character is complete.
+"""
+
+from __future__ import annotations
+
+import codecs
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from scratchlm.config import SampleConfig
+from scratchlm.generate import generate_ids
+from scratchlm.model import TransformerLM
+from scratchlm.sampling import make_generator
+
+END_OF_TEXT = "<|endoftext|>"
+
+
+class TextStream:
+    """One row's text as its tokens arrive.
+
+    ``push(id)`` returns the newly safe text: complete characters only, and never a
+    tail that could still turn out to be the start of a stop string.
+    """
+
+    def __init__(self, tokenizer: Any, stop: Sequence[str] = ()) -> None:
+        self.tokenizer = tokenizer
+        self.stop = [s for s in stop if s]
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self.text = ""  # everything decoded so far, cut at a stop string once one is seen
+        self.emitted = 0  # characters of ``text`` already returned
+        self.stopped = False
+
+    def push(self, token_id: int) -> str:
+        if self.stopped:
+            return ""
+        self.text += self._decoder.decode(self.tokenizer.id_to_token(token_id))
+        return self._release(final=False)
+
+    def finish(self) -> str:
+        """The text still held back, once no more tokens will come."""
+        if not self.stopped:
+            self.text += self._decoder.decode(b"", final=True)
+        return self._release(final=True)
+
+    def _release(self, final: bool) -> str:
+        # A stop string can only start at or after ``emitted``: text that could begin
+        # one is never released early.
+        hits = [i for i in (self.text.find(s, self.emitted) for s in self.stop) if i >= 0]
+        if hits and not self.stopped:
+            self.text = self.text[: min(hits)]
+            self.stopped = True
+        end = len(self.text)
+        if not (final or self.stopped):
+            end -= self._held_back()
+        piece = self.text[self.emitted : end]
+        self.emitted = max(self.emitted, end)
+        return piece
+
+    def _held_back(self) -> int:
+        """Length of the longest tail of ``text`` that is a proper prefix of a stop."""
+        longest = 0
+        for s in self.stop:
+            for k in range(min(len(s) - 1, len(self.text) - self.emitted), longest, -1):
+                if self.text.endswith(s[:k]):
+                    longest = k
+                    break
+        return longest
+
+
+def _prompt_ids(tokenizer: Any, prompt: str) -> list[int]:
+    ids = tokenizer.encode(prompt)
+    if not ids and END_OF_TEXT in tokenizer.special_tokens:
+        ids = [tokenizer.special_tokens[END_OF_TEXT]]  # an empty prompt: start a document
+    return ids
+
+
+def _settings(sample: SampleConfig | None, overrides: dict[str, Any]) -> SampleConfig:
+    base = sample.to_dict() if sample is not None else {}
+    return SampleConfig.from_dict({**base, **overrides})
+
+
+def _default_stop_ids(tokenizer: Any, stop_ids: Sequence[int] | None) -> list[int]:
+    if stop_ids is not None:
+        return list(stop_ids)
+    special = tokenizer.special_tokens
+    return [special[END_OF_TEXT]] if END_OF_TEXT in special else []
+
+
+def stream(
+    model: TransformerLM,
+    tokenizer: Any,
+    prompt: str,
+    sample: SampleConfig | None = None,
+    *,
+    stop_ids: Sequence[int] | None = None,
+    truncate: bool = True,
+    **overrides: Any,
+) -> Iterator[str]:
+    """Yield the continuation of ``prompt`` piece by piece as it is generated.
+
+    Sampling settings come from ``sample`` and keyword overrides (``temperature=0``,
+    ``max_new_tokens=50``, ``stop=["\\n\\n"]``, ``seed=1``...). Generation ends at a stop
+    id (default: ``<|endoftext|>``), a stop string (left out of the text), or the budget.
+    """
+    settings = _settings(sample, overrides)
+    device = next(model.parameters()).device
+    steps = generate_ids(
+        model,
+        [_prompt_ids(tokenizer, prompt)],
+        settings,
+        stop_ids=_default_stop_ids(tokenizer, stop_ids),
+        generator=make_generator(settings.seed, device),
+        truncate=truncate,
+    )
+    text = TextStream(tokenizer, settings.stop)
+    for (token,) in steps:
+        if token is None:
+            break
+        piece = text.push(token)
+        if piece:
+            yield piece
+        if text.stopped:
+            break
+    steps.close()
+    rest = text.finish()
+    if rest:
+        yield rest
+
+
+def generate(
+    model: TransformerLM,
+    tokenizer: Any,
+    prompt: str | Sequence[str],
+    sample: SampleConfig | None = None,
+    *,
+    stop_ids: Sequence[int] | None = None,
+    truncate: bool = True,
+    **overrides: Any,
+) -> str | list[str]:
+    """The continuation of one prompt, or of each of several prompts, which then run
+    together as one batch (one forward pass per step for all of them)."""
+    if isinstance(prompt, str):
+        return "".join(
+            stream(
+                model, tokenizer, prompt, sample, stop_ids=stop_ids, truncate=truncate, **overrides
+            )
+        )
+    settings = _settings(sample, overrides)
+    device = next(model.parameters()).device
+    streams = [TextStream(tokenizer, settings.stop) for _ in prompt]
+    steps = generate_ids(
+        model,
+        [_prompt_ids(tokenizer, p) for p in prompt],
+        settings,
+        stop_ids=_default_stop_ids(tokenizer, stop_ids),
+        generator=make_generator(settings.seed, device),
+        truncate=truncate,
+    )
+    done = [False] * len(streams)
+    for tokens in steps:
+        for i, token in enumerate(tokens):
+            if token is None:
+                done[i] = True
+            elif not done[i]:
+                streams[i].push(token)
+                done[i] = streams[i].stopped
+        if all(done):
+            break
+    steps.close()
+    for s in streams:
+        s.finish()
+    return [s.text for s in streams]

@@ -1,0 +1,376 @@
+"""TransformerLM: every config option, input errors, parameter and FLOP counts,
+initialisation, and that it learns."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.testing import assert_close
+
+from scratchlm.config import ModelConfig, preset
+from scratchlm.errors import ScratchLMError
+from scratchlm.model import KVCache, TransformerLM
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny shapes gain nothing from intra-op threads, and on a busy machine the threads
+    wait on each other (the module ran 10x slower with 2 threads under load)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# Smaller than the tiny preset: d_model 32, context 16, vocab 50.
+BASE = dict(vocab_size=50, context_length=16, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2)
+
+
+def make_config(**overrides) -> ModelConfig:
+    return ModelConfig(**{**BASE, **overrides})
+
+
+def make_model(config: ModelConfig, seed: int = 0) -> TransformerLM:
+    torch.manual_seed(seed)
+    model = TransformerLM(config)
+    gen = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():  # non-trivial values for params that start at 0 or 1
+        if model.depth_scales is not None:
+            model.depth_scales.copy_(0.5 + torch.rand(model.depth_scales.shape, generator=gen))
+        for layer in model.layers:
+            if layer.self_attn.cope is not None:
+                pos_emb = layer.self_attn.cope.pos_emb
+                pos_emb.copy_(torch.randn(pos_emb.shape, generator=gen))
+    return model.eval()
+
+
+def random_ids(config: ModelConfig, B: int, T: int, seed: int = 3) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randint(0, config.vocab_size, (B, T), generator=gen)
+
+
+OPTIONS = [
+    dict(),
+    dict(norm="layernorm"),
+    dict(norm="layernorm", bias=True),
+    dict(norm="dyt"),
+    dict(ffn="gelu"),
+    dict(position="learned"),
+    dict(position="cope"),
+    dict(position="none"),
+    dict(tie_embeddings=True),
+    dict(bias=True),
+    dict(qk_norm=True),
+    dict(shared_depth=2),
+    dict(shared_depth=3, n_layers=1),
+    dict(n_kv_heads=1),
+    dict(n_kv_heads=4),
+    dict(dropout=0.1),
+    dict(d_ff=40),
+    # GPT-2 classic in miniature.
+    dict(norm="layernorm", ffn="gelu", position="learned", bias=True, tie_embeddings=True),
+]
+
+
+@pytest.mark.parametrize("overrides", OPTIONS, ids=lambda d: str(d) or "default")
+def test_every_option_runs_forward_and_backward(overrides):
+    config = make_config(**overrides)
+    model = make_model(config).train()
+    ids = random_ids(config, 2, 9)
+    logits = model(ids)
+    assert logits.shape == (2, 9, config.vocab_size)
+    assert torch.isfinite(logits).all()
+    loss = F.cross_entropy(logits.flatten(0, 1), ids.roll(-1, 1).flatten())
+    loss.backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None, name
+        assert torch.isfinite(p.grad).all(), name
+
+
+def test_tied_embeddings_share_one_tensor():
+    model = make_model(make_config(tie_embeddings=True))
+    assert model.lm_head.weight is model.embed_tokens.weight
+    untied = make_model(make_config())
+    assert untied.lm_head.weight is not untied.embed_tokens.weight
+
+
+def test_hf_module_names():
+    keys = set(make_model(make_config(qk_norm=True)).state_dict())
+    for key in (
+        "embed_tokens.weight",
+        "layers.1.input_layernorm.weight",
+        "layers.1.self_attn.q_proj.weight",
+        "layers.1.self_attn.k_proj.weight",
+        "layers.1.self_attn.v_proj.weight",
+        "layers.1.self_attn.o_proj.weight",
+        "layers.1.self_attn.q_norm.weight",
+        "layers.1.post_attention_layernorm.weight",
+        "layers.1.mlp.gate_proj.weight",
+        "layers.1.mlp.up_proj.weight",
+        "layers.1.mlp.down_proj.weight",
+        "norm.weight",
+        "lm_head.weight",
+    ):
+        assert key in keys, key
+    assert not any("rotary" in k for k in keys)  # rope tables are not weights
+
+
+def test_last_only():
+    config = make_config()
+    model = make_model(config)
+    ids = random_ids(config, 2, 7)
+    assert_close(model(ids, last_only=True), model(ids)[:, -1:])
+
+
+@pytest.mark.parametrize(
+    "overrides", [dict(), dict(qk_norm=True, n_kv_heads=1), dict(position="learned")]
+)
+def test_reference_attention_gives_the_same_logits(overrides):
+    config = make_config(**overrides)
+    model = make_model(config)
+    ids = random_ids(config, 3, 11)
+    fast = model(ids)
+    model.set_attention_impl("reference")
+    assert all(layer.self_attn.impl == "reference" for layer in model.layers)
+    assert_close(model(ids), fast, rtol=1e-5, atol=1e-5)
+    model.set_attention_impl("sdpa")
+    assert_close(model(ids), fast, rtol=1e-5, atol=1e-5)
+
+
+def test_unknown_attention_impl():
+    model = make_model(make_config())
+    with pytest.raises(ScratchLMError, match="flash"):
+        model.set_attention_impl("flash")
+
+
+@pytest.mark.parametrize("position", ["rope", "learned", "cope", "none"])
+@pytest.mark.parametrize("shared_depth", [1, 2])
+def test_model_is_causal(position, shared_depth):
+    config = make_config(position=position, shared_depth=shared_depth)
+    model = make_model(config)
+    ids = random_ids(config, 1, 10)
+    logits = model(ids)
+    for t in (3, 9):
+        changed = ids.clone()
+        changed[0, t] = (ids[0, t] + 1) % config.vocab_size
+        new = model(changed)
+        assert_close(new[:, :t], logits[:, :t], rtol=0, atol=1e-6)
+        assert not torch.allclose(new[:, t], logits[:, t])
+
+
+def test_positions_matter_only_when_there_are_positions():
+    # Without a positional encoding one layer of causal attention sees the earlier
+    # tokens as a bag: the last logits do not change when they are permuted. (With two
+    # layers they would: the earlier positions' own prefixes change.) With positions,
+    # they do change.
+    ids = torch.tensor([[5, 9, 2, 7, 3]])
+    permuted = torch.tensor([[2, 7, 9, 5, 3]])
+    for position, same in (("none", True), ("rope", False), ("learned", False)):
+        model = make_model(make_config(position=position, n_layers=1))
+        a, b = model(ids)[:, -1], model(permuted)[:, -1]
+        assert torch.allclose(a, b, atol=1e-5) == same, position
+
+
+# ------------------------------------------------------------------ bad inputs
+
+
+def test_id_outside_vocab_names_both_numbers():
+    config = make_config()
+    model = make_model(config)
+    with pytest.raises(ScratchLMError) as info:
+        model(torch.tensor([[1, 2, 57]]))
+    assert "57" in str(info.value)
+    assert "50" in str(info.value)
+    with pytest.raises(ScratchLMError, match="-1"):
+        model(torch.tensor([[1, -1, 3]]))
+    with pytest.raises(ScratchLMError, match="50"):  # the first id past the end
+        model(torch.tensor([[50]]))
+
+
+def test_sequence_longer_than_context_names_both_numbers():
+    config = make_config()
+    model = make_model(config)
+    with pytest.raises(ScratchLMError) as info:
+        model(torch.zeros(1, 17, dtype=torch.long))
+    assert "17" in str(info.value)
+    assert "16" in str(info.value)
+    assert model(torch.zeros(1, 16, dtype=torch.long)).shape == (1, 16, 50)
+    # With a cache, the cached positions count too.
+    cache = KVCache.for_model(config, batch_size=1)
+    model(torch.zeros(1, 10, dtype=torch.long), cache=cache)
+    with pytest.raises(ScratchLMError) as info:
+        model(torch.zeros(1, 7, dtype=torch.long), cache=cache)
+    assert "17" in str(info.value)
+    assert "16" in str(info.value)
+
+
+def test_ids_must_be_two_dimensional():
+    model = make_model(make_config())
+    with pytest.raises(ScratchLMError, match="batch"):
+        model(torch.zeros(5, dtype=torch.long))
+
+
+# ------------------------------------------------------------------ dropout
+
+
+def test_dropout_only_in_training():
+    config = make_config(dropout=0.5)
+    model = make_model(config)
+    ids = random_ids(config, 2, 8)
+    model.train()
+    torch.manual_seed(0)
+    a = model(ids)
+    b = model(ids)
+    assert not torch.allclose(a, b)
+    model.eval()
+    c, d = model(ids), model(ids)
+    assert torch.equal(c, d)
+    # In eval mode dropout is the identity: same logits as the same weights without it.
+    plain = TransformerLM(config.replace(dropout=0.0)).eval()
+    plain.load_state_dict(model.state_dict())
+    assert_close(plain(ids), c)
+
+
+# ------------------------------------------------------------------ parameter counts
+
+
+def norm_params(c: ModelConfig) -> int:
+    if c.norm == "rmsnorm":
+        return c.d_model  # weight
+    if c.norm == "layernorm":
+        return c.d_model * (2 if c.bias else 1)  # weight (+ bias)
+    return 2 * c.d_model + 1  # DyT: weight, bias, alpha
+
+
+def expected_parameters(c: ModelConfig) -> tuple[int, int]:
+    """(total, non-embedding), counted by hand from the architecture."""
+    d, hd, q_dim, kv_dim = c.d_model, c.head_dim, c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim
+    attn = d * q_dim + 2 * d * kv_dim + q_dim * d  # q, k, v, o
+    if c.bias:
+        attn += q_dim + 2 * kv_dim + d
+    if c.qk_norm:
+        attn += 2 * hd
+    if c.position == "cope":
+        attn += hd * c.context_length  # one position table per layer
+    if c.ffn == "swiglu":
+        mlp = 3 * d * c.d_ff + ((2 * c.d_ff + d) if c.bias else 0)
+    else:
+        mlp = 2 * d * c.d_ff + ((c.d_ff + d) if c.bias else 0)
+    block = attn + mlp + 2 * norm_params(c)
+    embeddings = c.vocab_size * d + (c.context_length * d if c.position == "learned" else 0)
+    lm_head = c.vocab_size * d
+    scales = c.depth if c.shared_depth > 1 else 0
+    total = embeddings + c.n_layers * block + norm_params(c) + scales
+    if not c.tie_embeddings:
+        total += lm_head
+    non_embedding = c.n_layers * block + norm_params(c) + scales + lm_head
+    return total, non_embedding
+
+
+@pytest.mark.parametrize("overrides", OPTIONS, ids=lambda d: str(d) or "default")
+def test_num_parameters_matches_hand_count(overrides):
+    config = make_config(**overrides)
+    model = make_model(config)
+    total, non_embedding = expected_parameters(config)
+    assert model.num_parameters() == total
+    assert model.num_parameters(non_embedding=True) == non_embedding
+
+
+def test_num_parameters_worked_example():
+    # vocab 50, d 32, 2 layers, 4 heads of 8, 2 kv heads, d_ff 64, RMSNorm, SwiGLU, RoPE:
+    #   per layer: q 32*32 + k 32*16 + v 32*16 + o 32*32 = 3072, mlp 3*32*64 = 6144,
+    #              two norms 64 -> 9280;  2 layers = 18560;  final norm 32
+    #   token embedding 50*32 = 1600;  lm_head 50*32 = 1600
+    model = make_model(make_config(d_ff=64))
+    assert model.num_parameters() == 1600 + 18560 + 32 + 1600 == 21792
+    assert model.num_parameters(non_embedding=True) == 18560 + 32 + 1600 == 20192
+    # Learned positions add context * d = 16 * 32 = 512 embedding parameters.
+    learned = make_model(make_config(d_ff=64, position="learned"))
+    assert learned.num_parameters() == 21792 + 512
+    assert learned.num_parameters(non_embedding=True) == 20192
+
+
+def test_small_preset_parameter_count():
+    # 4 layers x (4*512^2 attention + 3*512*1344 SwiGLU) = 4 x 3,112,960 = 12,451,840
+    # + RMSNorm weights 4*2*512 + 512 = 4,608 + lm_head 10000*512 = 5,120,000
+    # = 17,576,448 non-embedding; + token embedding 5,120,000 = 22,696,448 in all.
+    with torch.device("meta"):  # counts need no memory or init time
+        model = TransformerLM(preset("small"))
+    assert model.num_parameters(non_embedding=True) == 17_576_448
+    assert model.num_parameters() == 22_696_448
+
+
+def test_gpt2_classic_has_gpt2_parameter_count():
+    # GPT-2 124M: 124,439,808 parameters with the output tied to the token embedding
+    # (wte 50257*768 + wpe 1024*768 + 12 * 7,087,872 + ln_f 2*768).
+    with torch.device("meta"):
+        model = TransformerLM(preset("gpt2-classic"))
+    assert model.num_parameters() == 124_439_808
+    # Non-embedding leaves out wpe and counts the tied matrix once, as the output layer.
+    assert model.num_parameters(non_embedding=True) == 124_439_808 - 1024 * 768
+
+
+# ------------------------------------------------------------------ FLOPs
+
+
+def test_flops_per_token_formula():
+    config = make_config(d_ff=64)
+    model = make_model(config)
+    n = 20192  # non-embedding parameters, counted in the worked example above
+    # Forward: 2 FLOPs per weight, plus q.k and p.v: 2 * 2 * n_layers * d_model * T.
+    forward_16 = 2 * n + 2 * 2 * 2 * 32 * 16
+    assert model.flops_per_token(training=False) == forward_16
+    assert model.flops_per_token() == 3 * forward_16
+    forward_5 = 2 * n + 2 * 2 * 2 * 32 * 5
+    assert model.flops_per_token(training=False, seq_len=5) == forward_5
+    assert model.flops_per_token(training=True, seq_len=5) == 3 * forward_5
+
+
+def test_flops_per_token_shared_depth_counts_each_application():
+    config = make_config(d_ff=64, n_layers=1, shared_depth=3)
+    model = make_model(config)
+    block = 9280  # one block, see the worked example
+    # Each token runs the block 3 times; lm_head, final norm and 3 depth scales once.
+    weights = 3 * block + 32 + 50 * 32 + 3
+    assert model.flops_per_token(training=False) == 2 * weights + 2 * 2 * 3 * 32 * 16
+
+
+# ------------------------------------------------------------------ init and training
+
+
+def test_residual_projections_start_smaller():
+    torch.manual_seed(0)
+    config = preset("tiny")
+    model = TransformerLM(config)
+    expected_residual = config.init_std / (2 * config.depth) ** 0.5
+    for layer in model.layers:
+        q_std = layer.self_attn.q_proj.weight.std().item()
+        o_std = layer.self_attn.o_proj.weight.std().item()
+        down_std = layer.mlp.down_proj.weight.std().item()
+        assert q_std == pytest.approx(config.init_std, rel=0.1)
+        assert o_std < 0.8 * q_std
+        assert down_std < 0.8 * q_std
+        assert o_std == pytest.approx(expected_residual, rel=0.1)
+        assert down_std == pytest.approx(expected_residual, rel=0.1)
+        assert layer.mlp.up_proj.weight.std().item() == pytest.approx(config.init_std, rel=0.1)
+
+
+def test_loss_falls_on_a_repeated_sequence():
+    torch.manual_seed(0)
+    config = make_config(d_ff=64)
+    model = TransformerLM(config).train()
+    pattern = torch.tensor([3, 14, 15, 9, 26, 5, 35, 8])
+    ids = pattern.repeat(2, 2)  # (2, 16)
+    inputs, targets = ids[:, :-1], ids[:, 1:]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.0)
+    losses = []
+    for _ in range(30):
+        logits = model(inputs)
+        loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[0] == pytest.approx(torch.log(torch.tensor(50.0)).item(), rel=0.1)
+    assert losses[-1] < 0.25 * losses[0]

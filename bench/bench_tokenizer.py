@@ -274,10 +274,9 @@ def encode_tiktoken(clock: Clock, tokenizer_dir: str, path: str, ids_out: str) -
         name="bench", pat_str=tok.pattern, mergeable_ranks=ranks, special_tokens=special
     )
     text = read_text(path)
-    pieces = split_keep_special(text)
     with clock("encode"):
         ids: list[int] = []
-        for piece in pieces:
+        for piece in split_keep_special(text):
             if piece in special:
                 ids.append(special[piece])
             else:
@@ -296,10 +295,9 @@ def encode_hf(clock: Clock, tokenizer_dir: str, path: str, ids_out: str) -> dict
     data = to_hf_tokenizer_json(_load_ours(tokenizer_dir, use_tiktoken=False))
     hf = Tokenizer.from_str(json.dumps(data))
     text = read_text(path)
-    pieces = split_keep_special(text)
     with clock("encode"):  # one document at a time: HF's special tokens handle the markers
         ids: list[int] = []
-        for piece in pieces:
+        for piece in split_keep_special(text):
             ids.extend(hf.encode(piece, add_special_tokens=False).ids)
     with clock("decode"):
         out = hf.decode(ids, skip_special_tokens=False)
@@ -521,10 +519,10 @@ def table_encoding(paths: dict[str, Path], args, work: Path, trained: dict) -> T
             "MB/s over the whole corpus text (decoded with errors='replace'); reading the "
             "file and loading the tokenizer are not timed. Peak RSS includes the text, the "
             "ids list and the decoded text.",
-            "ours: tok.encode(text) on the whole text (splits out <|endoftext|> itself); "
-            "tiktoken and HF get the text pre-split on <|endoftext|> (split not timed): "
-            "tiktoken encode_ordinary per piece, HF encode(piece) per piece with "
-            "RAYON_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false (set for every encoder).",
+            "Every encoder gets the whole text and must return the ids of all of it: ours "
+            "tok.encode(text) (splits out <|endoftext|> itself); tiktoken and HF: re.split "
+            "on <|endoftext|> (timed), then encode_ordinary / encode(piece) per piece. "
+            "RAYON_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false is set for every encoder.",
             "pure Python: cold = first pass on a fresh tokenizer (empty pre-token cache), "
             "warm = second pass in the same process. decode is the same code on both paths.",
             "HF: Tokenizer.from_str of scratchlm.tokenizer.hf.to_hf_tokenizer_json(ours), "
@@ -669,7 +667,8 @@ def table_memory(paths: dict[str, Path], args, work: Path, trained: dict) -> Tab
             "(a) ours default encoder, encode_iterable over the file's lines (opened with "
             "errors='replace'), ids counted and dropped. setup RSS = after loading the "
             "tokenizer; peak should not grow with the file.",
-            "(b) train_bpe(path, vocab, [<|endoftext|>]); peak RSS is the main process "
+            "(b) train_bpe(path, vocab, [<|endoftext|>]); *_nonl_* is the corpus with every "
+            "newline replaced by a space, repeated. Peak RSS is the main process "
             "(+ largest worker). Repeats add no distinct pre-tokens, so what is shown is "
             "that a file with no newline is still chunked and streamed.",
         ],

@@ -21,9 +21,6 @@ from hypothesis.configuration import set_hypothesis_home_dir
 
 # Hypothesis keeps an example database and caches under ./.hypothesis, and its
 # per-example deadline is a wall-clock assertion: neither belongs in a hermetic suite.
-# Its caches go to a temporary folder instead, removed when the session ends.
-_HYPOTHESIS_HOME = tempfile.mkdtemp(prefix="scratchlm-hypothesis-")
-set_hypothesis_home_dir(_HYPOTHESIS_HOME)
 settings.register_profile(
     "scratchlm",
     database=None,
@@ -31,10 +28,19 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 settings.load_profile("scratchlm")
+_hypothesis_home: list[str] = []
+
+
+def pytest_configure(config):
+    """Send Hypothesis's caches to a temporary folder, removed when the session ends."""
+    _hypothesis_home.append(tempfile.mkdtemp(prefix="scratchlm-hypothesis-"))
+    set_hypothesis_home_dir(_hypothesis_home[-1])
 
 
 def pytest_unconfigure(config):
-    shutil.rmtree(_HYPOTHESIS_HOME, ignore_errors=True)
+    for folder in _hypothesis_home:
+        shutil.rmtree(folder, ignore_errors=True)
+
 
 EOT = "<|endoftext|>"
 EOT2 = "<|endoftext|><|endoftext|>"
@@ -66,7 +72,7 @@ def mixed_text() -> str:
 
 @pytest.fixture
 def mixed_corpus(tmp_path):
-    """A ~20 KB file of MIXED_TEXT repeated with small variations (no NUL bytes)."""
+    """A 14 KB file of MIXED_TEXT repeated with small variations (no NUL bytes)."""
     path = tmp_path / "mixed.txt"
     parts = [MIXED_TEXT.replace("2024", str(2000 + i)) for i in range(24)]
     path.write_text("".join(parts), encoding="utf-8", newline="")
@@ -83,7 +89,7 @@ def worked_corpus(tmp_path):
 @pytest.fixture(scope="session")
 def trained_bpe(tmp_path_factory):
     """``trained_bpe(pattern="gpt2") -> (vocab, merges)``: a byte-level BPE trained once
-    per session on MIXED_TEXT plus the built-in science corpus (about 100 KB), 800 tokens,
+    per session on MIXED_TEXT plus the built-in science corpus (about 85 KB), 800 tokens,
     special tokens EOT and EOT2."""
     from scratchlm.builtin import builtin_corpus
     from scratchlm.tokenizer import train_bpe

@@ -137,6 +137,18 @@ def test_train_char(tmp_path, capsys):
     assert tok.chars == list(" dehlorw") and tok.special_tokens == {EOT: 8}
 
 
+def test_train_char_keeps_carriage_returns(tmp_path, capsys):
+    """The character set is that of the file's bytes: "\r" (of "\r\n" and alone) is a
+    character of the corpus like any other, so the corpus itself must encode."""
+    corpus = tmp_path / "crlf.txt"
+    corpus.write_bytes(b"ab\r\ncd\rz\n")
+    out = tmp_path / "char"
+    assert main(["tokenizer", "train", str(corpus), "--char", "--out", str(out), "--quiet"]) == 0
+    tok = CharTokenizer.load(out)
+    assert tok.chars == sorted("ab\r\ncdz")
+    assert tok.decode(tok.encode("ab\r\ncd\rz\n")) == "ab\r\ncd\rz\n"
+
+
 def test_encode_decode(trained, capsys):
     text = "Hello, 日本語 world! " + EOT + " 😀"
     tok = BPETokenizer.load(trained)

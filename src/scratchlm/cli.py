@@ -41,7 +41,7 @@ def _tokenizer_train(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     if args.char:
         files = corpus_files(args.inputs)
-        texts = (p.read_text(encoding="utf-8", errors="replace") for p in files)
+        texts = (p.read_bytes().decode("utf-8", errors="replace") for p in files)
         tok = CharTokenizer.train(texts, args.special_token)
     else:
         vocab, merges = train_bpe(
@@ -71,12 +71,14 @@ def _tokenizer_train(args: argparse.Namespace) -> int:
 
 def _read_text_arg(args: argparse.Namespace) -> str:
     if args.file:
-        try:
-            return Path(args.file).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as e:
-            from scratchlm.errors import DataError
+        from scratchlm.errors import DataError
 
-            raise DataError(f"cannot read {args.file}: {e}") from None
+        try:  # bytes, then decode: read_text would turn "\r\n" into "\n"
+            return Path(args.file).read_bytes().decode("utf-8")
+        except OSError as e:
+            raise DataError(f"cannot read {args.file}: {e.strerror}") from None
+        except UnicodeDecodeError as e:
+            raise DataError(f"{args.file} is not UTF-8 text (byte {e.start}): {e.reason}") from None
     if args.text is not None:
         return args.text
     return sys.stdin.read()
@@ -133,6 +135,39 @@ def _tokenizer_export_hf(args: argparse.Namespace) -> int:
     return 0
 
 
+def _model_info(args: argparse.Namespace) -> int:
+    import torch
+
+    from scratchlm.config import preset
+    from scratchlm.model import TransformerLM
+
+    overrides = {"vocab_size": args.vocab_size} if args.vocab_size else {}
+    config = preset(args.preset, **overrides)
+    with torch.device("meta"):  # count parameters without allocating memory for them
+        model = TransformerLM(config)
+    info = {
+        "preset": args.preset,
+        "parameters": model.num_parameters(),
+        "non_embedding_parameters": model.num_parameters(non_embedding=True),
+        "training_flops_per_token": model.flops_per_token(training=True),
+        "config": config.to_dict(),
+    }
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    print(
+        f"preset {args.preset}: {info['parameters'] / 1e6:.2f}M parameters, "
+        f"{info['non_embedding_parameters'] / 1e6:.2f}M non-embedding"
+    )
+    print(
+        f"training FLOPs per token (context {config.context_length}): "
+        f"{info['training_flops_per_token'] / 1e6:.1f}M"
+    )
+    for key, value in config.to_dict().items():
+        print(f"  {key}: {value}")
+    return 0
+
+
 def _train(args: argparse.Namespace) -> int:
     from scratchlm.pipeline import DefaultRun, run_default
 
@@ -168,6 +203,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/default", help="run directory (default: runs/default)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_train)
+
+    model = sub.add_parser("model", help="inspect model presets")
+    msub = model.add_subparsers(dest="model_command", required=True, metavar="ACTION")
+    p = msub.add_parser(
+        "info",
+        help="configuration and parameter counts of a preset",
+        description="Print a preset's configuration, parameter counts and FLOPs per token.",
+        epilog="example:\n  scratchlm model info small --vocab-size 8192",
+        formatter_class=fmt,
+    )
+    from scratchlm.config import PRESETS
+
+    p.add_argument("preset", choices=list(PRESETS), help="preset name")
+    p.add_argument("--vocab-size", type=int, help="override the preset's vocabulary size")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_model_info)
 
     tok = sub.add_parser("tokenizer", help="train, apply and inspect tokenizers")
     tsub = tok.add_subparsers(dest="tokenizer_command", required=True, metavar="ACTION")

@@ -167,10 +167,12 @@ def test_left_padded_batch_with_cache(case, impl):
     cache = KVCache.for_model(model.config, batch_size=B)
     outs = [model(ids, cache, row_positions(0, T, pads), attention_mask)]
     start = T
-    for size in (1, 1, 3, 1):
+    for size, with_mask in ((1, False), (1, True), (3, True), (1, False)):
         chunk = more[:, start - T : start - T + size]
         positions = row_positions(start, start + size, pads)
-        outs.append(model(chunk, cache=cache, positions=positions))
+        # Later steps may pass a mask for their own (all real) tokens, or none.
+        mask = torch.ones(B, size, dtype=torch.bool) if with_mask else None
+        outs.append(model(chunk, cache, positions, mask))
         start += size
     logits = torch.cat(outs, dim=1)  # (B, T + 6, V)
     assert torch.isfinite(logits).all()

@@ -153,10 +153,13 @@ def test_silu_and_gelu_match_torch(gen):
     x = torch.cat([x, torch.randn(100, generator=gen) * 3])
     assert_close(silu(x), F.silu(x))
     assert_close(gelu(x), F.gelu(x, approximate="tanh"))
-    # And the written-out formulas.
-    assert_close(silu(x), x / (1 + torch.exp(-x)))
+    # And the written-out formulas, in float64 where a wrong constant cannot hide.
+    x = x.double()
+    assert_close(silu(x), x / (1 + torch.exp(-x)), rtol=1e-12, atol=1e-12)
     c = math.sqrt(2 / math.pi)
-    assert_close(gelu(x), 0.5 * x * (1 + torch.tanh(c * (x + 0.044715 * x**3))))
+    expected = 0.5 * x * (1 + torch.tanh(c * (x + 0.044715 * x**3)))
+    assert_close(gelu(x), expected, rtol=1e-12, atol=1e-12)
+    assert_close(gelu(x), F.gelu(x, approximate="tanh"), rtol=1e-12, atol=1e-12)
 
 
 # ------------------------------------------------------------------ norms

@@ -229,14 +229,18 @@ class BPETokenizer:
         special = self._special_re if allow_special else None
         max_special = self._max_special if allow_special else 0
         buf = ""
+        next_try = STREAM_BUFFER
         for text in texts:
             buf += text
-            if len(buf) < STREAM_BUFFER:
+            if len(buf) < next_try:
                 continue
             cut = find_cut(buf, special, max_special, self._safe_cuts)
             if cut:
                 yield from self.encode(buf[:cut], allow_special=allow_special)
                 buf = buf[cut:]
+            # Text with no cut point (no spaces, newlines or special tokens) must stay
+            # whole to give the same ids: look again only once it has grown.
+            next_try = max(STREAM_BUFFER, len(buf) + STREAM_BUFFER // 2)
         if buf:
             yield from self.encode(buf, allow_special=allow_special)
 

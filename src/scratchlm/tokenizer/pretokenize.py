@@ -116,13 +116,14 @@ def split_special(text: str, special: regex.Pattern | None) -> Iterator[tuple[st
 
 def last_safe_cut(text: str, end: int) -> int | None:
     """The largest safe cut ``0 < p <= end`` of ``text`` (see the module docstring): both
-    parts pre-tokenize exactly like the whole. None if there is none."""
-    m = _SAFE_CUT.search(text, 0, max(0, end))
+    parts pre-tokenize exactly like the whole. Looks at most 64 Ki characters back from
+    ``end``; None if there is none there."""
+    m = _SAFE_CUT.search(text, max(0, end - _SAFE_CUT_WINDOW), max(0, end))
     return None if m is None else m.end()
 
 
 def last_safe_cut_bytes(data: bytes, end: int) -> int | None:
-    """``last_safe_cut`` for UTF-8 bytes, looking at most 64 KiB back from ``end``."""
+    """``last_safe_cut`` for UTF-8 bytes (64 KiB back from ``end`` at most)."""
     start = max(0, end - _SAFE_CUT_WINDOW)
     while 0 < start < end and data[start] & 0xC0 == 0x80:  # start on a character
         start += 1

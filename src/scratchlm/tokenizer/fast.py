@@ -36,11 +36,14 @@ TIKTOKEN_PATTERNS = (GPT2_PATTERN, GPT4_PATTERN)
 
 
 class TiktokenEncoder:
-    """Encodes ordinary text with tiktoken; special tokens are split out here, exactly as
-    the pure-Python encoder does (longest match first)."""
+    """Encodes with tiktoken. Special tokens are handled by tiktoken too (in Rust) unless
+    one special token is a prefix of another: tiktoken does not promise the longest
+    match there, so then they are split out here first, exactly as the Python path does.
+    """
 
-    def __init__(self, encoding, special_ids: dict[str, int]) -> None:
-        self.encoding = encoding
+    def __init__(self, ordinary, with_specials, special_ids: dict[str, int]) -> None:
+        self.ordinary = ordinary  # a tiktoken.Encoding without special tokens
+        self.with_specials = with_specials  # the same with them, or None
         self.special_ids = special_ids
 
     def handles(self, text: str) -> bool:
@@ -52,18 +55,25 @@ class TiktokenEncoder:
         stands in for the older tables."""
         if text.isascii():
             return True
-        codes = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
-        return not bool(_unassigned_or_surrogate()[codes].any())
+        table = _unassigned_or_surrogate()
+        step = 1 << 20  # bounded memory: 4 bytes per character of one slice
+        for k in range(0, len(text), step):
+            piece = text[k : k + step].encode("utf-32-le", "surrogatepass")
+            if table[np.frombuffer(piece, dtype=np.uint32)].any():
+                return False
+        return True
 
     def encode(self, text: str, special: regex.Pattern | None) -> list[int]:
         if special is None:
-            return self.encoding.encode_ordinary(text)
+            return self.ordinary.encode_ordinary(text)
+        if self.with_specials is not None:
+            return self.with_specials.encode(text, allowed_special="all", disallowed_special=())
         ids: list[int] = []
         for piece, is_special in split_special(text, special):
             if is_special:
                 ids.append(self.special_ids[piece])
             else:
-                ids.extend(self.encoding.encode_ordinary(piece))
+                ids.extend(self.ordinary.encode_ordinary(piece))
         return ids
 
 
@@ -141,12 +151,16 @@ def build_tiktoken_encoder(tok: BPETokenizer, *, required: bool = False) -> Tikt
         if required:
             raise TokenizerError(f"tiktoken cannot encode for this tokenizer: {reason}")
         return None
-    special_ids = set(tok.special_tokens.values())
-    ranks = {t: i for i, t in tok.vocab.items() if i not in special_ids}
-    encoding = tiktoken.Encoding(
-        name=f"scratchlm-{len(ranks)}",
-        pat_str=tok.pattern,
-        mergeable_ranks=ranks,
-        special_tokens={},
+    specials = tok.special_tokens
+    ranks = {t: i for i, t in tok.vocab.items() if i not in set(specials.values())}
+    name = f"scratchlm-{len(ranks)}"
+    ordinary = tiktoken.Encoding(
+        name, pat_str=tok.pattern, mergeable_ranks=ranks, special_tokens={}
     )
-    return TiktokenEncoder(encoding, tok.special_tokens)
+    nested = any(a != b and b.startswith(a) for a in specials for b in specials)
+    with_specials = None
+    if specials and not nested:
+        with_specials = tiktoken.Encoding(
+            name, pat_str=tok.pattern, mergeable_ranks=ranks, special_tokens=specials
+        )
+    return TiktokenEncoder(ordinary, with_specials, specials)

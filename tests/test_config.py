@@ -266,3 +266,16 @@ def test_presets_have_the_documented_shapes():
     for name in ("gpt2-small", "gpt2-medium"):
         config = preset(name)
         assert (config.norm, config.ffn, config.position) == ("rmsnorm", "swiglu", "rope")
+
+
+def test_replace_lets_defaulted_fields_follow():
+    small = preset("small")  # n_kv_heads defaulted to n_heads=16; d_ff 1344 is the default
+    changed = small.replace(n_heads=8)
+    assert (changed.n_heads, changed.n_kv_heads) == (8, 8)
+    # 8/3 * 256 = 682.7, rounded down to a multiple of 64: 640
+    assert small.replace(d_model=256).d_ff == 640
+    assert small.replace(n_heads=8, n_kv_heads=4).n_kv_heads == 4
+    gqa = preset("tiny")  # n_heads 4, n_kv_heads 2: an explicit choice, kept
+    assert gqa.replace(d_model=128).n_kv_heads == 2
+    explicit = ModelConfig(d_model=512, n_heads=16, d_ff=1000)
+    assert explicit.replace(d_model=256).d_ff == 1000

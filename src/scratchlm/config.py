@@ -52,11 +52,14 @@ class ModelConfig:
         if self.n_kv_heads == 0:
             self.n_kv_heads = self.n_heads
         if self.d_ff == 0:
-            self.d_ff = (
-                (8 * self.d_model // 3) // 64 * 64 if self.ffn == "swiglu" else 4 * self.d_model
-            )
-            self.d_ff = max(self.d_ff, 1)
+            self.d_ff = self.default_d_ff()
         self.validate()
+
+    def default_d_ff(self) -> int:
+        """The MLP width used when d_ff is not given."""
+        if self.ffn == "swiglu":
+            return max(1, (8 * self.d_model // 3) // 64 * 64)
+        return 4 * self.d_model
 
     def validate(self) -> None:
         """Raise ConfigError naming the first bad value."""
@@ -135,8 +138,16 @@ class ModelConfig:
         return cls.from_dict(data.get("model", data))
 
     def replace(self, **changes: Any) -> ModelConfig:
-        """A copy with some fields changed (derived defaults recomputed when reset to 0)."""
-        return dataclasses.replace(self, **changes)
+        """A copy with some fields changed. n_kv_heads and d_ff that hold their derived
+        default follow the change (``preset("small").replace(n_heads=8)`` keeps plain
+        multi-head attention), unless they are changed too."""
+        data = self.to_dict()
+        if "n_kv_heads" not in changes and self.n_kv_heads == self.n_heads:
+            data["n_kv_heads"] = 0
+        if "d_ff" not in changes and self.d_ff == self.default_d_ff():
+            data["d_ff"] = 0
+        data.update(changes)
+        return ModelConfig.from_dict(data)
 
 
 # Named presets. vocab_size is a default: training sets it from the tokenizer.

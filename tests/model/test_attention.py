@@ -19,17 +19,6 @@ from scratchlm.model import (
     scaled_dot_product_attention,
 )
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny shapes gain nothing from intra-op threads, and on a busy machine the threads
-    wait on each other (the module ran 10x slower with 2 threads under load)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 TOL = {"rtol": 1e-5, "atol": 1e-5}
 
 

@@ -11,17 +11,6 @@ from scratchlm.config import ModelConfig, preset
 from scratchlm.errors import ScratchLMError
 from scratchlm.model import KVCache, TransformerLM
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny shapes gain nothing from intra-op threads, and on a busy machine the threads
-    wait on each other (the module ran 10x slower with 2 threads under load)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 TOL = {"rtol": 1e-5, "atol": 1e-5}
 # init_std 0.1 instead of 0.02: peaked attention and logits of order 1, so a cache that
 # misplaces a key shows up well above the 1e-5 tolerance.

@@ -22,17 +22,6 @@ from scratchlm.model import (
     softmax,
 )
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny shapes gain nothing from intra-op threads, and on a busy machine the threads
-    wait on each other (the module ran 10x slower with 2 threads under load)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # Std of a normal truncated at +-3 std, as a fraction of the untruncated std:
 # sqrt(1 - 2 * 3 * pdf(3) / (cdf(3) - cdf(-3))).
 _PDF3 = math.exp(-4.5) / math.sqrt(2 * math.pi)

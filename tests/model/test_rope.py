@@ -11,16 +11,6 @@ from torch.testing import assert_close
 from scratchlm.model import RotaryEmbedding, rope
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny shapes gain nothing from intra-op threads, and on a busy machine the threads
-    wait on each other (the module ran 10x slower with 2 threads under load)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture
 def gen() -> torch.Generator:
     return torch.Generator().manual_seed(99)

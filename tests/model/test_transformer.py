@@ -12,17 +12,6 @@ from scratchlm.config import ModelConfig, preset
 from scratchlm.errors import ScratchLMError
 from scratchlm.model import KVCache, TransformerLM
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny shapes gain nothing from intra-op threads, and on a busy machine the threads
-    wait on each other (the module ran 10x slower with 2 threads under load)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # Smaller than the tiny preset: d_model 32, context 16, vocab 50.
 BASE = dict(vocab_size=50, context_length=16, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2)
 

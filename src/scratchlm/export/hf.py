@@ -20,8 +20,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
-import tempfile
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -29,11 +27,18 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from scratchlm.atomic import write_dir_atomically
 from scratchlm.config import ModelConfig
 from scratchlm.errors import ConfigError, OutputExistsError, ScratchLMError, TokenizerError
 from scratchlm.export import hf_gpt2, hf_llama
 from scratchlm.export.keymap import from_hf_tensors, to_hf_tensors
 from scratchlm.model import TransformerLM
+from scratchlm.tokenizer.hf import (
+    EOS_CANDIDATES,
+    PAD_CANDIDATES,
+    hf_tokenizer_files,
+    write_json_files,
+)
 
 ARCHITECTURES: dict[str, ModuleType] = {
     hf_llama.MODEL_TYPE: hf_llama,
@@ -42,7 +47,6 @@ ARCHITECTURES: dict[str, ModuleType] = {
 WEIGHTS = "model.safetensors"
 WEIGHTS_INDEX = "model.safetensors.index.json"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
 
 # ------------------------------------------------------------------------- export
@@ -97,23 +101,24 @@ def to_hf(
     assert mapped == set(state), f"key map and model disagree: {sorted(mapped ^ set(state))}"
     tensors = to_hf_tensors(state, key_map)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
-    try:
+    def fill(tmp: Path) -> None:
         if tokenizer is not None:
-            _write_tokenizer(tokenizer, tmp, c.context_length)
-        _write_json(tmp / "config.json", arch.hf_config(c, bos, eos, dtype))
+            files = hf_tokenizer_files(tokenizer, model_max_length=c.context_length)
+            write_json_files(tmp, files)
         generation = {"bos_token_id": bos, "eos_token_id": eos}
         if pad is not None:
             generation["pad_token_id"] = pad
-        _write_json(tmp / "generation_config.json", generation)
+        write_json_files(
+            tmp,
+            {
+                "config.json": arch.hf_config(c, bos, eos, dtype),
+                "generation_config.json": generation,
+            },
+        )
         # transformers refuses safetensors files whose metadata lacks the format.
         save_file(tensors, tmp / WEIGHTS, metadata={"format": "pt"})
-        _publish(tmp, out, force)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+
+    return write_dir_atomically(out, fill, force=force)
 
 
 def _special_ids(tokenizer: Any) -> tuple[int | None, int | None, int | None]:
@@ -121,38 +126,11 @@ def _special_ids(tokenizer: Any) -> tuple[int | None, int | None, int | None]:
     <|endoftext|> that separates documents is both bos and eos."""
     if tokenizer is None:
         return None, None, None
-    from scratchlm.tokenizer.hf import EOS_CANDIDATES, PAD_CANDIDATES
 
     specials = tokenizer.special_tokens
     eos = next((specials[t] for t in EOS_CANDIDATES if t in specials), None)
     pad = next((specials[t] for t in PAD_CANDIDATES if t in specials), None)
     return eos, eos, pad
-
-
-def _write_tokenizer(tokenizer: Any, folder: Path, context_length: int) -> None:
-    from scratchlm.tokenizer.hf import save_hf_tokenizer
-
-    written = save_hf_tokenizer(tokenizer, folder / "tokenizer", model_max_length=context_length)
-    for name in TOKENIZER_FILES:
-        os.replace(written / name, folder / name)
-    shutil.rmtree(written)
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-
-
-def _publish(tmp: Path, out: Path, force: bool) -> None:
-    """Rename the finished ``tmp`` folder to ``out``, replacing it if ``force``."""
-    if not out.exists():
-        os.replace(tmp, out)
-        return
-    if not force:
-        raise OutputExistsError(f"output directory {out} exists: choose another or pass --force")
-    old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".old"))
-    os.replace(out, old / out.name)
-    os.replace(tmp, out)
-    shutil.rmtree(old)
 
 
 # ------------------------------------------------------------------------- import

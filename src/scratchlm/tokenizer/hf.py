@@ -146,23 +146,12 @@ def _verify_with_tokenizers(tok: BPETokenizer, data: dict[str, Any]) -> None:
             )
 
 
-def save_hf_tokenizer(
-    tok: BPETokenizer,
-    out_dir: str | os.PathLike,
-    *,
-    force: bool = False,
-    model_max_length: int | None = None,
-) -> Path:
-    """Write a folder ``transformers.AutoTokenizer.from_pretrained`` loads:
-    ``tokenizer.json``, ``tokenizer_config.json`` and ``special_tokens_map.json``.
-
-    The folder is built under a temporary name and renamed into place; an existing
-    ``out_dir`` is refused unless ``force``. Returns ``out_dir``.
-    """
-    data = to_hf_tokenizer_json(tok)  # refuse before anything is written
-    out = Path(out_dir)
-    if out.exists() and not force:  # refuse before anything is computed
-        raise OutputExistsError(f"output directory {out} exists: choose another or pass --force")
+def hf_tokenizer_files(
+    tok: BPETokenizer, *, model_max_length: int | None = None
+) -> dict[str, dict[str, Any]]:
+    """The JSON objects of a Hugging Face tokenizer folder, by file name:
+    ``tokenizer.json``, ``tokenizer_config.json`` and ``special_tokens_map.json``."""
+    data = to_hf_tokenizer_json(tok)
     specials = tok.special_tokens
     eos = next((t for t in EOS_CANDIDATES if t in specials), None)
     pad = next((t for t in PAD_CANDIDATES if t in specials), eos)
@@ -185,16 +174,37 @@ def save_hf_tokenizer(
     }
     if others:
         config["additional_special_tokens"] = others
+    return {
+        "tokenizer.json": data,
+        "tokenizer_config.json": config,
+        "special_tokens_map.json": special_map,
+    }
 
-    def fill(tmp: Path) -> None:
-        for name, obj in (
-            ("tokenizer.json", data),
-            ("tokenizer_config.json", config),
-            ("special_tokens_map.json", special_map),
-        ):
-            atomic_write_text(tmp / name, json.dumps(obj, ensure_ascii=False, indent=2) + "\n")
 
-    return write_dir_atomically(out, fill, force=force)
+def write_json_files(folder: Path, files: Mapping[str, Any]) -> None:
+    """Write each object as ``folder/name``, indented JSON."""
+    for name, obj in files.items():
+        atomic_write_text(folder / name, json.dumps(obj, ensure_ascii=False, indent=2) + "\n")
+
+
+def save_hf_tokenizer(
+    tok: BPETokenizer,
+    out_dir: str | os.PathLike,
+    *,
+    force: bool = False,
+    model_max_length: int | None = None,
+) -> Path:
+    """Write a folder ``transformers.AutoTokenizer.from_pretrained`` loads:
+    ``tokenizer.json``, ``tokenizer_config.json`` and ``special_tokens_map.json``.
+
+    The folder is built under a temporary name and renamed into place; an existing
+    ``out_dir`` is refused unless ``force``. Returns ``out_dir``.
+    """
+    out = Path(out_dir)
+    if out.exists() and not force:  # refuse before anything is computed
+        raise OutputExistsError(f"output directory {out} exists: choose another or pass --force")
+    files = hf_tokenizer_files(tok, model_max_length=model_max_length)
+    return write_dir_atomically(out, lambda tmp: write_json_files(tmp, files), force=force)
 
 
 # ------------------------------------------------------------ Hugging Face import

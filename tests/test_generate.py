@@ -138,8 +138,11 @@ def test_prompt_filling_the_whole_context_then_generating() -> None:
 # --- batches of different lengths ------------------------------------------------------
 
 
-def test_batched_rows_equal_each_prompt_alone() -> None:
-    model = make_model(seed=3)
+@pytest.mark.parametrize("position", ["rope", "learned"])
+def test_batched_rows_equal_each_prompt_alone(position: str) -> None:
+    # Learned positions too: RoPE only sees position differences, so a row whose
+    # positions were all shifted by its padding would still pass with RoPE alone.
+    model = make_model(seed=3, position=position)
     steps = run(model, PROMPTS, greedy(20))
     assert len(steps) == 20
     for i, prompt in enumerate(PROMPTS):
@@ -378,6 +381,23 @@ def test_penalties_match_a_written_out_reference(repetition, presence, frequency
         assert column(steps, i) == expected, i
 
 
+def test_padding_is_not_part_of_the_penalty_history() -> None:
+    """Left padding uses id 0; it must not count as a token the row has seen."""
+    model = make_model(seed=13)
+    bias = torch.zeros(VOCAB)
+    bias[0] = 10.0  # token 0 is every row's first greedy choice
+    handle = model.register_forward_hook(lambda module, args, out: out + bias)
+    try:
+        prompts = [[5, 6, 7, 8, 9, 10], [11]]
+        steps = run(model, prompts, greedy(6, repetition_penalty=20.0))
+        for i, prompt in enumerate(prompts):
+            expected = reference_penalised_greedy(model, prompt, 6, repetition=20.0)
+            assert expected[0] == 0
+            assert column(steps, i) == expected, i
+    finally:
+        handle.remove()
+
+
 def test_penalties_change_a_repeating_greedy_run() -> None:
     model = make_model(seed=14)
     prompt = [1, 2, 3]
@@ -420,3 +440,11 @@ def test_budget_is_exact() -> None:
     steps = run(model, [[1, 2, 3], [4]], SampleConfig(temperature=1.0, max_new_tokens=7))
     assert len(steps) == 7
     assert all(len(step) == 2 and None not in step for step in steps)
+
+
+def test_uncached_equals_cached_past_the_context() -> None:
+    # Both paths slide each row's window by the same rule, so they agree after it.
+    model = make_model(seed=7, context_length=16)
+    prompts = [[4, 8, 15, 16, 23], [42] * 12]
+    cached = run(model, prompts, greedy(40))
+    assert run(model, prompts, greedy(40), use_cache=False) == cached

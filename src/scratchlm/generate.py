@@ -7,7 +7,8 @@ prompts (prefill); after that each step feeds one token per row (decode). Rows s
 their own (a stop id, or the token budget) while the others go on.
 
 When a row reaches the model's context length, generation continues on a sliding
-window: the cache is rebuilt from the last half of every row's tokens.
+window: that row keeps its last half, and the cache is rebuilt from every row's window
+(rows that did not slide keep theirs), so each row still computes what it would alone.
 
 Text, stop strings and streaming live one layer up, in ``scratchlm.textgen``.
 """
@@ -87,8 +88,8 @@ def generate_ids(
     """Yield, step by step, the next token of every row: a list of B entries, each an
     id, or None once that row has stopped. A stop id ends its row and is not yielded.
 
-    ``use_cache=False`` recomputes the whole sequence every step (the slow path, kept
-    to measure and test the cache against).
+    ``use_cache=False`` recomputes each row's whole window every step (the slow path,
+    kept to measure and test the cache against; same windows, same tokens).
     """
     sample = sample or SampleConfig()
     context = model.config.context_length
@@ -103,6 +104,8 @@ def generate_ids(
         or sample.frequency_penalty != 0.0
     )
 
+    keep = max(1, context // 2)  # tokens a row keeps when its window slides
+    starts = [0] * len(rows)  # where each row's window begins
     with torch.inference_mode(), _eval_mode(model):
         cache = KVCache.for_model(model.config, len(rows), device=device, dtype=param.dtype)
         logits, positions = _prefill(model, rows, cache if use_cache else None)
@@ -115,15 +118,18 @@ def generate_ids(
             yield [None if d else t for t, d in zip(out, done, strict=True)]
             if all(done):
                 return
-            for row, token in zip(rows, out, strict=True):
+            slid = False
+            for i, (row, token) in enumerate(zip(rows, out, strict=True)):
                 row.append(token)
-            if not use_cache:
-                logits, positions = _prefill(model, [r[-context:] for r in rows], None)
-            elif cache.length + 1 > context:
-                # Sliding window: rebuild the cache from the last half of each row.
-                keep = max(1, context // 2)
+                if len(row) - starts[i] > context:  # this row's window is full: slide it
+                    starts[i] = len(row) - keep
+                    slid = True
+            if slid or not use_cache:
+                # Rebuild from each row's window (rows that did not slide keep theirs),
+                # so every row computes what it would alone.
+                windows = [row[start:] for row, start in zip(rows, starts, strict=True)]
                 cache.reset()
-                logits, positions = _prefill(model, [r[-keep:] for r in rows], cache)
+                logits, positions = _prefill(model, windows, cache if use_cache else None)
             else:
                 positions = positions + 1
                 logits = model(next_ids[:, None], cache, positions[:, None], last_only=True)

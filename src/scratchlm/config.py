@@ -18,6 +18,14 @@ FFNS = ("swiglu", "gelu")
 POSITIONS = ("rope", "learned", "cope", "none")
 
 
+def _known_fields(cls: type, data: dict[str, Any], what: str) -> dict[str, Any]:
+    """``data`` if every key is a field of the dataclass ``cls``; else ConfigError."""
+    unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
+    if unknown:
+        raise ConfigError(f"unknown {what}(s): {', '.join(unknown)}")
+    return data
+
+
 @dataclass
 class ModelConfig:
     """Architecture of a decoder-only Transformer (``TransformerLM``).
@@ -120,11 +128,7 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"unknown model config field(s): {', '.join(unknown)}")
-        return cls(**data)
+        return cls(**_known_fields(cls, data, "model config field"))
 
     def save(self, path: str | os.PathLike) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
@@ -223,8 +227,4 @@ class SampleConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SampleConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"unknown sampling setting(s): {', '.join(unknown)}")
-        return cls(**data)
+        return cls(**_known_fields(cls, data, "sampling setting"))

@@ -296,3 +296,15 @@ def test_norm_gradients_match_torch(gen):
     assert_close(x.grad, x_ref.grad)
     assert_close(norm.weight.grad, w.grad)
     assert_close(norm.bias.grad, b.grad)
+
+
+def test_linear_weight_is_out_by_in_stored_column_major():
+    layer = Linear(5, 3)
+    assert layer.weight.shape == (3, 5)
+    # Column-major storage: the (in, out) matrix is what is contiguous in memory.
+    assert layer.weight.t().is_contiguous() and not layer.weight.is_contiguous()
+    # load_state_dict copies values into that storage and keeps the layout.
+    other = Linear(5, 3)
+    other.load_state_dict({"weight": torch.arange(15.0).reshape(3, 5)})
+    assert torch.equal(other.weight, torch.arange(15.0).reshape(3, 5))
+    assert other.weight.t().is_contiguous()

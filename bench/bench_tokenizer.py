@@ -11,7 +11,7 @@ with ``--markdown``:
    plain tiktoken, HF tokenizers);
 4. memory bounds: streaming encode of a large file, training on a file with no newline.
 
-Every contender runs in a fresh subprocess (``measure``), so each peak RSS is its own; the
+Every contender runs in a fresh subprocess (``harness.measure``), so each peak RSS is its own; the
 child times only the sections inside ``clock(...)``, never imports or reading input
 unless the tool itself reads it (said in each table's notes). Nothing here asserts a
 timing: the numbers are for people to read. MB = 10^6 bytes of UTF-8 text; MiB = 2^20.
@@ -24,100 +24,32 @@ import json
 import os
 import platform
 import re
-import resource
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Callable
-from contextlib import contextmanager
-from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 
+from harness import (
+    REPO,
+    Clock,
+    Report,
+    Run,
+    Table,
+    common_prefix,
+    cores,
+    load_average,
+    measure,
+    package_version,
+    ratio,
+    scratchlm_version,
+)
+
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
 DATA = HERE / ".data"
 MAKE_CORPORA = REPO.parent / "shared" / "data" / "make_corpora.sh"
 CORPORA = ("stdlib_py", "pydocs_en")
 EOT = "<|endoftext|>"
 SINGLE_THREAD = {"RAYON_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-
-
-# --------------------------------------------------------------------------------------
-# Running one contender in a fresh process
-# --------------------------------------------------------------------------------------
-
-
-class Clock:
-    """Times named sections of a child's work; everything outside them is setup."""
-
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
-        self.setup_rss_mib: float | None = None  # peak RSS when the first section starts
-
-    @contextmanager
-    def __call__(self, name: str):
-        if self.setup_rss_mib is None:
-            self.setup_rss_mib = peak_rss_mib()
-        start = time.perf_counter()
-        yield
-        self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
-
-
-@dataclass
-class Run:
-    """What a child reports: its result, section times, and peak RSS (MiB) of itself and
-    of its largest child process (the worker processes of our trainer)."""
-
-    result: dict = field(default_factory=dict)
-    seconds: dict[str, float] = field(default_factory=dict)
-    peak_rss_mib: float = 0.0
-    setup_rss_mib: float = 0.0
-    workers_rss_mib: float = 0.0
-    error: str | None = None
-
-
-def measure(task: Callable, *, env: dict[str, str] | None = None, **kwargs) -> Run:
-    """Run ``task(clock, **kwargs)`` (a function of this file) in a fresh Python process."""
-    print(f"  ... {task.__name__}({_short(kwargs)})", file=sys.stderr, flush=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "run.json"
-        cmd = [sys.executable, __file__, "--child", task.__name__, json.dumps(kwargs), str(out)]
-        proc = subprocess.run(
-            cmd, env={**os.environ, **(env or {})}, cwd=REPO, capture_output=True, text=True
-        )
-        if proc.returncode != 0 or not out.exists():
-            lines = (proc.stderr or proc.stdout or f"exit code {proc.returncode}").strip()
-            return Run(error=lines.splitlines()[-1][:200])
-        return Run(**json.loads(out.read_text()))
-
-
-def _child_main(name: str, kwargs_json: str, out_path: str) -> None:
-    clock = Clock()
-    result = globals()[name](clock, **json.loads(kwargs_json))
-    run = Run(
-        result=result,
-        seconds=clock.seconds,
-        peak_rss_mib=peak_rss_mib(),
-        setup_rss_mib=clock.setup_rss_mib or 0.0,
-        workers_rss_mib=resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,  # KiB
-    )
-    Path(out_path).write_text(json.dumps(run.__dict__))
-
-
-def peak_rss_mib() -> float:
-    """This process's peak RSS. Not ``getrusage(RUSAGE_SELF)``: Linux carries the parent's
-    peak across fork + exec into that, so every child would report the bench's own size."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024  # kB
-    raise RuntimeError("no VmHWM in /proc/self/status")
-
-
-def _short(kwargs: dict) -> str:
-    return ", ".join(f"{k}={Path(v).name if isinstance(v, str) else v}" for k, v in kwargs.items())
 
 
 # --------------------------------------------------------------------------------------
@@ -319,62 +251,12 @@ def stream_encode(clock: Clock, tokenizer_dir: str, path: str) -> dict:
 # --------------------------------------------------------------------------------------
 
 
-@dataclass
-class Table:
-    title: str
-    headers: list[str]
-    rows: list[list[str]] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-    details: list[str] = field(default_factory=list)  # preformatted lines after the notes
-
-    def text(self) -> str:
-        cells = [self.headers, *self.rows]
-        widths = [max(len(row[i]) for row in cells) for i in range(len(self.headers))]
-
-        def line(row: list[str]) -> str:
-            first = row[0].ljust(widths[0])
-            rest = [
-                c.rjust(w) if _numeric(c) else c.ljust(w)
-                for c, w in zip(row[1:], widths[1:], strict=True)
-            ]
-            return "  ".join([first, *rest]).rstrip()
-
-        rule = "  ".join("-" * w for w in widths)
-        out = [self.title, "=" * len(self.title), line(self.headers), rule]
-        out += [line(row) for row in self.rows]
-        out += [f"  * {note}" for note in self.notes]
-        out += self.details
-        return "\n".join(out)
-
-    def markdown(self) -> str:
-        def line(row: list[str]) -> str:
-            return "| " + " | ".join(c.replace("|", "\\|") for c in row) + " |"
-
-        align = ["---:" if _numeric(c) else "---" for c in (self.rows or [self.headers])[0]]
-        out = [f"### {self.title}", "", line(self.headers), "| " + " | ".join(align) + " |"]
-        out += [line(row) for row in self.rows]
-        if self.notes:
-            out += ["", *(f"- {note}" for note in self.notes)]
-        if self.details:
-            out += ["", "```text", *self.details, "```"]
-        return "\n".join(out)
-
-
-def _numeric(cell: str) -> bool:
-    """Numbers are right-aligned: 1,234  0.74x  ~415  57 (+12)."""
-    return bool(re.fullmatch(r"~?\d[\d,]*(\.\d+)?x?( \(\+[\d,]+\))?", cell.strip()))
-
-
 def secs(t: float) -> str:
     return f"{t:,.2f}" if t < 100 else f"{t:,.0f}"
 
 
 def mib(x: float) -> str:
     return f"{x:,.0f}"
-
-
-def ratio(x: float) -> str:
-    return f"{x:.2f}x" if x < 100 else f"{x:,.0f}x"
 
 
 def rss_cell(run: Run) -> str:
@@ -390,8 +272,7 @@ def cell_error(run: Run) -> str:
 def learned_overlap(ours: list[str], theirs: list[str]) -> str:
     """How close another trainer's learned tokens are to ours: the length of the common
     prefix (same tokens in the same order) and the share of tokens both learned."""
-    prefix = next((i for i, (a, b) in enumerate(zip(ours, theirs, strict=False)) if a != b), None)
-    prefix = min(len(ours), len(theirs)) if prefix is None else prefix
+    prefix = common_prefix(ours, theirs)
     shared = len(set(ours) & set(theirs)) / max(1, len(ours))
     return f"first {prefix} same, {shared:.0%} shared"
 
@@ -808,39 +689,18 @@ def make_no_newline_file(original: Path, mb: float) -> Path:
 
 
 def machine_facts() -> Table:
-    def version(pkg: str) -> str:
-        try:
-            return metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            return "not installed"
-
-    cpu = "unknown"
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    commit = (
-        subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
-        ).stdout.strip()
-        or "unknown"
-    )
-    dirty = subprocess.run(
-        ["git", "status", "--porcelain", "--untracked-files=no"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
     facts = [
-        ("cores", f"{len(os.sched_getaffinity(0))} usable ({os.cpu_count()} online), {cpu}"),
+        ("cores", cores()),
         ("memory", f"{mem:.0f} GiB"),
-        ("load average at start", ", ".join(f"{x:.2f}" for x in os.getloadavg())),
+        ("load average at start", load_average()),
         ("python", f"{platform.python_version()} ({sys.executable})"),
         ("platform", platform.platform()),
-        ("scratchlm", f"{version('scratchlm')} @ {commit}{' (modified)' if dirty else ''}"),
-        *((pkg, version(pkg)) for pkg in ("tokenizers", "tiktoken", "rustbpe", "regex", "numpy")),
+        ("scratchlm", scratchlm_version()),
+        *(
+            (pkg, package_version(pkg))
+            for pkg in ("tokenizers", "tiktoken", "rustbpe", "regex", "numpy")
+        ),
         ("date", time.strftime("%Y-%m-%d %H:%M:%S %Z")),
     ]
     return Table("Machine", ["fact", "value"], [list(f) for f in facts])
@@ -883,59 +743,44 @@ def main(argv: list[str] | None = None) -> None:
     args.nonl_mb = args.nonl_mb or (20 if args.quick else 200)
     which = {int(t) for t in args.tables.split(",")}
 
-    start = time.perf_counter()
+    report = Report()
     work = DATA / ("quick" if args.quick else "full")
     work.mkdir(parents=True, exist_ok=True)
     paths = full_corpora()
     if args.quick:
         paths = quick_slices(paths, args.quick_mb, work)
 
-    tables = [machine_facts()]
-    inputs = Table(
-        "Inputs",
-        ["corpus", "file", "MB"],
-        [[n, str(p.relative_to(REPO)), f"{p.stat().st_size / 1e6:.1f}"] for n, p in paths.items()],
+    report.show(machine_facts())
+    report.show(
+        Table(
+            "Inputs",
+            ["corpus", "file", "MB"],
+            [
+                [n, str(p.relative_to(REPO)), f"{p.stat().st_size / 1e6:.1f}"]
+                for n, p in paths.items()
+            ],
+        )
     )
-    tables.append(inputs)
-    for t in tables:
-        print(t.text(), end="\n\n", flush=True)
-
-    def show(table: Table) -> None:
-        tables.append(table)
-        print(table.text(), end="\n\n", flush=True)
 
     trained: dict = {}
     details: list[str] = []
     if 1 in which:
         table, trained = table_training(paths, args, work)
-        show(table)
-        show(table_merge_loop(paths, args))
+        report.show(table)
+        report.show(table_merge_loop(paths, args))
     if 2 in which:
-        show(table_encoding(paths, args, work, trained))
+        report.show(table_encoding(paths, args, work, trained))
     if 3 in which:
         eq, details = table_equality(paths, work)
         if details:
             eq.details = ["DIFFERENCES (a bug):", *details]
-        show(eq)
+        report.show(eq)
     if 4 in which:
-        show(table_memory(paths, args, work, trained))
+        report.show(table_memory(paths, args, work, trained))
 
-    total = time.perf_counter() - start
-    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
-    summary = f"Total bench time: {total:,.0f} s; load average at the end: {load}."
-    print(summary)
-    if args.markdown:
-        args.markdown.parent.mkdir(parents=True, exist_ok=True)
-        head = "# Tokenizer benchmark" + (
-            " (--quick: small slices, not for docs)" if args.quick else ""
-        )
-        body = "\n\n".join(t.markdown() for t in tables)
-        args.markdown.write_text(f"{head}\n\n{body}\n\n{summary}\n")
-        print(f"markdown written to {args.markdown}")
+    quick = " (--quick: small slices, not for docs)" if args.quick else ""
+    report.finish(f"Tokenizer benchmark{quick}", args.markdown)
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 5 and sys.argv[1] == "--child":
-        _child_main(*sys.argv[2:])
-    else:
-        main()
+    main()

@@ -91,6 +91,29 @@ class TransformerLM(nn.Module):
         positions: (B, T) position of each token (default: cache length + 0..T-1).
         attention_mask: (B, T) bool, False for padding tokens that nothing may attend to.
         """
+        x = self.hidden_states(ids, cache, positions, attention_mask)
+        if last_only:
+            x = x[:, -1:]
+        return self.lm_head(x)
+
+    def loss(self, ids: Tensor, targets: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        """Mean next-token cross-entropy: ids (B, T), targets (B, T) with -100 where no
+        loss is wanted. Uses the fused projection + loss (``linear_cross_entropy``), which
+        never holds all (B, T, V) logits; equal to cross_entropy(self(ids), targets)."""
+        from scratchlm.train.loss import linear_cross_entropy
+
+        hidden = self.hidden_states(ids, attention_mask=attention_mask)  # (B, T, d_model)
+        return linear_cross_entropy(hidden, self.lm_head.weight, targets)
+
+    def hidden_states(
+        self,
+        ids: Tensor,
+        cache: KVCache | None = None,
+        positions: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+    ) -> Tensor:
+        """ids (B, T) -> the final normalised hidden states (B, T, d_model), the input of
+        the output projection. Arguments as in ``forward``."""
         c = self.config
         past = cache.length if cache is not None else 0
         self._check(ids, past, cache)
@@ -113,9 +136,7 @@ class TransformerLM(nn.Module):
                     x = x + self.depth_scales[layer] * (block(x, rotary, mask, cache, layer) - x)
         if cache is not None:
             cache.advance(T)
-        if last_only:
-            x = x[:, -1:]
-        return self.lm_head(self.norm(x))
+        return self.norm(x)
 
     def _check(self, ids: Tensor, past: int, cache: KVCache | None) -> None:
         c = self.config

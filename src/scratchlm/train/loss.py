@@ -1,0 +1,111 @@
+"""Cross-entropy, written out, and a fused fast path that never holds all the logits.
+
+The language-model loss is the mean over positions of -log softmax(logits)[target].
+``cross_entropy`` is that formula, computed stably: log softmax(z)_t = z_t - logsumexp(z),
+and logsumexp subtracts the max before exponentiating, so huge logits do not overflow.
+
+``linear_cross_entropy`` fuses the output projection with the loss. For N positions and
+a vocabulary of V it never builds the (N, V) logits at once: it works through chunks of
+rows, and while a chunk's logits are at hand it also computes their gradient, which for
+cross-entropy is simply (softmax - one_hot) / N. Backward then only scales the gradients
+it saved. Same numbers as ``cross_entropy(hidden @ weight.T)`` (a test proves it). What
+it saves is memory: GPT-2's vocabulary at batch 8 x 1024 makes 1.6 GB of float32 logits
+and as much again for their gradient; here only one chunk's worth exists at a time. On
+a CPU with the ``small`` preset it runs at the same speed as logits + cross-entropy
+(bench/bench_model.py, table 2).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+IGNORE_INDEX = -100
+
+
+def cross_entropy(logits: Tensor, targets: Tensor, ignore_index: int = IGNORE_INDEX) -> Tensor:
+    """Mean of -log softmax(logits)[target] over targets that are not ``ignore_index``.
+
+    logits (..., V), targets (...) long. Returns a scalar; 0 when every target is
+    ignored (a batch with nothing to learn adds nothing).
+    """
+    logits = logits.reshape(-1, logits.shape[-1])  # (N, V)
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # bf16 -> f32
+    targets = targets.reshape(-1)  # (N,)
+    keep = targets != ignore_index
+    logits, targets = logits[keep], targets[keep]
+    if targets.numel() == 0:
+        return logits.sum() * 0.0
+    m = logits.amax(dim=-1, keepdim=True)  # (N, 1): subtracted so exp() cannot overflow
+    logsumexp = m.squeeze(-1) + torch.log(torch.exp(logits - m).sum(dim=-1))  # (N,)
+    picked = logits.gather(-1, targets[:, None]).squeeze(-1)  # (N,)
+    return (logsumexp - picked).mean()
+
+
+def linear_cross_entropy(
+    hidden: Tensor,
+    weight: Tensor,
+    targets: Tensor,
+    ignore_index: int = IGNORE_INDEX,
+    chunk_size: int = 1024,
+) -> Tensor:
+    """``cross_entropy(hidden @ weight.T, targets)`` without materialising all logits.
+
+    hidden (..., d), weight (V, d) (the output projection), targets (...) long.
+    Returns a scalar, differentiable with respect to ``hidden`` and ``weight``.
+    """
+    h = hidden.reshape(-1, hidden.shape[-1])  # (N, d)
+    return _LinearCrossEntropy.apply(h, weight, targets.reshape(-1), ignore_index, chunk_size)
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    """Loss and its gradients in one chunked pass (gradients computed in forward)."""
+
+    @staticmethod
+    def forward(ctx, h: Tensor, weight: Tensor, targets: Tensor, ignore_index: int, chunk: int):
+        ctx.weight_dtype = weight.dtype
+        n_valid = int((targets != ignore_index).sum())  # one host sync per call
+        want_h, want_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        grad_h = torch.zeros_like(h) if want_h else None
+        grad_w = None
+        if want_w:
+            grad_w = torch.zeros_like(
+                weight, dtype=torch.promote_types(weight.dtype, torch.float32)
+            )
+        acc = torch.promote_types(h.dtype, torch.float32)  # accumulate in f32 or f64
+        total = torch.zeros((), dtype=acc, device=h.device)
+        for start in range(0, h.shape[0], chunk):
+            hc, tc = h[start : start + chunk], targets[start : start + chunk]
+            keep = tc != ignore_index
+            rows = slice(None)
+            if not bool(keep.all()):  # drop ignored rows (the common case keeps all)
+                rows = keep.nonzero().squeeze(1)
+                hc, tc = hc[rows], tc[rows]
+            if tc.numel() == 0:
+                continue
+            logits = hc @ weight.t()  # (C, V)
+            logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # f32 at least
+            logsumexp = torch.logsumexp(logits, dim=-1)  # (C,)
+            picked = logits.gather(1, tc[:, None]).squeeze(1)  # (C,)
+            total += (logsumexp - picked).sum()
+            if not (want_h or want_w):
+                continue
+            # d(mean loss)/d(logits) = (softmax - one_hot) / n_valid, built in place.
+            grad = logits.sub_(logsumexp[:, None]).exp_()
+            grad.scatter_add_(1, tc[:, None], torch.full_like(picked, -1.0)[:, None])
+            grad = grad.div_(n_valid).to(hc.dtype)  # (C, V)
+            if want_h:
+                grad_h[start : start + chunk][rows] = (grad @ weight).to(h.dtype)
+            if want_w and grad.dtype == grad_w.dtype:
+                grad_w.addmm_(grad.t(), hc)  # written in place: no (V, d) temporary
+            elif want_w:
+                grad_w += (grad.t() @ hc).to(grad_w.dtype)
+        ctx.save_for_backward(grad_h, grad_w)
+        return total / max(n_valid, 1)
+
+    @staticmethod
+    def backward(ctx, grad_loss: Tensor):
+        grad_h, grad_w = ctx.saved_tensors
+        dh = grad_h * grad_loss if grad_h is not None else None
+        dw = (grad_w * grad_loss).to(ctx.weight_dtype) if grad_w is not None else None
+        return dh, dw, None, None, None

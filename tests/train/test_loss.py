@@ -1,0 +1,87 @@
+"""The loss functions against torch's cross-entropy, values and gradients."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from scratchlm.config import preset
+from scratchlm.model import TransformerLM
+from scratchlm.train import cross_entropy, linear_cross_entropy
+
+
+def test_cross_entropy_matches_torch_and_ignores_targets():
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(4, 7, 11, generator=gen)
+    targets = torch.randint(0, 11, (4, 7), generator=gen)
+    targets[0, :3] = -100
+    expected = F.cross_entropy(logits.reshape(-1, 11), targets.reshape(-1), ignore_index=-100)
+    torch.testing.assert_close(cross_entropy(logits, targets), expected)
+
+
+def test_cross_entropy_is_stable_for_huge_logits():
+    # exp(1e4) overflows float32; the max-subtracted form must not. Row 0: the target has
+    # all the mass (loss 0). Row 1: two equal top logits (loss log 2). Float32 keeps
+    # about 3 decimals at 3e4, hence the tolerance.
+    logits = torch.tensor([[1e4, 0.0, -1e4], [3e4, 3e4, 0.0]])
+    targets = torch.tensor([0, 1])
+    got = cross_entropy(logits, targets)
+    assert torch.isfinite(got)
+    assert abs(got.item() - math.log(2.0) / 2) < 1e-3
+
+
+def test_all_targets_ignored_gives_zero_loss_and_zero_gradients():
+    logits = torch.randn(3, 5, requires_grad=True)
+    targets = torch.full((3,), -100)
+    loss = cross_entropy(logits, targets)
+    loss.backward()
+    assert loss.item() == 0.0 and torch.count_nonzero(logits.grad) == 0
+    h = torch.randn(3, 4, requires_grad=True)
+    w = torch.randn(5, 4, requires_grad=True)
+    fused = linear_cross_entropy(h, w, targets)
+    fused.backward()
+    assert fused.item() == 0.0
+    assert torch.count_nonzero(h.grad) == 0 and torch.count_nonzero(w.grad) == 0
+
+
+@pytest.mark.parametrize("n, chunk", [(10, 3), (10, 10), (10, 64), (37, 8)])
+@pytest.mark.parametrize("ignore", [False, True])
+def test_linear_cross_entropy_matches_the_unfused_loss(n, chunk, ignore):
+    gen = torch.Generator().manual_seed(n + chunk)
+    h = torch.randn(n, 6, generator=gen, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(9, 6, generator=gen, dtype=torch.float64, requires_grad=True)
+    targets = torch.randint(0, 9, (n,), generator=gen)
+    if ignore:
+        targets[::3] = -100
+    expected = F.cross_entropy(h @ w.t(), targets, ignore_index=-100)
+    grad_h, grad_w = torch.autograd.grad(expected * 2.5, (h, w))
+    got = linear_cross_entropy(h, w, targets, chunk_size=chunk)
+    got_h, got_w = torch.autograd.grad(got * 2.5, (h, w))  # the upstream gradient scales
+    torch.testing.assert_close(got, expected)
+    torch.testing.assert_close(got_h, grad_h)
+    torch.testing.assert_close(got_w, grad_w)
+
+
+def test_linear_cross_entropy_without_gradients_still_gives_the_loss():
+    h, w = torch.randn(5, 3), torch.randn(4, 3)
+    targets = torch.tensor([0, 1, 2, 3, 0])
+    with torch.no_grad():
+        got = linear_cross_entropy(h, w, targets, chunk_size=2)
+    torch.testing.assert_close(got, F.cross_entropy(h @ w.t(), targets))
+
+
+@pytest.mark.parametrize("tie", [False, True])
+def test_model_loss_equals_cross_entropy_of_its_logits(tie):
+    torch.manual_seed(0)
+    model = TransformerLM(preset("tiny", vocab_size=50, context_length=16, tie_embeddings=tie))
+    ids = torch.randint(0, 50, (2, 16))
+    targets = torch.roll(ids, -1, dims=1)
+    targets[:, -1] = -100
+    expected = F.cross_entropy(model(ids).reshape(-1, 50), targets.reshape(-1))
+    expected_grads = torch.autograd.grad(expected, list(model.parameters()))
+    got = model.loss(ids, targets)
+    got_grads = torch.autograd.grad(got, list(model.parameters()))
+    torch.testing.assert_close(got, expected)
+    for g, e in zip(got_grads, expected_grads, strict=True):
+        torch.testing.assert_close(g, e, atol=1e-6, rtol=1e-4)

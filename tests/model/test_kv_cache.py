@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from model_helpers import randomize_neutral_params
 from torch.testing import assert_close
 
 from scratchlm.config import ModelConfig, preset
@@ -23,15 +24,7 @@ def make_model(seed: int = 0, **overrides) -> TransformerLM:
     config = ModelConfig(**{**BASE, **overrides})
     torch.manual_seed(seed)
     model = TransformerLM(config)
-    gen = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():  # non-trivial values for params that start at 0 or 1
-        if model.depth_scales is not None:
-            model.depth_scales.copy_(0.5 + torch.rand(model.depth_scales.shape, generator=gen))
-        for layer in model.layers:
-            if layer.self_attn.cope is not None:
-                pos_emb = layer.self_attn.cope.pos_emb
-                pos_emb.copy_(torch.randn(pos_emb.shape, generator=gen))
-    return model.eval()
+    return randomize_neutral_params(model, seed + 1).eval()
 
 
 def random_ids(vocab: int, B: int, T: int, seed: int = 5) -> torch.Tensor:

@@ -86,13 +86,15 @@ def _read_text_arg(args: argparse.Namespace) -> str:
 
 def _tokenizer_encode(args: argparse.Namespace) -> int:
     from scratchlm.tokenizer import load_tokenizer
+    from scratchlm.tokenizer.report import show_split
 
     tok = load_tokenizer(args.tokenizer)
-    ids = tok.encode(_read_text_arg(args), allow_special=not args.no_special)
+    text = _read_text_arg(args)
     if args.show:
-        print("|".join(tok.decode([i]) for i in ids))
-    else:
-        print(json.dumps(ids) if args.json else " ".join(map(str, ids)))
+        print(show_split(tok, text, allow_special=not args.no_special))
+        return 0
+    ids = tok.encode(text, allow_special=not args.no_special)
+    print(json.dumps(ids) if args.json else " ".join(map(str, ids)))
     return 0
 
 

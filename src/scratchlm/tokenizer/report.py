@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from scratchlm.errors import DataError
+from scratchlm.tokenizer.files import escape_token
 
 
 def longest_tokens(tok: Any, n: int = 10) -> list[bytes]:
@@ -34,10 +35,11 @@ def compression(tok: Any, path: str | os.PathLike, max_bytes: int = 16 << 20) ->
     }
 
 
-def show_split(tok: Any, text: str) -> str:
-    """``text`` with its tokens separated by ``|``, e.g. ``The| sky| is| blue``."""
-    pieces = [tok.decode([i]) for i in tok.encode(text)]
-    return "|".join(pieces)
+def show_split(tok: Any, text: str, allow_special: bool = True) -> str:
+    """``text`` with its tokens separated by ``|``, e.g. ``The| sky| is| blue``. A token
+    holding part of a character shows its bytes (``\xe6``), as in tokenizer.json."""
+    ids = tok.encode(text, allow_special=allow_special)
+    return "|".join(escape_token(tok.id_to_token(i)) for i in ids)
 
 
 def describe(tok: Any) -> dict[str, Any]:

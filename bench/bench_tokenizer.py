@@ -539,6 +539,23 @@ def _describe_difference(name, path, work, ref, other, pos, label) -> str:
     )
 
 
+def _memory_row(label: str, f: Path, run: Run, clocked: str, peak: str, result) -> list[str]:
+    """One row of table 4: input size, time and speed of the ``clocked`` part, memory."""
+    mb = f.stat().st_size / 1e6
+    if run.error:
+        return [label, f"{mb:,.0f}", cell_error(run), "", "", "", ""]
+    t = run.seconds[clocked]
+    return [
+        label,
+        f"{mb:,.0f}",
+        secs(t),
+        f"{mb / t:.1f}",
+        mib(run.setup_rss_mib),
+        peak,
+        result(run.result),
+    ]
+
+
 def table_memory(paths: dict[str, Path], args, work: Path, trained: dict) -> Table:
     """Table 4: memory stays flat when streaming a big file and training on one line."""
     table = Table(
@@ -567,22 +584,15 @@ def table_memory(paths: dict[str, Path], args, work: Path, trained: dict) -> Tab
         f: measure(stream_encode, tokenizer_dir=str(tok_dir), path=str(f)) for f in (small, big)
     }
     for f, run in runs.items():
-        mb = f.stat().st_size / 1e6
-        label = f"(a) encode_iterable, {f.name}"
-        if run.error:
-            table.rows.append([label, f"{mb:,.0f}", cell_error(run), "", "", "", ""])
-            continue
-        t = run.seconds["encode"]
         table.rows.append(
-            [
-                label,
-                f"{mb:,.0f}",
-                secs(t),
-                f"{mb / t:.1f}",
-                mib(run.setup_rss_mib),
+            _memory_row(
+                f"(a) encode_iterable, {f.name}",
+                f,
+                run,
+                "encode",
                 mib(run.peak_rss_mib),
-                f"{run.result['tokens']:,} tokens",
-            ]
+                lambda r: f"{r['tokens']:,} tokens",
+            )
         )
     if not any(r.error for r in runs.values()):
         n_small, n_big = runs[small].result["tokens"], runs[big].result["tokens"]
@@ -596,22 +606,15 @@ def table_memory(paths: dict[str, Path], args, work: Path, trained: dict) -> Tab
     orig_run = trained[CORPORA[0]]
     nonl_run = measure(train_ours, path=str(nonl), vocab_size=args.vocab_size)
     for f, run in [(original, orig_run), (nonl, nonl_run)]:
-        mb = f.stat().st_size / 1e6
-        label = f"(b) train_bpe, {f.name}"
-        if run.error:
-            table.rows.append([label, f"{mb:,.0f}", cell_error(run), "", "", "", ""])
-            continue
-        t = run.seconds["train"]
         table.rows.append(
-            [
-                label,
-                f"{mb:,.0f}",
-                secs(t),
-                f"{mb / t:.1f}",
-                mib(run.setup_rss_mib),
+            _memory_row(
+                f"(b) train_bpe, {f.name}",
+                f,
+                run,
+                "train",
                 rss_cell(run),
-                f"{len(run.result['tokens']):,} merges",
-            ]
+                lambda r: f"{len(r['tokens']):,} merges",
+            )
         )
     return table
 

@@ -109,8 +109,10 @@ def generate_ids(
     with torch.inference_mode(), _eval_mode(model):
         cache = KVCache.for_model(model.config, len(rows), device=device, dtype=param.dtype)
         logits, positions = _prefill(model, rows, cache if use_cache else None)
+        # Every token each row has seen, for the penalties: (B, L), -1 = padding. All
+        # rows grow by one token a step, so the new tokens are appended as a column.
+        history = _history(rows, device) if penalties else None
         for step in range(sample.max_new_tokens):
-            history = _history(rows, device) if penalties else None  # (B, L), -1 = padding
             next_ids = sample_next(logits[:, -1].float(), sample, generator, history)  # (B,)
             finished |= torch.isin(next_ids, stop)
             out = next_ids.tolist()
@@ -118,6 +120,8 @@ def generate_ids(
             yield [None if d else t for t, d in zip(out, done, strict=True)]
             if all(done) or step == sample.max_new_tokens - 1:
                 return  # no forward pass for a token nobody will ask for
+            if history is not None:
+                history = torch.cat([history, next_ids[:, None]], dim=1)
             slid = False
             for i, (row, token) in enumerate(zip(rows, out, strict=True)):
                 row.append(token)

@@ -92,6 +92,26 @@ def _default_stop_ids(tokenizer: Any, stop_ids: Sequence[int] | None) -> list[in
     return [special[END_OF_TEXT]] if END_OF_TEXT in special else []
 
 
+def _engine(
+    model: TransformerLM,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    settings: SampleConfig,
+    stop_ids: Sequence[int] | None,
+    truncate: bool,
+) -> Iterator[list[int | None]]:
+    """The id-only engine started on encoded prompts, with the default stop ids and a
+    generator seeded from the settings."""
+    return generate_ids(
+        model,
+        [_prompt_ids(tokenizer, p) for p in prompts],
+        settings,
+        stop_ids=_default_stop_ids(tokenizer, stop_ids),
+        generator=make_generator(settings.seed, next(model.parameters()).device),
+        truncate=truncate,
+    )
+
+
 def stream(
     model: TransformerLM,
     tokenizer: Any,
@@ -109,15 +129,7 @@ def stream(
     id (default: ``<|endoftext|>``), a stop string (left out of the text), or the budget.
     """
     settings = _settings(sample, overrides)
-    device = next(model.parameters()).device
-    steps = generate_ids(
-        model,
-        [_prompt_ids(tokenizer, prompt)],
-        settings,
-        stop_ids=_default_stop_ids(tokenizer, stop_ids),
-        generator=make_generator(settings.seed, device),
-        truncate=truncate,
-    )
+    steps = _engine(model, tokenizer, [prompt], settings, stop_ids, truncate)
     text = TextStream(tokenizer, settings.stop)
     for (token,) in steps:
         if token is None:
@@ -152,16 +164,8 @@ def generate(
             )
         )
     settings = _settings(sample, overrides)
-    device = next(model.parameters()).device
     streams = [TextStream(tokenizer, settings.stop) for _ in prompt]
-    steps = generate_ids(
-        model,
-        [_prompt_ids(tokenizer, p) for p in prompt],
-        settings,
-        stop_ids=_default_stop_ids(tokenizer, stop_ids),
-        generator=make_generator(settings.seed, device),
-        truncate=truncate,
-    )
+    steps = _engine(model, tokenizer, prompt, settings, stop_ids, truncate)
     done = [False] * len(streams)
     for tokens in steps:
         for i, token in enumerate(tokens):

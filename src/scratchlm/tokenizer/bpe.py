@@ -28,6 +28,7 @@ from scratchlm.tokenizer.pretokenize import (
     split_special,
     split_text,
 )
+from scratchlm.tokenizer.train_bpe import apply_merge
 
 # Pre-token cache size: beyond this many distinct pre-tokens the cache starts over.
 CACHE_SIZE = 1 << 18
@@ -204,16 +205,8 @@ class BPETokenizer:
                     best = (pair, found)
             if best is None:
                 break
-            (a, b), (_, merged) = best
-            out, i, n = [], 0, len(ids)
-            while i < n:
-                if i + 1 < n and ids[i] == a and ids[i + 1] == b:
-                    out.append(merged)
-                    i += 2
-                else:
-                    out.append(ids[i])
-                    i += 1
-            ids = out
+            pair, (_, merged) = best
+            ids = apply_merge(ids, pair, merged)
         return ids
 
     def encode_batch(self, texts: Iterable[str], *, allow_special: bool = True) -> list[list[int]]:

@@ -138,13 +138,14 @@ def merge_pairs_reference(word_counts: Mapping[bytes, int], num_merges: int) -> 
         merges.append(best)
         merged: dict[tuple[bytes, ...], int] = Counter()
         for word, count in words.items():
-            merged[tuple(_apply_merge(word, best, best[0] + best[1]))] += count
+            merged[tuple(apply_merge(word, best, best[0] + best[1]))] += count
         words = merged
     return merges
 
 
-def _apply_merge(word: Sequence, pair: tuple, new) -> list:
-    """Replace every occurrence of ``pair`` in ``word``, scanning left to right.
+def apply_merge(word: Sequence, pair: tuple, new) -> list:
+    """Replace every occurrence of ``pair`` in ``word``, scanning left to right (used by
+    training and by encoding, so both merge overlapping pairs the same way).
 
     ``list.index`` finds each candidate left token in C, which matters: this runs for
     every word holding a merged pair.
@@ -217,7 +218,7 @@ def merge_pairs(
         delta: dict[tuple[int, int], int] = defaultdict(int)
         for i in where.pop(pair):
             word = words[i]
-            merged = _apply_merge(word, pair, new)
+            merged = apply_merge(word, pair, new)
             if len(merged) == len(word):
                 continue  # the index is lazy: this word lost the pair to an earlier merge
             count = counts[i]

@@ -84,6 +84,20 @@ def test_same_ids_on_any_text(tiktoken, trained_paths, name, pattern, text):
     assert fast.decode(fast.encode(text)) == text
 
 
+@pytest.mark.parametrize("specials", [[], [EOT], [EOT, EOT2]], ids=["none", "one", "nested"])
+def test_same_ids_with_any_set_of_special_tokens(tiktoken, trained_bpe, mixed_text, specials):
+    # No specials: all in tiktoken. One: tiktoken splits it in Rust. A prefix pair:
+    # split in Python first (longest match), the text between encoded by tiktoken.
+    vocab, merges = trained_bpe()
+    vocab = {i: t for i, t in vocab.items() if i < 256 + len(merges)}  # drop EOT, EOT2
+    slow, fast = both_paths(vocab, merges, specials)
+    assert fast.uses_tiktoken
+    for allow in (True, False):
+        assert fast.encode(mixed_text, allow_special=allow) == slow.encode(
+            mixed_text, allow_special=allow
+        )
+
+
 # Letters that the `regex` module's Unicode tables know but older tables (Python 3.11's
 # unicodedata, and the Rust regex tables inside tiktoken) call unassigned. Text holding
 # them must still get identical ids, or the fast path must not be used for it.

@@ -159,12 +159,15 @@ class BPETokenizer:
         """Text -> ids. With ``allow_special=False`` special tokens are encoded as the
         plain text they look like."""
         special = self._special_re if allow_special else None
-        if self._fast is not None and self._fast.handles(text):
-            return self._fast.encode(text, special)
+        fast = self._fast if self._fast is not None and self._fast.handles(text) else None
+        if fast is not None and (special is None or fast.with_specials is not None):
+            return fast.encode(text, special is not None)  # all in tiktoken, specials too
         ids: list[int] = []
         for piece, is_special in split_special(text, special):
             if is_special:
                 ids.append(self._special[piece])
+            elif fast is not None:
+                ids.extend(fast.ordinary.encode_ordinary(piece))
             else:
                 self._encode_ordinary(piece, ids)
         return ids

@@ -24,10 +24,9 @@ import unicodedata
 from typing import TYPE_CHECKING
 
 import numpy as np
-import regex
 
 from scratchlm.errors import TokenizerError
-from scratchlm.tokenizer.pretokenize import GPT2_PATTERN, GPT4_PATTERN, split_special
+from scratchlm.tokenizer.pretokenize import GPT2_PATTERN, GPT4_PATTERN
 
 if TYPE_CHECKING:
     from scratchlm.tokenizer.bpe import BPETokenizer
@@ -38,7 +37,8 @@ TIKTOKEN_PATTERNS = (GPT2_PATTERN, GPT4_PATTERN)
 class TiktokenEncoder:
     """Encodes with tiktoken. Special tokens are handled by tiktoken too (in Rust) unless
     one special token is a prefix of another: tiktoken does not promise the longest
-    match there, so then they are split out here first, exactly as the Python path does.
+    match there, so then ``BPETokenizer.encode`` splits them out first, exactly as on
+    the Python path, and hands the text between them to ``ordinary``.
     """
 
     def __init__(self, ordinary, with_specials, special_ids: dict[str, int]) -> None:
@@ -63,18 +63,13 @@ class TiktokenEncoder:
                 return False
         return True
 
-    def encode(self, text: str, special: regex.Pattern | None) -> list[int]:
-        if special is None:
+    def encode(self, text: str, allow_special: bool) -> list[int]:
+        """All of ``text`` in tiktoken. With ``allow_special`` this needs
+        ``with_specials``; otherwise the caller splits out special tokens itself."""
+        if not allow_special:
             return self.ordinary.encode_ordinary(text)
-        if self.with_specials is not None:
-            return self.with_specials.encode(text, allowed_special="all", disallowed_special=())
-        ids: list[int] = []
-        for piece, is_special in split_special(text, special):
-            if is_special:
-                ids.append(self.special_ids[piece])
-            else:
-                ids.extend(self.ordinary.encode_ordinary(piece))
-        return ids
+        assert self.with_specials is not None, "nested special tokens: split them first"
+        return self.with_specials.encode(text, allowed_special="all", disallowed_special=())
 
 
 @functools.cache

@@ -1,22 +1,14 @@
-"""The ``scratchlm`` command: parses arguments and calls library functions, nothing more.
-
-Any ScratchLMError becomes one line on stderr and exit status 2; ``--debug`` shows the
-traceback instead.
-"""
+"""``scratchlm tokenizer ...``: train, apply, inspect and export tokenizers."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import logging
-import os
 import sys
 import time
-from collections.abc import Sequence
 from pathlib import Path
 
-from scratchlm import __version__
-from scratchlm.errors import ScratchLMError
+FMT = argparse.RawDescriptionHelpFormatter
 
 EXAMPLE_ARGS = {"encode": "'Hello there'", "decode": "72 101 300", "info": "--file notes.txt"}
 EPILOG_TOKENIZER_TRAIN = """example:
@@ -137,91 +129,8 @@ def _tokenizer_export_hf(args: argparse.Namespace) -> int:
     return 0
 
 
-def _model_info(args: argparse.Namespace) -> int:
-    import torch
-
-    from scratchlm.config import preset
-    from scratchlm.model import TransformerLM
-
-    overrides = {"vocab_size": args.vocab_size} if args.vocab_size else {}
-    config = preset(args.preset, **overrides)
-    with torch.device("meta"):  # count parameters without allocating memory for them
-        model = TransformerLM(config)
-    info = {
-        "preset": args.preset,
-        "parameters": model.num_parameters(),
-        "non_embedding_parameters": model.num_parameters(non_embedding=True),
-        "training_flops_per_token": model.flops_per_token(training=True),
-        "config": config.to_dict(),
-    }
-    if args.json:
-        print(json.dumps(info, indent=2))
-        return 0
-    print(
-        f"preset {args.preset}: {info['parameters'] / 1e6:.2f}M parameters, "
-        f"{info['non_embedding_parameters'] / 1e6:.2f}M non-embedding"
-    )
-    print(
-        f"training FLOPs per token (context {config.context_length}): "
-        f"{info['training_flops_per_token'] / 1e6:.1f}M"
-    )
-    for key, value in config.to_dict().items():
-        print(f"  {key}: {value}")
-    return 0
-
-
-def _train(args: argparse.Namespace) -> int:
-    from scratchlm.pipeline import DefaultRun, run_default
-
-    run_default(DefaultRun(out_dir=Path(args.out)), progress=not args.quiet)
-    return 0
-
-
-def build_parser() -> argparse.ArgumentParser:
-    fmt = argparse.RawDescriptionHelpFormatter
-    parser = argparse.ArgumentParser(
-        prog="scratchlm",
-        description="Train, tune, chat with and export a small LLM, written from scratch.",
-        epilog="example:\n  scratchlm train            # the default run on the built-in data",
-        formatter_class=fmt,
-    )
-    parser.add_argument("--version", action="version", version=f"scratchlm {__version__}")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
-    parser.add_argument(
-        "--log-level",
-        default=os.environ.get("SCRATCHLM_LOG", "INFO"),
-        help="DEBUG, INFO, WARNING or ERROR (default: $SCRATCHLM_LOG or INFO)",
-    )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    p = sub.add_parser(
-        "train",
-        help="run the default pipeline on the built-in data",
-        description="Run the default pipeline on the built-in data (for now: the tokenizer "
-        "stage). Finished stages are reused on a rerun.",
-        epilog="example:\n  scratchlm train --out runs/default",
-        formatter_class=fmt,
-    )
-    p.add_argument("--out", default="runs/default", help="run directory (default: runs/default)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(func=_train)
-
-    model = sub.add_parser("model", help="inspect model presets")
-    msub = model.add_subparsers(dest="model_command", required=True, metavar="ACTION")
-    p = msub.add_parser(
-        "info",
-        help="configuration and parameter counts of a preset",
-        description="Print a preset's configuration, parameter counts and FLOPs per token.",
-        epilog="example:\n  scratchlm model info small --vocab-size 8192",
-        formatter_class=fmt,
-    )
-    from scratchlm.config import PRESETS
-
-    p.add_argument("preset", choices=list(PRESETS), help="preset name")
-    p.add_argument("--vocab-size", type=int, help="override the preset's vocabulary size")
-    p.add_argument("--json", action="store_true", help="print JSON")
-    p.set_defaults(func=_model_info)
-
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add ``tokenizer`` and its actions to the top-level subparsers."""
     tok = sub.add_parser("tokenizer", help="train, apply and inspect tokenizers")
     tsub = tok.add_subparsers(dest="tokenizer_command", required=True, metavar="ACTION")
 
@@ -230,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="train a byte-level BPE (or character) tokenizer",
         description="Train a byte-level BPE tokenizer on text files or directories.",
         epilog=EPILOG_TOKENIZER_TRAIN,
-        formatter_class=fmt,
+        formatter_class=FMT,
     )
     p.add_argument("inputs", nargs="+", help="text files or directories of them")
     p.add_argument("--vocab-size", type=int, default=10_000, help="default: 10000")
@@ -264,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
             help=helptext,
             description=f"Tokenizer {name}: {helptext}.",
             epilog=f"example:\n  scratchlm tokenizer {name} runs/tok {EXAMPLE_ARGS[name]}",
-            formatter_class=fmt,
+            formatter_class=FMT,
         )
         p.add_argument("tokenizer", help="a tokenizer.json or the directory holding it")
         if name == "encode":
@@ -288,44 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Write tokenizer.json, tokenizer_config.json and special_tokens_map.json, "
         "which transformers.AutoTokenizer.from_pretrained loads with the same ids.",
         epilog="example:\n  scratchlm tokenizer export-hf runs/tok runs/tok-hf",
-        formatter_class=fmt,
+        formatter_class=FMT,
     )
     p.add_argument("tokenizer", help="a tokenizer.json or the directory holding it")
     p.add_argument("out_dir", help="output directory")
     p.add_argument("--force", action="store_true", help="replace an existing output directory")
     p.set_defaults(func=_tokenizer_export_hf)
-    return parser
-
-
-def _configure_logging(level: str) -> None:
-    numeric = logging.getLevelName(level.upper())
-    if not isinstance(numeric, int):
-        raise SystemExit(
-            f"scratchlm: error: unknown log level {level!r} (use DEBUG, INFO, WARNING or ERROR)"
-        )
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
-    root = logging.getLogger("scratchlm")
-    root.handlers[:] = [handler]
-    root.setLevel(numeric)
-    root.propagate = False
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``scratchlm`` command; returns the exit status."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    _configure_logging(args.log_level)
-    try:
-        return args.func(args)
-    except ScratchLMError as e:
-        if args.debug:
-            raise
-        print(f"scratchlm: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("scratchlm: interrupted", file=sys.stderr)
-        return 130
-    except BrokenPipeError:  # output piped into `head` and the like: not an error
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0

@@ -7,8 +7,10 @@ import torch
 import torch.nn.functional as F
 
 from scratchlm.config import preset
+from scratchlm.errors import DataError
 from scratchlm.model import TransformerLM
 from scratchlm.train import cross_entropy, linear_cross_entropy
+from scratchlm.train.loss import bits_per_byte
 
 
 def test_cross_entropy_matches_torch_and_ignores_targets():
@@ -85,3 +87,20 @@ def test_model_loss_equals_cross_entropy_of_its_logits(tie):
     torch.testing.assert_close(got, expected)
     for g, e in zip(got_grads, expected_grads, strict=True):
         torch.testing.assert_close(g, e, atol=1e-6, rtol=1e-4)
+
+
+def test_bits_per_byte_of_a_uniform_byte_model_is_eight():
+    # A model that spreads its probability evenly over 256 byte tokens pays ln 256 nats
+    # per token; at one byte per token that is log2 256 = 8 bits per byte.
+    targets = torch.randint(0, 256, (4, 9), generator=torch.Generator().manual_seed(0))
+    loss = cross_entropy(torch.zeros(4, 9, 256), targets).item()
+    assert loss == pytest.approx(math.log(256))
+    assert bits_per_byte(loss, 1.0) == pytest.approx(8.0)
+    assert bits_per_byte(loss, 4.0) == pytest.approx(2.0)  # 4 bytes per token: a quarter
+    assert bits_per_byte(math.log(2) * 3, 1.5) == pytest.approx(2.0)
+
+
+@pytest.mark.parametrize("bytes_per_token", [0.0, -1.0, float("nan")])
+def test_bits_per_byte_rejects_impossible_bytes_per_token(bytes_per_token):
+    with pytest.raises(DataError, match="bytes_per_token"):
+        bits_per_byte(2.0, bytes_per_token)

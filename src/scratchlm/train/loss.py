@@ -17,8 +17,12 @@ a CPU with the ``small`` preset it runs at the same speed as logits + cross-entr
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
+
+from scratchlm.errors import DataError
 
 IGNORE_INDEX = -100
 
@@ -109,3 +113,16 @@ class _LinearCrossEntropy(torch.autograd.Function):
         dh = grad_h * grad_loss if grad_h is not None else None
         dw = (grad_w * grad_loss).to(ctx.weight_dtype) if grad_w is not None else None
         return dh, dw, None, None, None
+
+
+def bits_per_byte(loss: float, bytes_per_token: float) -> float:
+    """Convert a loss in nats per token to bits per byte of the original text.
+
+    loss / ln 2 turns nats into bits; dividing by the average number of text bytes per
+    token makes models with different tokenizers comparable (a tokenizer with longer
+    tokens has a higher loss per token for the same text). A uniform guess over 256 byte
+    values at 1 byte per token scores exactly 8.
+    """
+    if not bytes_per_token > 0:  # also refuses NaN
+        raise DataError(f"bytes_per_token must be positive, got {bytes_per_token}")
+    return loss / math.log(2.0) / bytes_per_token

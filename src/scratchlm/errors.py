@@ -23,3 +23,7 @@ class TokenizerError(ScratchLMError):
 
 class OutputExistsError(ScratchLMError):
     """The output path exists and overwriting it was not asked for."""
+
+
+class CheckpointError(ScratchLMError):
+    """A checkpoint that is missing, damaged, of an unknown format, or does not fit the model."""

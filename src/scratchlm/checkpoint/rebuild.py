@@ -1,0 +1,55 @@
+"""A TransformerLM and its tokenizer rebuilt from a checkpoint alone.
+
+The model is built from config.json, so its shapes always match the weights; nothing
+about the architecture has to be passed in or remembered.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from scratchlm.checkpoint.files import TOKENIZER, WEIGHTS, verify_checkpoint
+from scratchlm.checkpoint.io import read_config
+from scratchlm.checkpoint.manager import resolve_checkpoint
+from scratchlm.checkpoint.state import load_weights
+from scratchlm.config import ModelConfig
+from scratchlm.errors import CheckpointError
+from scratchlm.model import TransformerLM
+
+
+def load_model(
+    path: str | os.PathLike, *, device: str | torch.device = "cpu"
+) -> tuple[TransformerLM, Any]:
+    """``(model in eval mode, tokenizer or None)`` from a checkpoint directory, or from a
+    run directory's latest valid checkpoint. The weights keep the dtype they were saved
+    in when all floating-point tensors share one (a bf16 run loads as bf16)."""
+    folder = resolve_checkpoint(path)
+    if folder == Path(path):  # a run directory's checkpoint was verified when it was chosen
+        verify_checkpoint(folder)
+    config = read_config(folder)
+    if config["model"] is None:
+        raise CheckpointError(
+            f"checkpoint {folder} holds a generic torch module (no model config): build the "
+            "module yourself and load it with load_checkpoint(path, module)"
+        )
+    model_config = ModelConfig.from_dict(config["model"])
+    tokenizer = None
+    if (folder / TOKENIZER).is_file():
+        from scratchlm.tokenizer.files import load_tokenizer
+
+        tokenizer = load_tokenizer(folder / TOKENIZER)
+        if tokenizer.vocab_size > model_config.vocab_size:
+            raise CheckpointError(
+                f"checkpoint {folder}: the tokenizer has {tokenizer.vocab_size} ids but the "
+                f"model only {model_config.vocab_size}: they do not belong together"
+            )
+    model = TransformerLM(model_config)
+    stored = load_weights(model, folder / WEIGHTS)
+    dtypes = {t.dtype for t in stored.values() if t.is_floating_point()}
+    dtype = dtypes.pop() if len(dtypes) == 1 else None
+    model.to(device=device, dtype=dtype)
+    return model.eval(), tokenizer

@@ -1,0 +1,85 @@
+"""``scratchlm export hf`` and ``scratchlm import hf``: checkpoints to and from Hugging
+Face transformers folders."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+FMT = argparse.RawDescriptionHelpFormatter
+
+
+def _refuse_existing(out: str, force: bool) -> None:
+    """Fail before any work is done, not after loading a model."""
+    if Path(out).exists() and not force:
+        from scratchlm.errors import OutputExistsError
+
+        raise OutputExistsError(f"output path {out} exists: choose another or pass --force")
+
+
+def _export_hf(args: argparse.Namespace) -> int:
+    from scratchlm.checkpoint import load_model, resolve_checkpoint
+    from scratchlm.errors import CheckpointError
+    from scratchlm.export import to_hf
+
+    _refuse_existing(args.out_dir, args.force)
+    folder = resolve_checkpoint(args.checkpoint)
+    print(f"loading {folder}")
+    model, tokenizer = load_model(folder)
+    if tokenizer is None:
+        raise CheckpointError(
+            f"checkpoint {folder} has no tokenizer.json, and a Hugging Face folder needs "
+            "one: save the checkpoint with its tokenizer"
+        )
+    out = to_hf(model, tokenizer, args.out_dir, force=args.force)
+    print(f"wrote Hugging Face folder {out}")
+    return 0
+
+
+def _import_hf(args: argparse.Namespace) -> int:
+    from scratchlm.checkpoint import save_checkpoint
+    from scratchlm.export import from_hf
+
+    _refuse_existing(args.out_checkpoint, args.force)
+    print(f"loading {args.hf_dir}")
+    model, tokenizer = from_hf(args.hf_dir)
+    out = save_checkpoint(
+        model, None, 0, args.out_checkpoint, tokenizer=tokenizer, force=args.force
+    )
+    print(f"wrote checkpoint {out} ({model.num_parameters():,} parameters)")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add ``export`` and ``import``, each with the action ``hf``."""
+    exp = sub.add_parser("export", help="write a checkpoint in another ecosystem's format")
+    esub = exp.add_subparsers(dest="export_command", required=True, metavar="FORMAT")
+    p = esub.add_parser(
+        "hf",
+        help="a Hugging Face transformers folder",
+        description="Write a checkpoint (or a run directory's latest valid checkpoint) as a "
+        "Hugging Face transformers folder: Llama for position=rope, GPT-2 for "
+        "position=learned. The checkpoint must hold a byte-level BPE tokenizer.",
+        epilog="example:\n  scratchlm export hf runs/tiny runs/tiny-hf",
+        formatter_class=FMT,
+    )
+    p.add_argument("checkpoint", help="a checkpoint directory or a run directory")
+    p.add_argument("out_dir", help="output folder")
+    p.add_argument("--force", action="store_true", help="replace an existing output folder")
+    p.set_defaults(func=_export_hf)
+
+    imp = sub.add_parser("import", help="read another ecosystem's model as a checkpoint")
+    isub = imp.add_subparsers(dest="import_command", required=True, metavar="FORMAT")
+    p = isub.add_parser(
+        "hf",
+        help="a local Hugging Face transformers folder",
+        description="Read a local Hugging Face Llama- or GPT-2-architecture folder "
+        "(safetensors weights and a tokenizer) and save it as a scratchlm checkpoint at "
+        "step 0, without optimizer state.",
+        epilog="example:\n  scratchlm import hf ~/models/tiny-llama runs/imported/step_00000000",
+        formatter_class=FMT,
+    )
+    p.add_argument("hf_dir", help="a Hugging Face model folder")
+    p.add_argument("out_checkpoint", help="output checkpoint directory")
+    p.add_argument("--force", action="store_true", help="replace an existing checkpoint")
+    p.set_defaults(func=_import_hf)

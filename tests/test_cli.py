@@ -91,6 +91,13 @@ def test_version_as_a_module(tmp_path):
         ["tokenizer", "encode"],
         ["tokenizer", "decode"],
         ["tokenizer", "info"],
+        ["prepare"],
+        ["checkpoint", "inspect"],
+        ["checkpoint", "verify"],
+        ["export", "hf"],
+        ["import", "hf"],
+        ["plot"],
+        ["model", "info"],
     ],
 )
 def test_help(capsys, argv):
@@ -100,7 +107,7 @@ def test_help(capsys, argv):
     out = capsys.readouterr().out
     assert out.startswith("usage: scratchlm")
     if argv != ["tokenizer"]:
-        assert "example:" in out
+        assert "example:" in out or "examples:" in out
 
 
 def test_no_command_is_a_usage_error(capsys):

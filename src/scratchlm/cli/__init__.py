@@ -13,7 +13,11 @@ import sys
 from collections.abc import Sequence
 
 from scratchlm import __version__
+from scratchlm.cli import checkpoint as cli_checkpoint
+from scratchlm.cli import data as cli_data
+from scratchlm.cli import export as cli_export
 from scratchlm.cli import model as cli_model
+from scratchlm.cli import plot as cli_plot
 from scratchlm.cli import tokenizer as cli_tokenizer
 from scratchlm.cli import train as cli_train
 from scratchlm.errors import ScratchLMError
@@ -36,7 +40,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    for module in (cli_train, cli_model, cli_tokenizer):
+    for module in (
+        cli_train,
+        cli_data,
+        cli_checkpoint,
+        cli_plot,
+        cli_export,
+        cli_model,
+        cli_tokenizer,
+    ):
         module.register(sub)
     return parser
 

@@ -1,5 +1,33 @@
-"""Training: losses (and, as they arrive, the optimizer, schedules and the loop)."""
+"""Training: losses, optimizers, schedules, metrics and the loop (``Trainer``)."""
 
-from scratchlm.train.loss import cross_entropy, linear_cross_entropy
+from scratchlm.train.config import TrainConfig
+from scratchlm.train.loss import bits_per_byte, cross_entropy, linear_cross_entropy
+from scratchlm.train.metrics import MetricsLog, Progress, Throughput, mfu, peak_flops, read_metrics
+from scratchlm.train.optim import SGD, AdamW, build_optimizer, clip_grad_norm, param_groups
+from scratchlm.train.plot import plot_run
+from scratchlm.train.schedule import get_lr_cosine_schedule, lr_schedule
+from scratchlm.train.trainer import Trainer, TrainingDiverged, TrainResult
 
-__all__ = ["cross_entropy", "linear_cross_entropy"]
+__all__ = [
+    "SGD",
+    "AdamW",
+    "MetricsLog",
+    "Progress",
+    "Throughput",
+    "TrainConfig",
+    "TrainResult",
+    "Trainer",
+    "TrainingDiverged",
+    "bits_per_byte",
+    "build_optimizer",
+    "clip_grad_norm",
+    "cross_entropy",
+    "get_lr_cosine_schedule",
+    "linear_cross_entropy",
+    "lr_schedule",
+    "mfu",
+    "param_groups",
+    "peak_flops",
+    "plot_run",
+    "read_metrics",
+]

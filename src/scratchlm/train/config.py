@@ -1,0 +1,287 @@
+"""``TrainConfig``: every setting of a training run in one dataclass.
+
+A run's settings come from three layers, later ones winning: the dataclass defaults, a
+TOML or JSON file (``--config run.toml``), and command-line flags. The resolved config is
+saved as ``train_config.json`` in the run directory, which is also how ``--resume`` and a
+rerun of the same command find it again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from scratchlm.config import PRESETS, ModelConfig, preset
+from scratchlm.errors import ConfigError
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+SCHEDULES = ("cosine", "linear", "constant")
+OPTIMIZERS = ("adamw", "sgd")
+PHASES = ("pretrain", "sft")
+
+DEFAULT_PROMPTS = ("The", "Water", "In the")
+
+# Fields that may change between a run and its resumption: they do not change the
+# meaning of the steps already taken (a longer run, more frequent checkpoints, ...).
+RESUMABLE_CHANGES = frozenset(
+    {
+        "steps",
+        "tokens",
+        "eval_every",
+        "checkpoint_every",
+        "keep_last",
+        "log_every",
+        "sample_prompts",
+        "sample_tokens",
+        "progress",
+        "tensorboard",
+        "device",
+        "compile",
+        "resume",
+        "max_rollbacks",
+        "max_skips",
+    }
+)
+
+
+@dataclass
+class TrainConfig:
+    """Settings of a training run; see ``scratchlm train --help`` for each one.
+
+    ``steps`` counts optimizer updates; each update sees ``batch_size * grad_accum``
+    windows of ``context_length`` tokens per process. ``tokens``, when set, replaces
+    ``steps`` with the number of updates that covers that many tokens. ``warmup_steps``,
+    ``eval_every`` and ``checkpoint_every`` of None derive from ``steps``.
+    """
+
+    data: str = ""
+    out: str = "runs/train"
+    tokenizer: str = ""  # default: DATA_DIR/tokenizer.json
+    preset: str = "small"
+    model: dict[str, Any] = field(default_factory=dict)  # overrides of the preset's fields
+    init_from: str = ""  # a checkpoint to start from (instruction tuning) instead of random
+    phase: str = "pretrain"
+
+    steps: int = 1000
+    tokens: int = 0
+    batch_size: int = 8
+    grad_accum: int = 1
+    context_length: int = 0  # 0: the preset's
+
+    optimizer: str = "adamw"
+    lr: float = 1e-3
+    min_lr: float | None = None  # default: lr / 10
+    schedule: str = "cosine"
+    warmup_steps: int | None = None
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = 1e-8
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    fused: bool | None = None  # torch's fused AdamW where it exists (None: auto)
+
+    device: str = "auto"
+    precision: str = "auto"
+    compile: bool = False
+    fsdp: bool = False
+    seed: int = 1337
+
+    eval_every: int | None = None
+    eval_windows: int = 32
+    sample_prompts: list[str] = field(default_factory=lambda: list(DEFAULT_PROMPTS))
+    sample_tokens: int = 32
+    checkpoint_every: int | None = None
+    keep_last: int = 3
+    log_every: int = 10
+    progress: bool = True
+    tensorboard: bool = False
+
+    # Divergence handling: a step whose loss is not finite, or whose gradient norm is
+    # more than spike_factor times its running average, is skipped; max_skips skips in
+    # a row roll back to the last checkpoint with the learning rate times rollback_lr;
+    # after max_rollbacks rollbacks the run stops.
+    spike_factor: float = 10.0
+    max_skips: int = 3
+    max_rollbacks: int = 3
+    rollback_lr: float = 0.5
+
+    resume: bool = False
+
+    def __post_init__(self) -> None:
+        self.betas = tuple(self.betas)  # JSON and TOML give lists
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ConfigError naming the first bad value."""
+        if self.preset not in PRESETS:
+            raise ConfigError(f"unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}")
+        for name, allowed in (
+            ("precision", PRECISIONS),
+            ("schedule", SCHEDULES),
+            ("optimizer", OPTIMIZERS),
+            ("phase", PHASES),
+        ):
+            if getattr(self, name) not in allowed:
+                raise ConfigError(
+                    f"{name}={getattr(self, name)!r} is not one of {', '.join(allowed)}"
+                )
+        for name in ("steps", "batch_size", "grad_accum", "eval_windows", "keep_last"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        for name in ("tokens", "context_length", "sample_tokens", "max_skips", "max_rollbacks"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ConfigError(f"{name} must be an integer >= 0, got {value!r}")
+        for name in ("warmup_steps", "eval_every", "checkpoint_every"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 0):
+                raise ConfigError(f"{name} must be an integer >= 0, got {value!r}")
+        if self.log_every < 1:
+            raise ConfigError(f"log_every must be >= 1, got {self.log_every}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ConfigError(f"lr must be a positive number, got {self.lr}")
+        if self.min_lr is not None and not 0 <= self.min_lr <= self.lr:
+            raise ConfigError(f"min_lr must be in [0, lr={self.lr}], got {self.min_lr}")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ConfigError(f"betas must be two numbers in [0, 1), got {list(self.betas)}")
+        if self.weight_decay < 0 or self.eps < 0:
+            raise ConfigError("weight_decay and eps must be >= 0")
+        if self.grad_clip < 0:
+            raise ConfigError(f"grad_clip must be >= 0 (0 = off), got {self.grad_clip}")
+        if self.spike_factor <= 1 or not 0 < self.rollback_lr <= 1:
+            raise ConfigError(
+                f"spike_factor must be > 1 and rollback_lr in (0, 1], got "
+                f"{self.spike_factor} and {self.rollback_lr}"
+            )
+        if not isinstance(self.model, dict):
+            raise ConfigError(f"model must be a table of ModelConfig fields, got {self.model!r}")
+
+    # Derived values, computed in one place.
+    def model_config(self, vocab_size: int) -> ModelConfig:
+        """The model's architecture: the preset, the ``model`` overrides, the context
+        length, and the tokenizer's vocabulary size."""
+        overrides = dict(self.model)
+        overrides["vocab_size"] = vocab_size
+        if self.context_length:
+            overrides["context_length"] = self.context_length
+        return preset(self.preset, **overrides)
+
+    def total_steps(self, tokens_per_step: int) -> int:
+        """Optimizer updates of the run: ``steps``, or enough to cover ``tokens``."""
+        if self.tokens:
+            return max(1, math.ceil(self.tokens / tokens_per_step))
+        return self.steps
+
+    def resolved_min_lr(self) -> float:
+        return self.lr / 10 if self.min_lr is None else self.min_lr
+
+    def resolved_warmup(self, total: int) -> int:
+        if self.warmup_steps is not None:
+            return self.warmup_steps
+        return min(100, total // 10)
+
+    def resolved_eval_every(self, total: int) -> int:
+        """Steps between evaluations (0 = only at the end)."""
+        if self.eval_every is not None:
+            return self.eval_every
+        return max(1, total // 10)
+
+    def resolved_checkpoint_every(self, total: int) -> int:
+        if self.checkpoint_every is not None:
+            return self.checkpoint_every
+        return max(1, total // 5)
+
+    # Round trip.
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["betas"] = list(self.betas)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(
+                f"unknown training setting(s): {', '.join(unknown)} "
+                "(see `scratchlm train --help` for the names)"
+            )
+        try:
+            return cls(**data)
+        except TypeError as e:
+            raise ConfigError(f"bad training settings: {e}") from None
+
+    def save(self, path: str | os.PathLike) -> None:
+        from scratchlm.atomic import atomic_write_text
+
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        return TrainConfig.from_dict({**self.to_dict(), **changes})
+
+
+def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
+    """The settings in a TOML (``.toml``) or JSON file, as a dict (not yet validated).
+    Model fields may sit in a ``[model]`` table."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
+    try:
+        if path.suffix.lower() == ".toml":
+            data = tomllib.loads(raw.decode("utf-8"))
+        else:
+            data = json.loads(raw)
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"config file {path} is not valid: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a table of settings")
+    return data
+
+
+def resolve_config(
+    file: str | os.PathLike | None = None,
+    flags: dict[str, Any] | None = None,
+    base: TrainConfig | None = None,
+) -> TrainConfig:
+    """Defaults (or ``base``), then the file's settings, then the flags that were given
+    (None values are flags the user did not pass)."""
+    data = (base or TrainConfig()).to_dict()
+    if file is not None:
+        data.update(read_config_file(file))
+    data.update({k: v for k, v in (flags or {}).items() if v is not None})
+    return TrainConfig.from_dict(data)
+
+
+CONFIG_FILE = "train_config.json"
+
+
+def load_run_config(run_dir: str | os.PathLike) -> TrainConfig | None:
+    """The resolved settings saved in a run directory, or None when it has none."""
+    path = Path(run_dir) / CONFIG_FILE
+    if not path.exists():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise ConfigError(f"cannot read {path}: {e}; move the run directory away") from None
+    return TrainConfig.from_dict(data)
+
+
+def check_resumable(saved: TrainConfig, wanted: TrainConfig) -> None:
+    """ConfigError unless ``wanted`` only changes settings a resumed run may change."""
+    a, b = saved.to_dict(), wanted.to_dict()
+    changed = sorted(k for k in a if k not in RESUMABLE_CHANGES and a[k] != b[k])
+    if changed:
+        detail = ", ".join(f"{k}: {a[k]!r} -> {b[k]!r}" for k in changed[:3])
+        raise ConfigError(
+            f"the run in {saved.out} was started with other settings ({detail}); "
+            "resume it with the same settings or choose a new --out"
+        )

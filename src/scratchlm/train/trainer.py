@@ -1,0 +1,475 @@
+"""The training loop: one loop for pretraining and instruction tuning.
+
+Each step: set the learning rate, run ``grad_accum`` forward/backward passes on random
+windows, clip the gradient, let the divergence guard judge the step, apply (or skip) the
+update. Between steps, on a schedule: log metrics, evaluate, sample, checkpoint.
+
+It never loses a run: checkpoints are atomic and carry everything the next steps depend
+on (weights, optimizer, the data sampler's generator, every RNG, the guard), so a run
+killed at any moment resumes from its last checkpoint and, on a CPU, reproduces the
+uninterrupted run's losses exactly. SIGINT and SIGTERM save a checkpoint and stop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from scratchlm.errors import ConfigError, ScratchLMError
+from scratchlm.train.config import CONFIG_FILE, TrainConfig, check_resumable, load_run_config
+from scratchlm.train.guard import DivergenceGuard
+from scratchlm.train.runtime import (
+    LossModule,
+    SignalFlag,
+    autocast,
+    init_distributed,
+    pick_precision,
+)
+
+log = logging.getLogger(__name__)
+
+
+class TrainingDiverged(ScratchLMError):
+    """The loss went bad and rolling back did not help."""
+
+
+@dataclass
+class TrainResult:
+    """How a call to ``Trainer.run`` ended."""
+
+    step: int  # optimizer updates done, in all
+    tokens: int  # tokens trained on, in all
+    loss: float | None  # the last training loss
+    val_loss: float | None  # the last validation loss
+    checkpoint: Path | None  # the last checkpoint written
+    interrupted: str | None = None  # "SIGINT" / "SIGTERM" when a signal stopped the run
+
+
+class Trainer:
+    """Runs (or resumes) the training run described by a ``TrainConfig``."""
+
+    def __init__(self, config: TrainConfig, *, echo: Callable[[str], None] | None = None) -> None:
+        self.config = config
+        self.echo = echo or log.info
+
+    # ----------------------------------------------------------------------------------
+    # Set-up
+    def _setup(self) -> None:
+        from scratchlm.checkpoint import CheckpointManager
+        from scratchlm.data import BatchSampler, fixed_windows, open_tokens, read_meta
+        from scratchlm.train.metrics import MetricsLog, Progress, peak_flops
+        from scratchlm.train.optim import build_optimizer
+
+        c = self.config
+        self.dist, self.device = init_distributed(c.device)
+        self.precision = pick_precision(c.precision, self.device)
+        self.run_dir = Path(c.out)
+        self._check_run_dir()
+        self.tokenizer = self._load_tokenizer()
+        self.meta = read_meta(c.data)
+        train_tokens = open_tokens(c.data, "train", self.tokenizer)
+        val_tokens = open_tokens(c.data, "val", self.tokenizer)
+
+        torch.manual_seed(c.seed)  # the same initial weights on every process
+        self.model = self._build_model().to(self.device)
+        self.model.check_inputs = False  # the token file's ids were checked against the vocab
+        T = self.model.config.context_length
+        self.optimizer = build_optimizer(
+            self.model,
+            name=c.optimizer,
+            lr=c.lr,
+            betas=c.betas,
+            eps=c.eps,
+            weight_decay=c.weight_decay,
+            fused=c.fused,
+        )
+        self.train_step_model = self._wrap(LossModule(self.model))
+        self.sampler = BatchSampler(
+            train_tokens,
+            c.batch_size,
+            T,
+            seed=c.seed,
+            rank=self.dist.rank,
+            world_size=self.dist.world_size,
+        )
+        self.val_x, self.val_y = fixed_windows(val_tokens, c.eval_windows, T)
+        self.tokens_per_step = c.batch_size * c.grad_accum * T * self.dist.world_size
+        self.total = c.total_steps(self.tokens_per_step)
+        if c.resolved_warmup(self.total) > self.total:
+            raise ConfigError(
+                f"warmup_steps={c.warmup_steps} is longer than the run ({self.total} steps): "
+                "lower --warmup-steps or train longer"
+            )
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
+        self.guard = DivergenceGuard(c.spike_factor, c.max_skips)
+        self.checkpoints = CheckpointManager(self.run_dir, keep_last=c.keep_last)
+        main = self.dist.is_main
+        self.metrics = MetricsLog(self.run_dir, tensorboard=c.tensorboard) if main else None
+        self.progress_cls = Progress
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision, torch.float32)
+        self.peak = peak_flops(self.device, dtype)
+        self.flops_per_token = self.model.flops_per_token(training=True)
+
+        # State that checkpoints carry.
+        self.step = 0
+        self.tokens = 0
+        self.elapsed = 0.0  # wall seconds of training before this process started
+        self.lr_scale = 1.0
+        self.rollbacks = 0
+        self.best_val: float | None = None
+        self.last_val: float | None = None
+        self.last_loss: float | None = None
+        self.last_checkpoint: Path | None = None
+
+    def _check_run_dir(self) -> None:
+        c = self.config
+        saved = load_run_config(self.run_dir)
+        if saved is not None:
+            check_resumable(saved, c)
+            self.resuming = True
+        elif c.resume:
+            raise ConfigError(
+                f"nothing to resume in {self.run_dir}: it holds no {CONFIG_FILE}; "
+                "start a new run without --resume"
+            )
+        else:
+            self.resuming = False
+
+    def _load_tokenizer(self) -> Any:
+        from scratchlm.tokenizer import load_tokenizer
+
+        c = self.config
+        path = Path(c.tokenizer) if c.tokenizer else Path(c.data) / "tokenizer.json"
+        if not path.exists():
+            raise ConfigError(
+                f"no tokenizer at {path}: pass --tokenizer DIR (the one `scratchlm prepare` used)"
+            )
+        return load_tokenizer(path)
+
+    def _build_model(self) -> nn.Module:
+        from scratchlm.model import TransformerLM
+
+        c = self.config
+        if c.init_from:
+            from scratchlm.checkpoint import load_model
+
+            model, _ = load_model(c.init_from)
+            if model.config.vocab_size != self.tokenizer.vocab_size:
+                raise ConfigError(
+                    f"the model in {c.init_from} has a vocabulary of "
+                    f"{model.config.vocab_size}, the tokenizer {self.tokenizer.vocab_size}"
+                )
+            return model
+        return TransformerLM(self.config.model_config(self.tokenizer.vocab_size))
+
+    def _wrap(self, module: nn.Module) -> nn.Module:
+        """The module the training steps call: data-parallel across processes when
+        launched by torchrun (FSDP when asked), compiled when asked. Evaluation,
+        sampling and checkpoints use ``self.model`` itself."""
+        c = self.config
+        if c.fsdp:
+            from scratchlm.train.parallel import shard_model
+
+            module = shard_model(module, self.device)
+        elif self.dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            module = DistributedDataParallel(module, device_ids=ids)
+        if c.compile:
+            module = torch.compile(module)
+        return module
+
+    # ----------------------------------------------------------------------------------
+    # Checkpoints
+    def _train_state(self) -> tuple[dict[str, Any], dict[str, Tensor]]:
+        from scratchlm.checkpoint import capture_rng_state
+
+        tensors = capture_rng_state()  # keys rng.*
+        sampler_json = {}
+        for key, value in self.sampler.state_dict().items():
+            if isinstance(value, Tensor):
+                tensors[f"sampler.{key}"] = value
+            else:
+                sampler_json[key] = value
+        state = {
+            "step": self.step,
+            "tokens": self.tokens,
+            "elapsed": self.elapsed + (time.perf_counter() - self.started),
+            "lr_scale": self.lr_scale,
+            "rollbacks": self.rollbacks,
+            "best_val": self.best_val,
+            "last_val": self.last_val,
+            "last_loss": self.last_loss,
+            "guard": self.guard.state_dict(),
+            "sampler": sampler_json,
+            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
+            "config": self.config.to_dict(),
+            "phase": self.config.phase,
+        }
+        return state, tensors
+
+    def save_checkpoint(self, val_loss: float | None = None) -> Path | None:
+        """Write a checkpoint of the current step (rank 0; the others wait for it)."""
+        path = None
+        if self.dist.is_main:
+            state, tensors = self._train_state()
+            path = self.checkpoints.save(
+                self.model,
+                self.optimizer,
+                self.step,
+                tokenizer=self.tokenizer,
+                train_state=state,
+                tensors=tensors,
+                val_loss=val_loss,
+            )
+            self.last_checkpoint = path
+        self.dist.barrier()
+        return path
+
+    def _restore(self, path: Path, *, data_and_rng: bool) -> None:
+        """Load a checkpoint's weights, optimizer and counters; with ``data_and_rng``
+        also the sampler and RNG states, so the next steps repeat exactly."""
+        from scratchlm.checkpoint import load_checkpoint, read_train_state, restore_rng_state
+
+        self.step = load_checkpoint(path, self.model, self.optimizer)
+        state, tensors = read_train_state(path)
+        self.tokens = state["tokens"]
+        self.elapsed = state["elapsed"]
+        self.lr_scale = state["lr_scale"]
+        self.rollbacks = max(self.rollbacks, state["rollbacks"])
+        self.best_val = state["best_val"]
+        self.last_val = state["last_val"]
+        self.last_loss = state["last_loss"]
+        self.guard.load_state_dict(state["guard"])
+        if state.get("scaler") and self.scaler.is_enabled():
+            self.scaler.load_state_dict(state["scaler"])
+        if data_and_rng:
+            sampler = dict(state["sampler"])
+            sampler.update({k[8:]: v for k, v in tensors.items() if k.startswith("sampler.")})
+            self.sampler.load_state_dict(sampler)
+            restore_rng_state(tensors)
+        self.last_checkpoint = path
+        if self.metrics is not None:
+            self.metrics.truncate_after(self.step)
+
+    # ----------------------------------------------------------------------------------
+    # The loop
+    def run(self) -> TrainResult:
+        """Train until the configured number of steps (resuming when the run directory
+        holds a checkpoint); returns how the run ended."""
+        self._setup()
+        if self.dist.is_main:  # only once everything checked out: a failed start leaves none
+            self.config.save(self.run_dir / CONFIG_FILE)
+        self.started = time.perf_counter()
+        try:
+            if self.resuming:
+                latest = self.checkpoints.latest_valid()
+                if latest is not None:
+                    self._restore(latest, data_and_rng=True)
+                    self._event(f"resumed from {latest.name} (step {self.step})")
+                elif self.metrics is not None:  # it stopped before its first checkpoint
+                    self.metrics.truncate_after(0)
+            with SignalFlag() as stop:
+                return self._loop(stop)
+        finally:
+            if self.metrics is not None:
+                self.metrics.close()
+            from scratchlm.train.runtime import shutdown_distributed
+
+            shutdown_distributed(self.dist)
+
+    def _loop(self, stop: SignalFlag) -> TrainResult:
+        c = self.config
+        eval_every = c.resolved_eval_every(self.total)
+        ckpt_every = c.resolved_checkpoint_every(self.total)
+        self._announce()
+        bar = self.progress_cls(
+            self.total, initial_step=self.step, enabled=c.progress and self.dist.is_main
+        )
+        window_tokens, window_time = 0, 0.0
+        with bar:
+            while self.step < self.total:
+                t0 = time.perf_counter()
+                done = self._train_step()
+                if done is None:  # rolled back to a checkpoint: nothing to report
+                    continue
+                loss, grad_norm, lr = done
+                window_time += time.perf_counter() - t0
+                window_tokens += self.tokens_per_step
+                if self.step % c.log_every == 0 or self.step == self.total:
+                    tps = window_tokens / max(window_time, 1e-9)
+                    self._log_train(bar, loss, grad_norm, lr, tps)
+                    window_tokens, window_time = 0, 0.0
+                at_end = self.step == self.total
+                val = None
+                if (eval_every and self.step % eval_every == 0) or at_end:
+                    val = self._evaluate(bar)
+                signalled = self.dist.any(stop.name is not None, self.device)
+                if (ckpt_every and self.step % ckpt_every == 0) or at_end or signalled:
+                    self.save_checkpoint(val_loss=val)
+                if signalled:
+                    self._event(f"stopped by {stop.name or 'a signal'} at step {self.step}")
+                    return self._result(interrupted=stop.name or "signal")
+        return self._result()
+
+    def _train_step(self) -> tuple[float, float, float] | None:
+        """One optimizer update (or a skipped one); returns loss, grad norm and lr, or
+        None when bad steps made it roll back to the last checkpoint."""
+        from scratchlm.train.optim import clip_grad_norm
+        from scratchlm.train.schedule import lr_schedule
+
+        c = self.config
+        lr = self.lr_scale * lr_schedule(
+            self.step,
+            max_lr=c.lr,
+            min_lr=c.resolved_min_lr(),
+            warmup_steps=c.resolved_warmup(self.total),
+            total_steps=self.total,
+            kind=c.schedule,
+        )
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        loss_sum = torch.zeros((), device=self.device)
+        for micro in range(c.grad_accum):
+            x, y = self.sampler.next(self.device)
+            last = micro == c.grad_accum - 1
+            # DDP averages gradients across processes on the last micro-step only.
+            no_sync = getattr(self.train_step_model, "no_sync", None)
+            with no_sync() if (no_sync and not last) else contextlib.nullcontext():
+                with autocast(self.device, self.precision):
+                    loss = self.train_step_model(x, y)
+                self.scaler.scale(loss / c.grad_accum).backward()
+            loss_sum += loss.detach()
+        self.scaler.unscale_(self.optimizer)
+        norm = clip_grad_norm(self.model.parameters(), c.grad_clip or float("inf"))
+        loss_value = float(self.dist.mean(loss_sum / c.grad_accum))  # one host sync
+        grad_norm = float(norm)
+        self.step += 1
+        self.tokens += self.tokens_per_step
+        # fp16's loss scaler finds overflowing gradients itself, skips that update and
+        # lowers its scale: routine, not divergence.
+        overflow = self.scaler.is_enabled() and math.isfinite(loss_value)
+        overflow = overflow and not math.isfinite(grad_norm)
+        reason = None if overflow else self.guard.check(loss_value, grad_norm)
+        if reason is None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self._event(f"skipped the update of step {self.step}: {reason}")
+        self.optimizer.zero_grad(set_to_none=True)
+        self.last_loss = loss_value
+        if self.guard.should_roll_back:
+            self._roll_back(reason)
+            return None
+        return loss_value, grad_norm, lr
+
+    def _roll_back(self, reason: str | None) -> None:
+        c = self.config
+        latest = self.checkpoints.latest_valid()
+        what = f"{self.guard.skips_in_row} bad steps in a row (last: {reason})"
+        if latest is None:
+            raise TrainingDiverged(
+                f"training diverged at step {self.step} before the first checkpoint: {what}; "
+                f"try a lower --lr (now {c.lr:g}) or a longer warmup"
+            )
+        if self.rollbacks >= c.max_rollbacks:
+            raise TrainingDiverged(
+                f"training diverged at step {self.step} after {self.rollbacks} rollbacks: "
+                f"{what}; the last good checkpoint is {latest}; try a lower --lr "
+                f"(now {c.lr:g}), a smaller --grad-clip or a larger batch"
+            )
+        self.rollbacks += 1
+        rollbacks = self.rollbacks
+        self._restore(latest, data_and_rng=False)  # new data: the same would fail again
+        self.rollbacks = rollbacks
+        self.lr_scale *= c.rollback_lr
+        self.guard.skips_in_row = 0
+        self._event(
+            f"rolled back to {latest.name} after {what}; learning rate now x{self.lr_scale:g}"
+        )
+
+    # ----------------------------------------------------------------------------------
+    # Reporting
+    def _announce(self) -> None:
+        if not self.dist.is_main:
+            return
+        m = self.model
+        self.echo(
+            f"training {m.num_parameters() / 1e6:.2f}M parameters on {self.device} "
+            f"({self.precision}, {self.dist.world_size} process(es)): {self.total} steps of "
+            f"{self.tokens_per_step:,} tokens, from step {self.step}"
+        )
+
+    def _log_train(self, bar: Any, loss: float, grad_norm: float, lr: float, tps: float) -> None:
+        from scratchlm.train.metrics import mfu
+
+        util = mfu(tps / self.dist.world_size, self.flops_per_token, self.peak)
+        bar.update(self.step, loss=loss, lr=lr, grad_norm=grad_norm, tokens_per_s=tps, mfu=util)
+        self._record(
+            kind="train", loss=loss, lr=lr, grad_norm=grad_norm, tokens_per_s=tps, mfu=util
+        )
+        if not self.config.progress and self.dist.is_main:
+            log.info("step %d/%d loss %.4f lr %.2e", self.step, self.total, loss, lr)
+
+    def _evaluate(self, bar: Any) -> float | None:
+        from scratchlm.train.evaluate import draw_samples, evaluate
+
+        if not self.dist.is_main:
+            return None
+        c = self.config
+        result = evaluate(
+            self.model,
+            self.val_x,
+            self.val_y,
+            batch_size=c.batch_size,
+            bytes_per_token=self.meta.get("splits", {}).get("val", {}).get("bytes_per_token"),
+            autocast=autocast(self.device, self.precision),
+        )
+        self.last_val = result["val_loss"]
+        if self.best_val is None or self.last_val < self.best_val:
+            self.best_val = self.last_val
+        self._record(kind="val", **result)
+        bpb = f", {result['val_bpb']:.3f} bits/byte" if "val_bpb" in result else ""
+        bar.write(f"step {self.step}: validation loss {self.last_val:.4f}{bpb}")
+        texts = draw_samples(
+            self.model,
+            self.tokenizer,
+            c.sample_prompts,
+            max_new_tokens=c.sample_tokens,
+            seed=c.seed,
+        )
+        for prompt, text in zip(c.sample_prompts[: len(texts)], texts, strict=True):
+            self._record(kind="sample", prompt=prompt, text=text)
+            bar.write(f"  {prompt!r} -> {(prompt + text)[:120]!r}")
+        return self.last_val
+
+    def _event(self, message: str) -> None:
+        if self.dist.is_main:
+            log.warning(message)
+            self._record(kind="event", message=message)
+
+    def _record(self, **fields: Any) -> None:
+        if self.metrics is None:
+            return
+        now = self.elapsed + (time.perf_counter() - self.started)
+        self.metrics.log({"step": self.step, "tokens": self.tokens, "time": now, **fields})
+
+    def _result(self, interrupted: str | None = None) -> TrainResult:
+        return TrainResult(
+            step=self.step,
+            tokens=self.tokens,
+            loss=self.last_loss,
+            val_loss=self.last_val,
+            checkpoint=self.last_checkpoint,
+            interrupted=interrupted,
+        )

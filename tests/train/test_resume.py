@@ -1,0 +1,120 @@
+"""Runs in real processes: killed with SIGKILL or stopped with SIGINT mid-run, a resumed
+run reproduces the uninterrupted run's losses exactly; two gloo processes (DDP) match
+one process with the same global batch."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from train_helpers import TINY
+
+pytestmark = pytest.mark.slow
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def _command(data: Path, out: Path, *extra: str) -> list[str]:
+    model = [f"--model={k}={v}" for k, v in TINY.items()]
+    return [
+        sys.executable, "-m", "scratchlm", "train", "--data", str(data), "--out", str(out),
+        "--preset", "tiny", *model, "--context-length", "64", "--batch-size", "8",
+        "--lr", "3e-3", "--warmup-steps", "10", "--eval-every", "100", "--eval-windows", "4",
+        "--sample-tokens", "0", "--checkpoint-every", "25", "--log-every", "1", "--seed", "3",
+        "--device", "cpu", "--quiet", *extra,
+    ]  # fmt: skip
+
+
+def _losses(run: Path) -> dict[int, float]:
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in records if r["kind"] == "train"]
+    steps = [r["step"] for r in train]
+    assert steps == sorted(set(steps)), "the metrics must read as one uninterrupted run"
+    return {r["step"]: r["loss"] for r in train}
+
+
+def _last_step(run: Path) -> int:
+    file = run / "metrics.jsonl"
+    if not file.exists():
+        return 0
+    lines = [json.loads(x) for x in file.read_text().splitlines() if x.endswith("}")]
+    return max((r["step"] for r in lines if r["kind"] == "train"), default=0)
+
+
+def _wait_for_step(proc: subprocess.Popen, run: Path, step: int) -> None:
+    deadline = time.monotonic() + 120
+    while _last_step(run) < step:
+        assert proc.poll() is None, f"training ended early: {proc.communicate()}"
+        assert time.monotonic() < deadline, "training did not reach the step in time"
+        time.sleep(0.02)
+
+
+def test_killed_and_interrupted_runs_resume_to_the_same_losses(prepared, tmp_path):
+    steps = ["--steps", "150"]
+    reference = subprocess.Popen(
+        _command(prepared, tmp_path / "ref", *steps), env=ENV, stdout=subprocess.PIPE, text=True
+    )
+    killed = subprocess.Popen(
+        _command(prepared, tmp_path / "kill", *steps), env=ENV, stdout=subprocess.PIPE, text=True
+    )
+    stopped = subprocess.Popen(
+        _command(prepared, tmp_path / "int", *steps), env=ENV, stdout=subprocess.PIPE, text=True
+    )
+    _wait_for_step(killed, tmp_path / "kill", 40)  # past the checkpoint at step 25
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    _wait_for_step(stopped, tmp_path / "int", 30)
+    stopped.send_signal(signal.SIGINT)
+    out, _ = stopped.communicate(timeout=120)
+    assert stopped.returncode == 130
+    assert "stopped by SIGINT" in out and "--resume" in out
+    interrupted_at = _last_step(tmp_path / "int")
+    latest = (tmp_path / "int" / "checkpoints" / "latest").read_text().strip()
+    assert latest == f"step_{interrupted_at:08d}"  # saved at the step it stopped on
+    assert reference.wait(timeout=300) == 0
+
+    # Rerunning the same command resumes; so does --resume RUN_DIR.
+    again = subprocess.run(
+        _command(prepared, tmp_path / "kill", *steps), env=ENV, capture_output=True, text=True
+    )
+    assert again.returncode == 0, again.stderr
+    resumed = subprocess.run(
+        [sys.executable, "-m", "scratchlm", "train", "--resume", str(tmp_path / "int")],
+        env=ENV,
+        capture_output=True,
+        text=True,
+    )
+    assert resumed.returncode == 0, resumed.stderr
+
+    expected = _losses(tmp_path / "ref")
+    assert sorted(expected) == list(range(1, 151))
+    assert _losses(tmp_path / "kill") == expected  # exactly, step for step
+    assert _losses(tmp_path / "int") == expected
+
+
+def test_two_gloo_processes_match_one_process_with_the_same_global_batch(prepared, tmp_path):
+    common = ["--steps", "8", "--checkpoint-every", "4", "--eval-every", "4", "--warmup-steps", "2"]
+    single = _command(prepared, tmp_path / "one", *common)
+    single[single.index("--batch-size") + 1] = "8"
+    ddp = _command(prepared, tmp_path / "two", *common)
+    ddp[ddp.index("--batch-size") + 1] = "4"
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    ddp = [*torchrun, *ddp[1:]]  # python -m torch.distributed.run -m scratchlm train ...
+
+    one = subprocess.run(single, env=ENV, capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stderr
+    two = subprocess.run(ddp, env=ENV, capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, two.stderr[-3000:]
+    a, b = _losses(tmp_path / "one"), _losses(tmp_path / "two")
+    assert sorted(a) == sorted(b) == list(range(1, 9))
+    assert [b[s] for s in a] == pytest.approx([a[s] for s in a], rel=1e-5)
+    # Only rank 0 wrote: one metrics file, checkpoints from one writer.
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted(
+        p.name for p in (tmp_path / "one").iterdir()
+    )

@@ -1,0 +1,215 @@
+"""The training loop, in process: loss falls, metrics and checkpoints appear, settings
+resolve and resume safely, bad steps are skipped and rolled back."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from scratchlm.errors import ConfigError
+from scratchlm.train.config import TrainConfig, resolve_config
+from scratchlm.train.trainer import LossModule, Trainer, TrainingDiverged
+
+
+def _records(run_dir, kind):
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r["kind"] == kind]
+
+
+def test_tiny_run_learns_and_leaves_a_complete_run_directory(tiny_config):
+    result = Trainer(tiny_config).run()
+    run = Path(tiny_config.out)
+
+    assert result.step == 30 and result.interrupted is None
+    assert result.tokens == 30 * 4 * 32
+    train = _records(run, "train")
+    assert [r["step"] for r in train] == list(range(1, 31))
+    first = sum(r["loss"] for r in train[:3]) / 3
+    last = sum(r["loss"] for r in train[-3:]) / 3
+    assert first > math.log(300) - 0.5  # starts near chance over the 300-token vocab
+    assert last < first - 1.0  # and learns
+
+    val = _records(run, "val")
+    assert [r["step"] for r in val] == [10, 20, 30]
+    assert val[-1]["val_loss"] < val[0]["val_loss"]
+    assert val[-1]["val_ppl"] == pytest.approx(math.exp(val[-1]["val_loss"]))
+    # bits per byte = loss / ln 2 / (bytes per token of the validation text)
+    assert 0 < val[-1]["val_bpb"] < val[-1]["val_loss"] / math.log(2)
+    assert len(_records(run, "sample")) == 3 * len(tiny_config.sample_prompts)
+
+    assert json.loads((run / "train_config.json").read_text()) == tiny_config.to_dict()
+    names = sorted(p.name for p in (run / "checkpoints").iterdir() if p.is_dir())
+    assert names == ["step_00000010", "step_00000020", "step_00000030"]
+    assert result.checkpoint.name == "step_00000030"
+
+
+def test_checkpoint_rebuilds_the_trained_model(tiny_config):
+    from scratchlm.checkpoint import load_model
+
+    trainer = Trainer(tiny_config)
+    result = trainer.run()
+    model, tok = load_model(result.checkpoint)
+    x = torch.randint(0, 300, (2, 16))
+    trainer.model.eval()
+    model.eval()
+    assert torch.equal(model(x), trainer.model(x))
+    assert tok.vocab_size == 300
+
+
+def test_rerunning_a_finished_run_trains_no_more(tiny_config):
+    Trainer(tiny_config.replace(steps=10)).run()
+    again = Trainer(tiny_config.replace(steps=10)).run()
+    assert again.step == 10
+    assert [r["step"] for r in _records(Path(tiny_config.out), "train")] == (list(range(1, 11)))
+
+
+def test_resume_refuses_changed_settings(tiny_config):
+    Trainer(tiny_config.replace(steps=5)).run()
+    with pytest.raises(ConfigError, match="lr"):
+        Trainer(tiny_config.replace(steps=5, lr=1e-2)).run()
+
+
+def test_resume_of_an_empty_directory_is_refused(tiny_config):
+    with pytest.raises(ConfigError, match="nothing to resume"):
+        Trainer(tiny_config.replace(resume=True)).run()
+
+
+def test_gradient_accumulation_equals_the_larger_batch(tiny_config, tmp_path):
+    one = Trainer(tiny_config.replace(steps=4, batch_size=4, out=str(tmp_path / "a"))).run()
+    two = Trainer(
+        tiny_config.replace(steps=4, batch_size=2, grad_accum=2, out=str(tmp_path / "b"))
+    ).run()
+    a = [r["loss"] for r in _records(tmp_path / "a", "train")]
+    b = [r["loss"] for r in _records(tmp_path / "b", "train")]
+    assert one.tokens == two.tokens
+    assert a == pytest.approx(b, rel=1e-5)
+
+
+def _poison(monkeypatch, bad_calls):
+    """Make the training loss NaN on the given (1-based) forward calls."""
+    calls = {"n": 0}
+    forward = LossModule.forward
+
+    def poisoned(self, x, y):
+        calls["n"] += 1
+        loss = forward(self, x, y)
+        return loss * float("nan") if calls["n"] in bad_calls else loss
+
+    monkeypatch.setattr(LossModule, "forward", poisoned)
+
+
+def test_a_nan_step_is_skipped_and_leaves_the_weights_alone(tiny_config, monkeypatch):
+    _poison(monkeypatch, {4})
+    trainer = Trainer(tiny_config.replace(steps=6))
+    seen = {}
+    step = Trainer._train_step
+
+    def spy(self):
+        before = [p.detach().clone() for p in self.model.parameters()]
+        out = step(self)
+        seen[self.step] = all(
+            torch.equal(a, b) for a, b in zip(before, self.model.parameters(), strict=True)
+        )
+        return out
+
+    monkeypatch.setattr(Trainer, "_train_step", spy)
+    result = trainer.run()
+    assert result.step == 6
+    assert seen[4] is True and seen[3] is False and seen[5] is False
+    events = [r["message"] for r in _records(Path(tiny_config.out), "event")]
+    assert any("skipped the update of step 4" in m for m in events)
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+
+
+def test_bad_steps_in_a_row_roll_back_with_a_lower_learning_rate(tiny_config, monkeypatch):
+    _poison(monkeypatch, {12, 13, 14})
+    config = tiny_config.replace(steps=16, max_skips=3, checkpoint_every=10, eval_every=0)
+    trainer = Trainer(config)
+    result = trainer.run()
+    events = [r["message"] for r in _records(Path(config.out), "event")]
+    assert any("rolled back to step_00000010" in m for m in events)
+    assert trainer.lr_scale == pytest.approx(config.rollback_lr)
+    assert result.step == 16 and trainer.rollbacks == 1
+    train = _records(Path(config.out), "train")
+    assert [r["step"] for r in train] == list(range(1, 17))  # steps 11-14 were redone
+
+
+def test_divergence_before_any_checkpoint_stops_with_advice(tiny_config, monkeypatch):
+    _poison(monkeypatch, set(range(1, 100)))
+    with pytest.raises(TrainingDiverged, match="lower --lr"):
+        Trainer(tiny_config.replace(steps=10, max_skips=2)).run()
+
+
+def test_divergence_after_the_last_rollback_stops(tiny_config, monkeypatch):
+    _poison(monkeypatch, set(range(6, 100)))
+    config = tiny_config.replace(steps=20, checkpoint_every=5, max_skips=2, max_rollbacks=2)
+    with pytest.raises(TrainingDiverged, match="after 2 rollbacks"):
+        Trainer(config).run()
+
+
+def test_config_file_then_flags(tmp_path):
+    file = tmp_path / "run.toml"
+    file.write_text("lr = 0.002\nsteps = 50\nbetas = [0.8, 0.9]\n[model]\nn_layers = 3\n")
+    config = resolve_config(file, {"steps": 70, "batch_size": None})
+    assert config.lr == 0.002 and config.steps == 70 and config.batch_size == 8
+    assert config.betas == (0.8, 0.9) and config.model == {"n_layers": 3}
+    assert TrainConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+    assert config.model_config(vocab_size=123).n_layers == 3
+
+
+@pytest.mark.parametrize(
+    "settings, match",
+    [
+        ({"lr": -1.0}, "lr"),
+        ({"steps": 0}, "steps"),
+        ({"precision": "fp8"}, "precision"),
+        ({"preset": "huge"}, "preset"),
+        ({"betas": [0.9, 1.5]}, "betas"),
+        ({"no_such_setting": 1}, "no_such_setting"),
+    ],
+)
+def test_bad_settings_are_named(settings, match):
+    with pytest.raises(ConfigError, match=match):
+        TrainConfig.from_dict(settings)
+
+
+def test_bad_config_file_is_named(tmp_path):
+    file = tmp_path / "run.toml"
+    file.write_text("lr = = 1\n")
+    with pytest.raises(ConfigError, match=r"run\.toml"):
+        resolve_config(file)
+
+
+def test_a_crashed_run_resumes_to_the_same_losses(tiny_config, tmp_path, monkeypatch):
+    """In process: an exception after step 7 (checkpoint at 5), then a rerun. The
+    fused AdamW moments must come back in the parameters' memory layout for this."""
+    config = tiny_config.replace(steps=12, checkpoint_every=5, eval_every=0)
+    Trainer(config.replace(out=str(tmp_path / "a"))).run()
+
+    step = Trainer._train_step
+
+    def crash(self):
+        if self.step == 7:
+            raise RuntimeError("power cut")
+        return step(self)
+
+    monkeypatch.setattr(Trainer, "_train_step", crash)
+    with pytest.raises(RuntimeError, match="power cut"):
+        Trainer(config.replace(out=str(tmp_path / "b"))).run()
+    monkeypatch.setattr(Trainer, "_train_step", step)
+    Trainer(config.replace(out=str(tmp_path / "b"))).run()
+
+    a = [(r["step"], r["loss"]) for r in _records(tmp_path / "a", "train")]
+    b = [(r["step"], r["loss"]) for r in _records(tmp_path / "b", "train")]
+    assert a == b and len(a) == 12
+
+
+def test_a_failed_start_leaves_no_settings_behind(tiny_config):
+    with pytest.raises(ConfigError, match="warmup"):
+        Trainer(tiny_config.replace(steps=5, warmup_steps=10)).run()
+    assert not (Path(tiny_config.out) / "train_config.json").exists()
+    assert Trainer(tiny_config.replace(steps=5, warmup_steps=2)).run().step == 5

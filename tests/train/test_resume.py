@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from train_helpers import TINY
 
 pytestmark = pytest.mark.slow
@@ -118,3 +119,39 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch(prepare
     assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted(
         p.name for p in (tmp_path / "one").iterdir()
     )
+
+
+def test_fsdp_matches_one_process_and_resumes_from_its_checkpoints(prepared, tmp_path):
+    """--fsdp on 2 gloo processes: the same losses as one process with the same global
+    batch; its checkpoints are ordinary ones; deleting the newest and rerunning redoes
+    the last steps from the one before, to the same losses."""
+    common = ["--steps", "8", "--checkpoint-every", "4", "--eval-every", "4", "--warmup-steps", "2"]
+    single = _command(prepared, tmp_path / "one", *common)
+    single[single.index("--batch-size") + 1] = "8"
+    sharded = _command(prepared, tmp_path / "two", *common, "--fsdp")
+    sharded[sharded.index("--batch-size") + 1] = "4"
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    sharded = [*torchrun, *sharded[1:]]
+
+    one = subprocess.run(single, env=ENV, capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stderr
+    two = subprocess.run(sharded, env=ENV, capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, two.stderr[-3000:]
+    a, b = _losses(tmp_path / "one"), _losses(tmp_path / "two")
+    assert [b[s] for s in a] == pytest.approx([a[s] for s in a], rel=1e-5)
+
+    from scratchlm.checkpoint import load_model
+
+    model, _ = load_model(tmp_path / "two")
+    reference, _ = load_model(tmp_path / "one")
+    for (name, p), q in zip(
+        model.state_dict().items(), reference.state_dict().values(), strict=True
+    ):
+        assert torch.allclose(p, q, atol=1e-5), name
+
+    import shutil
+
+    shutil.rmtree(tmp_path / "two" / "checkpoints" / "step_00000008")
+    again = subprocess.run(sharded, env=ENV, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert _losses(tmp_path / "two") == pytest.approx(b, rel=1e-6)

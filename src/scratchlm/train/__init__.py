@@ -6,7 +6,8 @@ from scratchlm.train.metrics import MetricsLog, Progress, Throughput, mfu, peak_
 from scratchlm.train.optim import SGD, AdamW, build_optimizer, clip_grad_norm, param_groups
 from scratchlm.train.plot import plot_run
 from scratchlm.train.schedule import get_lr_cosine_schedule, lr_schedule
-from scratchlm.train.trainer import Trainer, TrainingDiverged, TrainResult
+from scratchlm.train.state import TrainResult
+from scratchlm.train.trainer import Trainer, TrainingDiverged
 
 __all__ = [
     "SGD",

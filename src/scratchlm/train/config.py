@@ -285,3 +285,32 @@ def check_resumable(saved: TrainConfig, wanted: TrainConfig) -> None:
             f"the run in {saved.out} was started with other settings ({detail}); "
             "resume it with the same settings or choose a new --out"
         )
+
+
+def run_tokenizer(config: TrainConfig) -> Any:
+    """The run's tokenizer: ``config.tokenizer``, else the copy in the data directory."""
+    from scratchlm.tokenizer import load_tokenizer
+
+    path = Path(config.tokenizer) if config.tokenizer else Path(config.data) / "tokenizer.json"
+    if not path.exists():
+        raise ConfigError(
+            f"no tokenizer at {path}: pass --tokenizer DIR (the one `scratchlm prepare` used)"
+        )
+    return load_tokenizer(path)
+
+
+def build_model(config: TrainConfig, tokenizer: Any) -> Any:
+    """A new TransformerLM for the run, or the one in ``config.init_from``."""
+    from scratchlm.model import TransformerLM
+
+    if config.init_from:
+        from scratchlm.checkpoint import load_model
+
+        model, _ = load_model(config.init_from)
+        if model.config.vocab_size != tokenizer.vocab_size:
+            raise ConfigError(
+                f"the model in {config.init_from} has a vocabulary of "
+                f"{model.config.vocab_size}, the tokenizer {tokenizer.vocab_size}"
+            )
+        return model
+    return TransformerLM(config.model_config(tokenizer.vocab_size))

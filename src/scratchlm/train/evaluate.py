@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -29,9 +29,11 @@ def evaluate(
     batch_size: int,
     bytes_per_token: float | None = None,
     autocast: contextlib.AbstractContextManager | None = None,
+    loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
 ) -> dict[str, float]:
     """Mean next-token loss over the windows x, y (N, T) (targets -100 are ignored), with
-    perplexity and, given the text's bytes per token, bits per byte."""
+    perplexity and, given the text's bytes per token, bits per byte. ``loss_fn(x, y)``
+    replaces ``model.loss`` (a sharded model is called through its wrapper)."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -42,7 +44,7 @@ def evaluate(
             yb = y[start : start + batch_size].to(device)
             n = int((yb != -100).sum())
             with autocast or contextlib.nullcontext():
-                loss = model.loss(xb, yb)
+                loss = (loss_fn or model.loss)(xb, yb)
             total += float(loss) * n
             count += n
     finally:

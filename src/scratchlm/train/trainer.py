@@ -17,7 +17,6 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +24,16 @@ import torch
 from torch import Tensor, nn
 
 from scratchlm.errors import ConfigError, ScratchLMError
-from scratchlm.train.config import CONFIG_FILE, TrainConfig, check_resumable, load_run_config
+from scratchlm.train.config import (
+    CONFIG_FILE,
+    TrainConfig,
+    build_model,
+    check_resumable,
+    load_run_config,
+    run_tokenizer,
+)
 from scratchlm.train.guard import DivergenceGuard
+from scratchlm.train.parallel import gather_to_cpu, scatter_from_cpu, wrap_for_training
 from scratchlm.train.runtime import (
     LossModule,
     SignalFlag,
@@ -34,24 +41,13 @@ from scratchlm.train.runtime import (
     init_distributed,
     pick_precision,
 )
+from scratchlm.train.state import COUNTERS, TrainResult, join_tensors, split_tensors
 
 log = logging.getLogger(__name__)
 
 
 class TrainingDiverged(ScratchLMError):
     """The loss went bad and rolling back did not help."""
-
-
-@dataclass
-class TrainResult:
-    """How a call to ``Trainer.run`` ended."""
-
-    step: int  # optimizer updates done, in all
-    tokens: int  # tokens trained on, in all
-    loss: float | None  # the last training loss
-    val_loss: float | None  # the last validation loss
-    checkpoint: Path | None  # the last checkpoint written
-    interrupted: str | None = None  # "SIGINT" / "SIGTERM" when a signal stopped the run
 
 
 class Trainer:
@@ -67,32 +63,28 @@ class Trainer:
         from scratchlm.checkpoint import CheckpointManager
         from scratchlm.data import BatchSampler, fixed_windows, open_tokens, read_meta
         from scratchlm.train.metrics import MetricsLog, Progress, peak_flops
-        from scratchlm.train.optim import build_optimizer
 
         c = self.config
         self.dist, self.device = init_distributed(c.device)
         self.precision = pick_precision(c.precision, self.device)
         self.run_dir = Path(c.out)
         self._check_run_dir()
-        self.tokenizer = self._load_tokenizer()
+        self.tokenizer = run_tokenizer(c)
         self.meta = read_meta(c.data)
         train_tokens = open_tokens(c.data, "train", self.tokenizer)
         val_tokens = open_tokens(c.data, "val", self.tokenizer)
 
         torch.manual_seed(c.seed)  # the same initial weights on every process
-        self.model = self._build_model().to(self.device)
+        self.model = build_model(c, self.tokenizer).to(self.device)
         self.model.check_inputs = False  # the token file's ids were checked against the vocab
         T = self.model.config.context_length
-        self.optimizer = build_optimizer(
-            self.model,
-            name=c.optimizer,
-            lr=c.lr,
-            betas=c.betas,
-            eps=c.eps,
-            weight_decay=c.weight_decay,
-            fused=c.fused,
+        # What the steps call (made before the optimizer: FSDP replaces the parameters).
+        # Evaluation, sampling and checkpoints use self.model.
+        self.loss_module = LossModule(self.model)
+        self.train_step_model = wrap_for_training(
+            self.loss_module, self.dist, self.device, fsdp=c.fsdp, compile=c.compile
         )
-        self.train_step_model = self._wrap(LossModule(self.model))
+        self.optimizer = self._make_optimizer(self.model)
         self.sampler = BatchSampler(
             train_tokens,
             c.batch_size,
@@ -130,6 +122,20 @@ class Trainer:
         self.last_loss: float | None = None
         self.last_checkpoint: Path | None = None
 
+    def _make_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
+        from scratchlm.train.optim import build_optimizer
+
+        c = self.config
+        return build_optimizer(
+            model,
+            name=c.optimizer,
+            lr=c.lr,
+            betas=c.betas,
+            eps=c.eps,
+            weight_decay=c.weight_decay,
+            fused=c.fused,
+        )
+
     def _check_run_dir(self) -> None:
         c = self.config
         saved = load_run_config(self.run_dir)
@@ -144,88 +150,36 @@ class Trainer:
         else:
             self.resuming = False
 
-    def _load_tokenizer(self) -> Any:
-        from scratchlm.tokenizer import load_tokenizer
-
-        c = self.config
-        path = Path(c.tokenizer) if c.tokenizer else Path(c.data) / "tokenizer.json"
-        if not path.exists():
-            raise ConfigError(
-                f"no tokenizer at {path}: pass --tokenizer DIR (the one `scratchlm prepare` used)"
-            )
-        return load_tokenizer(path)
-
-    def _build_model(self) -> nn.Module:
-        from scratchlm.model import TransformerLM
-
-        c = self.config
-        if c.init_from:
-            from scratchlm.checkpoint import load_model
-
-            model, _ = load_model(c.init_from)
-            if model.config.vocab_size != self.tokenizer.vocab_size:
-                raise ConfigError(
-                    f"the model in {c.init_from} has a vocabulary of "
-                    f"{model.config.vocab_size}, the tokenizer {self.tokenizer.vocab_size}"
-                )
-            return model
-        return TransformerLM(self.config.model_config(self.tokenizer.vocab_size))
-
-    def _wrap(self, module: nn.Module) -> nn.Module:
-        """The module the training steps call: data-parallel across processes when
-        launched by torchrun (FSDP when asked), compiled when asked. Evaluation,
-        sampling and checkpoints use ``self.model`` itself."""
-        c = self.config
-        if c.fsdp:
-            from scratchlm.train.parallel import shard_model
-
-            module = shard_model(module, self.device)
-        elif self.dist.enabled:
-            from torch.nn.parallel import DistributedDataParallel
-
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            module = DistributedDataParallel(module, device_ids=ids)
-        if c.compile:
-            module = torch.compile(module)
-        return module
-
     # ----------------------------------------------------------------------------------
     # Checkpoints
     def _train_state(self) -> tuple[dict[str, Any], dict[str, Tensor]]:
+        """Everything the next steps depend on, as JSON and as tensors."""
         from scratchlm.checkpoint import capture_rng_state
 
-        tensors = capture_rng_state()  # keys rng.*
-        sampler_json = {}
-        for key, value in self.sampler.state_dict().items():
-            if isinstance(value, Tensor):
-                tensors[f"sampler.{key}"] = value
-            else:
-                sampler_json[key] = value
-        state = {
-            "step": self.step,
-            "tokens": self.tokens,
-            "elapsed": self.elapsed + (time.perf_counter() - self.started),
-            "lr_scale": self.lr_scale,
-            "rollbacks": self.rollbacks,
-            "best_val": self.best_val,
-            "last_val": self.last_val,
-            "last_loss": self.last_loss,
-            "guard": self.guard.state_dict(),
-            "sampler": sampler_json,
-            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
-            "config": self.config.to_dict(),
-            "phase": self.config.phase,
-        }
-        return state, tensors
+        self.elapsed += time.perf_counter() - self.started
+        self.started = time.perf_counter()
+        sampler, tensors = split_tensors(self.sampler.state_dict(), "sampler.")
+        state = {name: getattr(self, name) for name in COUNTERS}
+        state.update(
+            guard=self.guard.state_dict(),
+            sampler=sampler,
+            scaler=self.scaler.state_dict() if self.scaler.is_enabled() else None,
+            config=self.config.to_dict(),
+            phase=self.config.phase,
+        )
+        return state, {**tensors, **capture_rng_state()}  # rng.* keys
 
     def save_checkpoint(self, val_loss: float | None = None) -> Path | None:
         """Write a checkpoint of the current step (rank 0; the others wait for it)."""
         path = None
+        model, optimizer = self.model, self.optimizer
+        if self.config.fsdp:  # every process takes part in gathering the shards
+            model, optimizer = gather_to_cpu(model, optimizer, self._make_optimizer)
         if self.dist.is_main:
             state, tensors = self._train_state()
             path = self.checkpoints.save(
-                self.model,
-                self.optimizer,
+                model,
+                optimizer,
                 self.step,
                 tokenizer=self.tokenizer,
                 train_state=state,
@@ -241,22 +195,23 @@ class Trainer:
         also the sampler and RNG states, so the next steps repeat exactly."""
         from scratchlm.checkpoint import load_checkpoint, read_train_state, restore_rng_state
 
-        self.step = load_checkpoint(path, self.model, self.optimizer)
+        if self.config.fsdp:
+            copy = type(self.model)(self.model.config)
+            copy_optimizer = self._make_optimizer(copy)
+            load_checkpoint(path, copy, copy_optimizer)
+            scatter_from_cpu(self.model, self.optimizer, copy, copy_optimizer)
+        else:
+            load_checkpoint(path, self.model, self.optimizer)
         state, tensors = read_train_state(path)
-        self.tokens = state["tokens"]
-        self.elapsed = state["elapsed"]
-        self.lr_scale = state["lr_scale"]
-        self.rollbacks = max(self.rollbacks, state["rollbacks"])
-        self.best_val = state["best_val"]
-        self.last_val = state["last_val"]
-        self.last_loss = state["last_loss"]
+        rollbacks = self.rollbacks
+        for name in COUNTERS:
+            setattr(self, name, state[name])
+        self.rollbacks = max(rollbacks, self.rollbacks)
         self.guard.load_state_dict(state["guard"])
         if state.get("scaler") and self.scaler.is_enabled():
             self.scaler.load_state_dict(state["scaler"])
         if data_and_rng:
-            sampler = dict(state["sampler"])
-            sampler.update({k[8:]: v for k, v in tensors.items() if k.startswith("sampler.")})
-            self.sampler.load_state_dict(sampler)
+            self.sampler.load_state_dict(join_tensors(state["sampler"], tensors, "sampler."))
             restore_rng_state(tensors)
         self.last_checkpoint = path
         if self.metrics is not None:
@@ -389,9 +344,7 @@ class Trainer:
                 f"(now {c.lr:g}), a smaller --grad-clip or a larger batch"
             )
         self.rollbacks += 1
-        rollbacks = self.rollbacks
         self._restore(latest, data_and_rng=False)  # new data: the same would fail again
-        self.rollbacks = rollbacks
         self.lr_scale *= c.rollback_lr
         self.guard.skips_in_row = 0
         self._event(
@@ -424,9 +377,9 @@ class Trainer:
     def _evaluate(self, bar: Any) -> float | None:
         from scratchlm.train.evaluate import draw_samples, evaluate
 
-        if not self.dist.is_main:
-            return None
         c = self.config
+        if not (self.dist.is_main or c.fsdp):  # a sharded model evaluates on every process
+            return None
         result = evaluate(
             self.model,
             self.val_x,
@@ -434,19 +387,26 @@ class Trainer:
             batch_size=c.batch_size,
             bytes_per_token=self.meta.get("splits", {}).get("val", {}).get("bytes_per_token"),
             autocast=autocast(self.device, self.precision),
+            loss_fn=self.loss_module if c.fsdp else None,
         )
+        if not self.dist.is_main:
+            return None
         self.last_val = result["val_loss"]
         if self.best_val is None or self.last_val < self.best_val:
             self.best_val = self.last_val
         self._record(kind="val", **result)
         bpb = f", {result['val_bpb']:.3f} bits/byte" if "val_bpb" in result else ""
         bar.write(f"step {self.step}: validation loss {self.last_val:.4f}{bpb}")
-        texts = draw_samples(
-            self.model,
-            self.tokenizer,
-            c.sample_prompts,
-            max_new_tokens=c.sample_tokens,
-            seed=c.seed,
+        texts = (
+            []
+            if c.fsdp
+            else draw_samples(  # generation would need every shard
+                self.model,
+                self.tokenizer,
+                c.sample_prompts,
+                max_new_tokens=c.sample_tokens,
+                seed=c.seed,
+            )
         )
         for prompt, text in zip(c.sample_prompts[: len(texts)], texts, strict=True):
             self._record(kind="sample", prompt=prompt, text=text)

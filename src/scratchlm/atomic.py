@@ -8,6 +8,7 @@ under a temporary name beside the target, and renamed into place once complete.
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -25,10 +26,12 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file and a rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = _fresh_file(path.parent, f".{path.name}.", ".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+            f.flush()
+            os.fsync(f.fileno())  # the data is on disk before the name points at it
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)
@@ -45,7 +48,7 @@ def write_dir_atomically(
     if out.exists() and not force:
         raise OutputExistsError(f"output path {out} exists: choose another or pass --force")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+    tmp = _fresh_dir(out.parent, f".{out.name}.", ".tmp")
     try:
         fill(tmp)
         if out.exists():
@@ -59,3 +62,28 @@ def write_dir_atomically(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def _fresh_dir(parent: Path, prefix: str, suffix: str) -> Path:
+    """A new, empty directory with a unique name. Unlike ``tempfile.mkdtemp`` (mode 0700,
+    private) it gets the usual permissions from the umask, which it keeps once renamed."""
+    for _ in range(100):
+        path = parent / f"{prefix}{secrets.token_hex(6)}{suffix}"
+        try:
+            path.mkdir()
+        except FileExistsError:
+            continue
+        return path
+    raise FileExistsError(f"cannot create a temporary directory in {parent}")
+
+
+def _fresh_file(parent: Path, prefix: str, suffix: str) -> tuple[int, Path]:
+    """A new, empty file opened for writing, with a unique name and (unlike
+    ``tempfile.mkstemp``, mode 0600) the usual permissions from the umask."""
+    for _ in range(100):
+        path = parent / f"{prefix}{secrets.token_hex(6)}{suffix}"
+        try:
+            return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), path
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"cannot create a temporary file in {parent}")

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from train_helpers import TINY
 
 from scratchlm.errors import ConfigError
 from scratchlm.train.config import TrainConfig, resolve_config
@@ -213,3 +214,30 @@ def test_a_failed_start_leaves_no_settings_behind(tiny_config):
         Trainer(tiny_config.replace(steps=5, warmup_steps=10)).run()
     assert not (Path(tiny_config.out) / "train_config.json").exists()
     assert Trainer(tiny_config.replace(steps=5, warmup_steps=2)).run().step == 5
+
+
+def test_a_tokenizer_other_than_the_data_s_is_refused_before_writing(tiny_config, tmp_path):
+    from scratchlm.errors import DataError
+    from scratchlm.tokenizer import CharTokenizer
+    from scratchlm.tokenizer.files import write_tokenizer_dir
+
+    other = CharTokenizer.train(["some other text"], ["<|endoftext|>"])
+    write_tokenizer_dir(other, tmp_path / "other")
+    with pytest.raises(DataError, match="prepare"):
+        Trainer(tiny_config.replace(tokenizer=str(tmp_path / "other"))).run()
+    assert not Path(tiny_config.out).exists()
+
+
+def test_windows_longer_than_the_data_are_refused_before_writing(tiny_config):
+    from scratchlm.errors import DataError
+
+    with pytest.raises((DataError, ConfigError), match="context"):
+        Trainer(tiny_config.replace(context_length=100_000, model={**TINY})).run()
+    assert not Path(tiny_config.out).exists()
+
+
+def test_a_missing_data_directory_is_named(tiny_config, tmp_path):
+    from scratchlm.errors import ScratchLMError
+
+    with pytest.raises(ScratchLMError, match="nowhere"):
+        Trainer(tiny_config.replace(data=str(tmp_path / "nowhere"))).run()

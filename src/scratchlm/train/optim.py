@@ -280,7 +280,8 @@ def build_optimizer(
     forces ours; True forces torch's fused one (ConfigError if it is not available).
     All compute the same parameters (tests/train/test_optim.py). On a CPU the fused kernel
     is the fastest: one step of the "small" preset (23M parameters, 2 threads, torch 2.13)
-    took ~30 ms fused, ~35-50 ms with torch's default (foreach) AdamW and ~85 ms with ours.
+    took ~30-39 ms fused, ~35-50 ms with torch's default AdamW (on a CPU its single-tensor
+    loop, not foreach) and ~85 ms with ours.
 
     Note: a state_dict carries its group options, so loading one saved by ours or by a
     non-fused torch AdamW into a fused optimizer turns ``fused`` back off (torch's rule).

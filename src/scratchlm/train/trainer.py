@@ -111,6 +111,7 @@ class Trainer:
         self.peak = peak_flops(self.device, dtype)
         self.flops_per_token = self.model.flops_per_token(training=True)
 
+        self.started = time.perf_counter()  # wall clock of this process's training
         # State that checkpoints carry.
         self.step = 0
         self.tokens = 0

@@ -1,22 +1,38 @@
-"""The default run: trains and saves a tokenizer on the built-in corpus, then reuses it."""
+"""The default run: tokenizer, token files, pretraining and samples on the built-in
+corpus (a reduced model here), then a rerun that reuses every stage."""
 
 from __future__ import annotations
 
 from scratchlm.builtin import END_OF_TEXT, builtin_corpus
-from scratchlm.pipeline import SAMPLE_SENTENCE, DefaultRun, run_default
+from scratchlm.pipeline import PROMPTS, SAMPLE_SENTENCE, DefaultRun, run_default
 from scratchlm.tokenizer import BPETokenizer, train_bpe
 
 
 def test_default_run_trains_then_reuses(tmp_path):
-    run = DefaultRun(out_dir=tmp_path / "run")
+    small = {"d_model": 32, "n_layers": 1, "n_heads": 2, "n_kv_heads": 2, "d_ff": 64}
+    run = DefaultRun(
+        out_dir=tmp_path / "run", model=small, context_length=32, batch_size=4, steps=6
+    )
     file = tmp_path / "run" / "tokenizer" / "tokenizer.json"
 
     lines: list[str] = []
-    tok = run_default(run, progress=False, echo=lines.append)
+    checkpoint = run_default(run, progress=False, echo=lines.append)
     text = "\n".join(lines)
     assert "training" in text and "reusing" not in text
     assert file.is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [
+        "data",
+        "pretrain",
+        "tokenizer",
+    ]
+    assert checkpoint.name == "step_00000006"
+    for prompt in PROMPTS:  # each prompt's greedy continuation is shown
+        assert any(line.strip().startswith(prompt) for line in lines)
+    from scratchlm.checkpoint import load_model
+
+    model, tok = load_model(checkpoint)
+    assert model.config.d_model == 32 and model.config.vocab_size == 1024
 
     # What was saved is what train_bpe gives on the built-in corpus.
     vocab, merges = train_bpe(builtin_corpus(), 1024, [END_OF_TEXT])
@@ -30,9 +46,14 @@ def test_default_run_trains_then_reuses(tmp_path):
 
     saved = file.read_bytes()
     mtime = file.stat().st_mtime_ns
+    weights = (checkpoint / "model.safetensors").stat().st_mtime_ns
     again: list[str] = []
-    tok2 = run_default(run, progress=False, echo=again.append)
-    assert "reusing" in "\n".join(again) and "training" not in "\n".join(again)
+    assert run_default(run, progress=False, echo=again.append) == checkpoint
+    rerun = "\n".join(again)
+    assert rerun.count("reusing") == 2
+    assert "training byte-level" not in rerun and "pretraining a small" not in rerun
     assert file.read_bytes() == saved and file.stat().st_mtime_ns == mtime
+    assert (checkpoint / "model.safetensors").stat().st_mtime_ns == weights
+    tok2 = BPETokenizer.load(file)
     assert tok2.merges == tok.merges and tok2.vocab == tok.vocab
     assert tok2.special_tokens == tok.special_tokens

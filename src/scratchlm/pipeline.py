@@ -1,16 +1,18 @@
 """The default run: the whole path from the built-in text to a trained model, one stage
 after another, each saved under ``runs/default`` so that a rerun reuses finished stages.
 
-Stages so far: the tokenizer. Pretraining, instruction tuning and chat join as they are
-built; the command that runs this (``scratchlm train`` with no arguments) stays the same.
+Stages so far: the tokenizer, the token files, pretraining, and sample completions from
+the trained model. Instruction tuning and chat join as they are built; the command that
+runs this (``scratchlm train`` with no arguments) stays the same.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from scratchlm.builtin import END_OF_TEXT, builtin_corpus
 from scratchlm.tokenizer import BPETokenizer, train_bpe
@@ -20,27 +22,54 @@ from scratchlm.tokenizer.report import compression, longest_tokens, show_split
 SAMPLE_SENTENCE = (
     "Water boils at 100 degrees Celsius, and the sky looks blue because air scatters light."
 )
+PROMPTS = ("Water boils", "The sky looks blue because", "Plants")
+STAGES = 4
 
 
 @dataclass
 class DefaultRun:
-    """Settings of the default run."""
+    """Settings of the default run. The model is small enough to learn the built-in
+    corpus in a few minutes on two CPU cores."""
 
     out_dir: Path = Path("runs/default")
     vocab_size: int = 1024
+    model: dict[str, Any] = field(
+        default_factory=lambda: {
+            "d_model": 192,
+            "n_layers": 4,
+            "n_heads": 6,
+            "n_kv_heads": 6,
+            "d_ff": 512,
+        }
+    )
+    context_length: int = 128
+    batch_size: int = 16
+    steps: int = 400
+    lr: float = 2e-3
+    sample_tokens: int = 40
 
 
 def run_default(
     run: DefaultRun, *, progress: bool = True, echo: Callable[[str], None] = print
-) -> BPETokenizer:
-    """Run (or reuse) every stage of the default pipeline; returns the tokenizer."""
+) -> Path:
+    """Run (or reuse) every stage of the default pipeline; returns the directory of the
+    pretrained checkpoint."""
+    tok = tokenizer_stage(run, progress, echo)
+    data = data_stage(run, tok, progress, echo)
+    checkpoint = pretrain_stage(run, data, progress, echo)
+    sample_stage(run, checkpoint, echo)
+    return checkpoint
+
+
+def tokenizer_stage(run: DefaultRun, progress: bool, echo: Callable[[str], None]) -> BPETokenizer:
+    """[1] A byte-level BPE tokenizer trained on the built-in corpus."""
     corpus = builtin_corpus()
     tok_dir = run.out_dir / "tokenizer"
     if (tok_dir / FILENAME).exists():
         tok = BPETokenizer.load(tok_dir)
-        echo(f"[1/1] tokenizer: reusing {tok_dir} (delete it to train again)")
+        echo(f"[1/{STAGES}] tokenizer: reusing {tok_dir} (delete it to train again)")
     else:
-        echo(f"[1/1] tokenizer: training byte-level BPE on {corpus.name} ...")
+        echo(f"[1/{STAGES}] tokenizer: training byte-level BPE on {corpus.name} ...")
         start = time.perf_counter()
         vocab, merges = train_bpe(corpus, run.vocab_size, [END_OF_TEXT], progress=progress)
         tok = BPETokenizer(
@@ -61,3 +90,72 @@ def run_default(
     echo(f"      first merges: {first}")
     echo(f"      a sentence as tokens: {show_split(tok, SAMPLE_SENTENCE)}")
     return tok
+
+
+def data_stage(
+    run: DefaultRun, tok: BPETokenizer, progress: bool, echo: Callable[[str], None]
+) -> Path:
+    """[2] The corpus as token files, a tenth of the documents held out for validation."""
+    from scratchlm.data import prepare
+
+    data_dir = run.out_dir / "data"
+    echo(f"[2/{STAGES}] data: encoding the corpus into token files in {data_dir}")
+    meta = prepare(["builtin:science"], tok, data_dir, val_fraction=0.1, workers=1, progress=False)
+    train, val = meta["splits"]["train"], meta["splits"]["val"]
+    echo(
+        f"      train: {train['tokens']:,} tokens in {train['documents']} documents; "
+        f"validation: {val['tokens']:,} tokens in {val['documents']} documents"
+    )
+    return data_dir
+
+
+def pretrain_stage(
+    run: DefaultRun, data_dir: Path, progress: bool, echo: Callable[[str], None]
+) -> Path:
+    """[3] A small Transformer pretrained on the token files; resumes an unfinished run."""
+    from scratchlm.checkpoint import CheckpointManager, read_config
+    from scratchlm.train import TrainConfig, Trainer
+
+    out = run.out_dir / "pretrain"
+    latest = CheckpointManager(out).latest_valid()
+    if latest is not None and read_config(latest)["step"] >= run.steps:
+        echo(f"[3/{STAGES}] pretraining: reusing {latest} (delete {out} to train again)")
+        return latest
+    echo(f"[3/{STAGES}] pretraining a small Transformer on the token files ...")
+    config = TrainConfig(
+        data=str(data_dir),
+        out=str(out),
+        preset="tiny",
+        model=dict(run.model),
+        context_length=run.context_length,
+        batch_size=run.batch_size,
+        steps=run.steps,
+        lr=run.lr,
+        eval_windows=16,
+        sample_prompts=list(PROMPTS[:1]),
+        sample_tokens=16,
+        progress=progress,
+        device="auto",
+    )
+    result = Trainer(config, echo=lambda line: echo(f"      {line}")).run()
+    if result.interrupted:
+        raise KeyboardInterrupt  # the checkpoint is saved: a rerun continues from it
+    assert result.checkpoint is not None
+    echo(
+        f"      done: {result.step} steps, validation loss {result.val_loss:.3f}; "
+        f"checkpoint {result.checkpoint}"
+    )
+    return result.checkpoint
+
+
+def sample_stage(run: DefaultRun, checkpoint: Path, echo: Callable[[str], None]) -> None:
+    """[4] What the pretrained model writes after a few prompts (greedy)."""
+    from scratchlm.checkpoint import load_model
+    from scratchlm.textgen import generate
+
+    model, tok = load_model(checkpoint)
+    echo(f"[4/{STAGES}] samples from the pretrained model (greedy):")
+    for prompt in PROMPTS:
+        text = generate(model, tok, prompt, temperature=0, max_new_tokens=run.sample_tokens)
+        shown = "".join(c if c.isprintable() else " " for c in prompt + text)
+        echo(f"      {shown}")

@@ -13,14 +13,8 @@ import pytest
 import torch
 
 from scratchlm.errors import ConfigError, DataError
-from scratchlm.train.metrics import (
-    MetricsLog,
-    Progress,
-    Throughput,
-    mfu,
-    peak_flops,
-    read_metrics,
-)
+from scratchlm.train.metrics import MetricsLog, read_metrics
+from scratchlm.train.progress import Progress, Throughput, mfu, peak_flops
 
 
 def train_record(step: int, loss: float = 3.0) -> dict:

@@ -241,3 +241,21 @@ def test_a_missing_data_directory_is_named(tiny_config, tmp_path):
 
     with pytest.raises(ScratchLMError, match="nowhere"):
         Trainer(tiny_config.replace(data=str(tmp_path / "nowhere"))).run()
+
+
+def test_bf16_autocast_on_a_cpu_trains(tiny_config):
+    result = Trainer(tiny_config.replace(steps=8, precision="bf16", eval_every=0)).run()
+    train = _records(Path(tiny_config.out), "train")
+    assert result.step == 8 and all(math.isfinite(r["loss"]) for r in train)
+    assert train[-1]["loss"] < train[0]["loss"]
+
+
+@pytest.mark.slow
+def test_compiled_training_matches_eager(tiny_config, tmp_path):
+    """torch.compile wraps the training model only; it computes the same losses."""
+    config = tiny_config.replace(steps=4, eval_every=0)
+    Trainer(config.replace(out=str(tmp_path / "eager"))).run()
+    Trainer(config.replace(out=str(tmp_path / "compiled"), compile=True)).run()
+    eager = [r["loss"] for r in _records(tmp_path / "eager", "train")]
+    compiled = [r["loss"] for r in _records(tmp_path / "compiled", "train")]
+    assert compiled == pytest.approx(eager, rel=1e-4)

@@ -314,3 +314,33 @@ def build_model(config: TrainConfig, tokenizer: Any) -> Any:
             )
         return model
     return TransformerLM(config.model_config(tokenizer.vocab_size))
+
+
+def build_optimizer_for(config: TrainConfig, model: Any) -> Any:
+    """The run's optimizer over ``model``'s parameters (``train.optim.build_optimizer``)."""
+    from scratchlm.train.optim import build_optimizer
+
+    return build_optimizer(
+        model,
+        name=config.optimizer,
+        lr=config.lr,
+        betas=config.betas,
+        eps=config.eps,
+        weight_decay=config.weight_decay,
+        fused=config.fused,
+    )
+
+
+def is_resuming(config: TrainConfig, run_dir: Path) -> bool:
+    """True when ``run_dir`` holds a run started with compatible settings (ConfigError
+    when they differ); False for a new run (ConfigError if ``resume`` was asked for)."""
+    saved = load_run_config(run_dir)
+    if saved is not None:
+        check_resumable(saved, config)
+        return True
+    if config.resume:
+        raise ConfigError(
+            f"nothing to resume in {run_dir}: it holds no {CONFIG_FILE}; "
+            "start a new run without --resume"
+        )
+    return False

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -28,8 +29,8 @@ from scratchlm.train.config import (
     CONFIG_FILE,
     TrainConfig,
     build_model,
-    check_resumable,
-    load_run_config,
+    build_optimizer_for,
+    is_resuming,
     run_tokenizer,
 )
 from scratchlm.train.guard import DivergenceGuard
@@ -62,13 +63,14 @@ class Trainer:
     def _setup(self) -> None:
         from scratchlm.checkpoint import CheckpointManager
         from scratchlm.data import BatchSampler, fixed_windows, open_tokens, read_meta
-        from scratchlm.train.metrics import MetricsLog, Progress, peak_flops
+        from scratchlm.train.metrics import MetricsLog
+        from scratchlm.train.progress import Progress, peak_flops
 
         c = self.config
         self.dist, self.device = init_distributed(c.device)
         self.precision = pick_precision(c.precision, self.device)
         self.run_dir = Path(c.out)
-        self._check_run_dir()
+        self.resuming = is_resuming(c, self.run_dir)
         self.tokenizer = run_tokenizer(c)
         self.meta = read_meta(c.data)
         train_tokens = open_tokens(c.data, "train", self.tokenizer)
@@ -124,32 +126,7 @@ class Trainer:
         self.last_checkpoint: Path | None = None
 
     def _make_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
-        from scratchlm.train.optim import build_optimizer
-
-        c = self.config
-        return build_optimizer(
-            model,
-            name=c.optimizer,
-            lr=c.lr,
-            betas=c.betas,
-            eps=c.eps,
-            weight_decay=c.weight_decay,
-            fused=c.fused,
-        )
-
-    def _check_run_dir(self) -> None:
-        c = self.config
-        saved = load_run_config(self.run_dir)
-        if saved is not None:
-            check_resumable(saved, c)
-            self.resuming = True
-        elif c.resume:
-            raise ConfigError(
-                f"nothing to resume in {self.run_dir}: it holds no {CONFIG_FILE}; "
-                "start a new run without --resume"
-            )
-        else:
-            self.resuming = False
+        return build_optimizer_for(self.config, model)
 
     # ----------------------------------------------------------------------------------
     # Checkpoints
@@ -249,9 +226,7 @@ class Trainer:
         eval_every = c.resolved_eval_every(self.total)
         ckpt_every = c.resolved_checkpoint_every(self.total)
         self._announce()
-        bar = self.progress_cls(
-            self.total, initial_step=self.step, enabled=c.progress and self.dist.is_main
-        )
+        bar = self.progress_cls(self.total, initial_step=self.step, enabled=self._bar_enabled)
         window_tokens, window_time = 0, 0.0
         with bar:
             while self.step < self.total:
@@ -365,14 +340,14 @@ class Trainer:
         )
 
     def _log_train(self, bar: Any, loss: float, grad_norm: float, lr: float, tps: float) -> None:
-        from scratchlm.train.metrics import mfu
+        from scratchlm.train.progress import mfu
 
         util = mfu(tps / self.dist.world_size, self.flops_per_token, self.peak)
         bar.update(self.step, loss=loss, lr=lr, grad_norm=grad_norm, tokens_per_s=tps, mfu=util)
         self._record(
             kind="train", loss=loss, lr=lr, grad_norm=grad_norm, tokens_per_s=tps, mfu=util
         )
-        if not self.config.progress and self.dist.is_main:
+        if not self._bar_enabled and self.dist.is_main:
             log.info("step %d/%d loss %.4f lr %.2e", self.step, self.total, loss, lr)
 
     def _evaluate(self, bar: Any) -> float | None:
@@ -397,7 +372,7 @@ class Trainer:
             self.best_val = self.last_val
         self._record(kind="val", **result)
         bpb = f", {result['val_bpb']:.3f} bits/byte" if "val_bpb" in result else ""
-        bar.write(f"step {self.step}: validation loss {self.last_val:.4f}{bpb}")
+        self._say(bar, f"step {self.step}: validation loss {self.last_val:.4f}{bpb}")
         texts = (
             []
             if c.fsdp
@@ -411,8 +386,20 @@ class Trainer:
         )
         for prompt, text in zip(c.sample_prompts[: len(texts)], texts, strict=True):
             self._record(kind="sample", prompt=prompt, text=text)
-            bar.write(f"  {prompt!r} -> {(prompt + text)[:120]!r}")
+            self._say(bar, f"  {prompt!r} -> {(prompt + text)[:120]!r}")
         return self.last_val
+
+    @property
+    def _bar_enabled(self) -> bool:
+        """A live progress line on rank 0 in a terminal; elsewhere (a log file, a pipe,
+        --quiet) the same numbers go to the log, one line each."""
+        return self.config.progress and self.dist.is_main and sys.stderr.isatty()
+
+    def _say(self, bar: Any, message: str) -> None:
+        if self._bar_enabled:
+            bar.write(message)
+        else:
+            log.info(message)
 
     def _event(self, message: str) -> None:
         if self.dist.is_main:

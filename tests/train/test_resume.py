@@ -155,3 +155,18 @@ def test_fsdp_matches_one_process_and_resumes_from_its_checkpoints(prepared, tmp
     again = subprocess.run(sharded, env=ENV, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr[-3000:]
     assert _losses(tmp_path / "two") == pytest.approx(b, rel=1e-6)
+
+
+def test_sigterm_saves_a_checkpoint_at_the_current_step(prepared, tmp_path):
+    run = tmp_path / "term"
+    proc = subprocess.Popen(
+        _command(prepared, run, "--steps", "500"), env=ENV, stdout=subprocess.PIPE, text=True
+    )
+    _wait_for_step(proc, run, 5)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 143
+    assert "stopped by SIGTERM" in out
+    stopped_at = _last_step(run)
+    assert (run / "checkpoints" / "latest").read_text().strip() == f"step_{stopped_at:08d}"
+    assert (run / "checkpoints" / f"step_{stopped_at:08d}" / "manifest.json").is_file()

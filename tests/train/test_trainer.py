@@ -259,3 +259,9 @@ def test_compiled_training_matches_eager(tiny_config, tmp_path):
     eager = [r["loss"] for r in _records(tmp_path / "eager", "train")]
     compiled = [r["loss"] for r in _records(tmp_path / "compiled", "train")]
     assert compiled == pytest.approx(eager, rel=1e-4)
+
+
+def test_a_token_budget_sets_the_number_of_steps(tiny_config):
+    # 4 windows of 32 tokens = 128 tokens per step: 1,000 tokens take 8 steps.
+    result = Trainer(tiny_config.replace(tokens=1000, eval_every=0)).run()
+    assert result.step == 8 and result.tokens == 8 * 128

@@ -150,7 +150,8 @@ def hf_tokenizer_files(
     tok: BPETokenizer, *, model_max_length: int | None = None
 ) -> dict[str, dict[str, Any]]:
     """The JSON objects of a Hugging Face tokenizer folder, by file name:
-    ``tokenizer.json``, ``tokenizer_config.json`` and ``special_tokens_map.json``."""
+    ``tokenizer.json``, ``tokenizer_config.json`` and ``special_tokens_map.json``. A
+    tokenizer with the chat tokens also gets ``chat_template`` (scratchlm.data.chat)."""
     data = to_hf_tokenizer_json(tok)
     specials = tok.special_tokens
     eos = next((t for t in EOS_CANDIDATES if t in specials), None)
@@ -174,6 +175,12 @@ def hf_tokenizer_files(
     }
     if others:
         config["additional_special_tokens"] = others
+    # Imported here: the chat format lives with the data code, later in the pipeline.
+    from scratchlm.data.chat import CHAT_SPECIAL_TOKENS, CHAT_TEMPLATE
+
+    if all(t in specials for t in CHAT_SPECIAL_TOKENS):
+        # apply_chat_template then gives the ids of render_conversation / render_prompt.
+        config["chat_template"] = CHAT_TEMPLATE
     return {
         "tokenizer.json": data,
         "tokenizer_config.json": config,

@@ -2,6 +2,16 @@
 
 ``science.txt``: short texts on how everyday science works (weather, water, plants, the
 sky, the body, physics at home, animals), documents separated by ``<|endoftext|>``.
+
+``chat.jsonl``: instruction-tuning conversations about the facts of ``science.txt``, one
+``{"messages": [{"role": ..., "content": ...}, ...]}`` object per line (roles ``system``,
+``user``, ``assistant``), plus a little small talk and polite refusals of questions outside
+everyday science.
+
+``chat_eval.jsonl`` and ``chat_heldout.jsonl``: quality checks for a chat model, one
+``{"question": ..., "expect": [...], "source": ...}`` object per line. The eval questions
+appear verbatim in ``chat.jsonl``; the held-out ones are new wordings of facts it teaches.
+A good answer contains every ``expect`` word (case-insensitive).
 """
 
 from importlib.resources import as_file, files
@@ -13,4 +23,22 @@ END_OF_TEXT = "<|endoftext|>"
 def builtin_corpus() -> Path:
     """Path of the built-in pretraining corpus (a real file inside the installed package)."""
     with as_file(files(__package__) / "science.txt") as path:
+        return Path(path)
+
+
+def builtin_chat() -> Path:
+    """Path of the built-in instruction-tuning conversations (``chat.jsonl``)."""
+    with as_file(files(__package__) / "chat.jsonl") as path:
+        return Path(path)
+
+
+def builtin_chat_eval() -> Path:
+    """Path of the built-in eval questions taken verbatim from ``chat.jsonl``."""
+    with as_file(files(__package__) / "chat_eval.jsonl") as path:
+        return Path(path)
+
+
+def builtin_chat_heldout() -> Path:
+    """Path of the built-in held-out questions: new wordings of facts ``chat.jsonl`` teaches."""
+    with as_file(files(__package__) / "chat_heldout.jsonl") as path:
         return Path(path)

@@ -60,19 +60,11 @@ def _model_override(text: str) -> tuple[str, Any]:
         return key, value  # a bare word such as layernorm
 
 
-def _train(args: argparse.Namespace) -> int:
-    if not (args.data or args.resume or args.config):
-        from scratchlm.pipeline import DefaultRun, run_default
-
-        run_default(DefaultRun(out_dir=Path(args.out or "runs/default")), progress=not args.quiet)
-        return 0
-
-    from scratchlm.train.config import load_run_config, resolve_config
-    from scratchlm.train.trainer import Trainer
-
+def _flags(args: argparse.Namespace) -> dict[str, Any]:
+    """The TrainConfig fields the command line set (None: not given)."""
     flags = {name.lstrip("-").replace("-", "_"): getattr(args, name.lstrip("-").replace("-", "_"))
              for name, _, _ in FLAGS}  # fmt: skip
-    flags.update(data=args.data, out=args.out)
+    flags["out"] = args.out
     if args.model:
         flags["model"] = dict(args.model)
     if args.sample_prompt:
@@ -82,9 +74,15 @@ def _train(args: argparse.Namespace) -> int:
             flags[name] = True
     if args.quiet:
         flags["progress"] = False
-    base = None
+    return flags
+
+
+def _run(args: argparse.Namespace, flags: dict[str, Any], base: Any, command: str) -> int:
+    from scratchlm.train.config import load_run_config, resolve_config
+    from scratchlm.train.trainer import Trainer
+
     if args.resume:
-        base = load_run_config(args.resume)
+        base = load_run_config(args.resume) or base
         flags.update(out=args.resume, resume=True)
     config = resolve_config(args.config, flags, base)
     result = Trainer(config, echo=print).run()
@@ -92,29 +90,46 @@ def _train(args: argparse.Namespace) -> int:
     if result.interrupted:
         print(
             f"stopped by {result.interrupted} at step {result.step}{where}; "
-            f"continue with: scratchlm train --resume {config.out}"
+            f"continue with: scratchlm {command} --resume {config.out}"
         )
         return 130 if result.interrupted == "SIGINT" else 143
     val = f", validation loss {result.val_loss:.4f}" if result.val_loss is not None else ""
-    print(
-        f"done: {result.step} steps, {result.tokens:,} tokens, loss {result.loss:.4f}{val}{where}"
-    )
+    loss = f"loss {result.loss:.4f}" if result.loss is not None else "no steps taken"
+    print(f"done: {result.step} steps, {result.tokens:,} tokens, {loss}{val}{where}")
     return 0
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    """Add ``train`` to the top-level subparsers."""
-    p = sub.add_parser(
-        "train",
-        help="pretrain a model (no arguments: the default run on the built-in data)",
-        description="Train a model on a prepared token directory (see `scratchlm prepare`). "
-        "With no arguments: the default pipeline on the built-in data, reusing the stages "
-        "a previous run finished.",
-        epilog=EPILOG,
-        formatter_class=FMT,
+def _train(args: argparse.Namespace) -> int:
+    if not (args.data or args.resume or args.config):
+        from scratchlm.pipeline import DefaultRun, run_default
+
+        run_default(DefaultRun(out_dir=Path(args.out or "runs/default")), progress=not args.quiet)
+        return 0
+    flags = _flags(args)
+    flags["data"] = args.data
+    return _run(args, flags, None, "train")
+
+
+def _sft(args: argparse.Namespace) -> int:
+    from scratchlm.errors import ConfigError
+    from scratchlm.train.config import SFT_DEFAULTS, TrainConfig
+
+    if not (args.from_checkpoint or args.resume):
+        raise ConfigError("instruction tuning starts from a pretrained model: pass --from DIR")
+    flags = _flags(args)
+    flags.update(
+        init_from=args.from_checkpoint,
+        conversations=args.data,
+        val_fraction=args.val_fraction,
+        skip_bad=True if args.skip_bad else None,
     )
-    p.add_argument("--data", help="prepared data directory (train.bin, val.bin, meta.json)")
-    p.add_argument("--out", help="run directory (default: runs/train; runs/default without --data)")
+    if not args.resume and not args.out:
+        flags["out"] = "runs/sft"
+    base = TrainConfig.from_dict({**TrainConfig().to_dict(), **SFT_DEFAULTS, "init_from": "-"})
+    return _run(args, flags, base, "sft")
+
+
+def _add_training_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="a TOML or JSON file of settings")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR")
     for flag, kind, text in FLAGS:
@@ -133,4 +148,50 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fsdp", action="store_true", help="shard the model across processes")
     p.add_argument("--tensorboard", action="store_true", help="also log to TensorBoard")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+SFT_EPILOG = """examples:
+  scratchlm sft --from runs/small --data chats.jsonl --out runs/small-chat
+  scratchlm sft --from runs/default/pretrain --data builtin:chat --steps 300
+  scratchlm sft --resume runs/small-chat
+
+Conversation files: JSONL with {"messages": [{"role", "content"}, ...]} or {"prompt",
+"completion"}, a JSON list of "User: ... Assistant: ..." strings, or CSV with
+question/answer columns (docs/chat_format.md). The tokenizer gets the chat tokens and the
+model grows rows for them. Defaults differ from pretraining: lr 3e-4, 300 steps, batch 16.
+"""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add ``train`` and ``sft`` to the top-level subparsers."""
+    p = sub.add_parser(
+        "train",
+        help="pretrain a model (no arguments: the default run on the built-in data)",
+        description="Train a model on a prepared token directory (see `scratchlm prepare`). "
+        "With no arguments: the default pipeline on the built-in data, reusing the stages "
+        "a previous run finished.",
+        epilog=EPILOG,
+        formatter_class=FMT,
+    )
+    p.add_argument("--data", help="prepared data directory (train.bin, val.bin, meta.json)")
+    p.add_argument("--out", help="run directory (default: runs/train; runs/default without --data)")
+    _add_training_flags(p)
     p.set_defaults(func=_train)
+
+    p = sub.add_parser(
+        "sft",
+        help="instruction-tune a pretrained model on conversations",
+        description="Instruction tuning: the training loop on conversations, with the loss "
+        "on the assistant's words only. Rerunning the same command resumes.",
+        epilog=SFT_EPILOG,
+        formatter_class=FMT,
+    )
+    p.add_argument(
+        "--from", dest="from_checkpoint", metavar="CHECKPOINT", help="a checkpoint or run dir"
+    )
+    p.add_argument("--data", nargs="+", metavar="FILE", help="conversation files (or builtin:chat)")
+    p.add_argument("--out", help="run directory (default: runs/sft)")
+    p.add_argument("--val-fraction", type=float, help="conversations held out (default: 0.1)")
+    p.add_argument("--skip-bad", action="store_true", help="skip malformed records, with a count")
+    _add_training_flags(p)
+    p.set_defaults(func=_sft)

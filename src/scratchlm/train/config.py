@@ -27,6 +27,17 @@ PHASES = ("pretrain", "sft")
 
 DEFAULT_PROMPTS = ("The", "Water", "In the")
 
+# Instruction tuning starts from a trained model: a lower peak learning rate, fewer steps,
+# and prompts that are questions.
+SFT_DEFAULTS: dict[str, Any] = {
+    "phase": "sft",
+    "steps": 300,
+    "lr": 3e-4,
+    "batch_size": 16,
+    "sample_prompts": ["Hello!", "Why is the sky blue?"],
+    "sample_tokens": 48,
+}
+
 # Fields that may change between a run and its resumption: they do not change the
 # meaning of the steps already taken (a longer run, more frequent checkpoints, ...).
 RESUMABLE_CHANGES = frozenset(
@@ -67,6 +78,9 @@ class TrainConfig:
     model: dict[str, Any] = field(default_factory=dict)  # overrides of the preset's fields
     init_from: str = ""  # a checkpoint to start from (instruction tuning) instead of random
     phase: str = "pretrain"
+    conversations: list[str] = field(default_factory=list)  # sft: conversation files
+    val_fraction: float = 0.1  # sft: conversations held out for validation
+    skip_bad: bool = False  # sft: skip malformed records instead of stopping
 
     steps: int = 1000
     tokens: int = 0
@@ -159,6 +173,10 @@ class TrainConfig:
                 f"spike_factor must be > 1 and rollback_lr in (0, 1], got "
                 f"{self.spike_factor} and {self.rollback_lr}"
             )
+        if self.phase == "sft" and not self.init_from:
+            raise ConfigError("instruction tuning starts from a pretrained model: pass --from")
+        if not 0 < self.val_fraction < 1:
+            raise ConfigError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
         if not isinstance(self.model, dict):
             raise ConfigError(f"model must be a table of ModelConfig fields, got {self.model!r}")
 
@@ -288,9 +306,18 @@ def check_resumable(saved: TrainConfig, wanted: TrainConfig) -> None:
 
 
 def run_tokenizer(config: TrainConfig) -> Any:
-    """The run's tokenizer: ``config.tokenizer``, else the copy in the data directory."""
+    """The run's tokenizer: ``config.tokenizer``, else the copy in the data directory (for
+    instruction tuning: the starting checkpoint's, with the chat tokens added)."""
     from scratchlm.tokenizer import load_tokenizer
 
+    if config.phase == "sft" and not config.tokenizer:
+        from scratchlm.checkpoint import resolve_checkpoint
+        from scratchlm.data.chat import chat_tokenizer
+
+        path = resolve_checkpoint(config.init_from) / "tokenizer.json"
+        if not path.exists():
+            raise ConfigError(f"the checkpoint {path.parent} holds no tokenizer.json")
+        return chat_tokenizer(load_tokenizer(path))
     path = Path(config.tokenizer) if config.tokenizer else Path(config.data) / "tokenizer.json"
     if not path.exists():
         raise ConfigError(
@@ -307,6 +334,11 @@ def build_model(config: TrainConfig, tokenizer: Any) -> Any:
         from scratchlm.checkpoint import load_model
 
         model, _ = load_model(config.init_from)
+        model.train()
+        if model.config.vocab_size < tokenizer.vocab_size:  # new (chat) tokens: new rows
+            from scratchlm.model.resize import grow_vocab
+
+            grow_vocab(model, tokenizer.vocab_size)
         if model.config.vocab_size != tokenizer.vocab_size:
             raise ConfigError(
                 f"the model in {config.init_from} has a vocabulary of "

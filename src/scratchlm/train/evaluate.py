@@ -63,13 +63,20 @@ def draw_samples(
     *,
     max_new_tokens: int,
     seed: int,
+    chat: bool = False,
 ) -> list[str]:
     """Each prompt's continuation, sampled at temperature 0.8 (top-k 50) from a
-    generator of its own seeded with ``seed``, all prompts in one batch."""
+    generator of its own seeded with ``seed``, all prompts in one batch. With ``chat``,
+    each prompt is a user message and the text is the model's answer."""
     from scratchlm.textgen import generate
 
     if not prompts or max_new_tokens == 0:
         return []
+    if chat:
+        return [
+            _answer(model, tokenizer, prompt, max_new_tokens=max_new_tokens, seed=seed)
+            for prompt in prompts
+        ]
     return generate(
         model,
         tokenizer,
@@ -79,3 +86,20 @@ def draw_samples(
         seed=seed,
         max_new_tokens=max_new_tokens,
     )
+
+
+def _answer(model: TransformerLM, tokenizer: Any, question: str, **settings: Any) -> str:
+    """The model's answer to one user message, up to its end-of-turn token."""
+    from scratchlm.config import SampleConfig
+    from scratchlm.data.chat import END_OF_TURN, render_prompt
+    from scratchlm.generate import generate_ids
+    from scratchlm.sampling import make_generator
+
+    ids = render_prompt([{"role": "user", "content": question}], tokenizer)
+    sample = SampleConfig(temperature=0.8, top_k=50, **settings)
+    stop = [tokenizer.special_tokens[END_OF_TURN]]
+    device = next(model.parameters()).device
+    steps = generate_ids(
+        model, [ids], sample, stop_ids=stop, generator=make_generator(sample.seed, device)
+    )
+    return tokenizer.decode([token for (token,) in steps if token is not None])

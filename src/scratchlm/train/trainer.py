@@ -42,6 +42,7 @@ from scratchlm.train.runtime import (
     init_distributed,
     pick_precision,
 )
+from scratchlm.train.sources import training_data
 from scratchlm.train.state import COUNTERS, TrainResult, join_tensors, split_tensors
 
 log = logging.getLogger(__name__)
@@ -62,7 +63,6 @@ class Trainer:
     # Set-up
     def _setup(self) -> None:
         from scratchlm.checkpoint import CheckpointManager
-        from scratchlm.data import BatchSampler, fixed_windows, open_tokens, read_meta
         from scratchlm.train.metrics import MetricsLog
         from scratchlm.train.progress import Progress, peak_flops
 
@@ -72,10 +72,6 @@ class Trainer:
         self.run_dir = Path(c.out)
         self.resuming = is_resuming(c, self.run_dir)
         self.tokenizer = run_tokenizer(c)
-        self.meta = read_meta(c.data)
-        train_tokens = open_tokens(c.data, "train", self.tokenizer)
-        val_tokens = open_tokens(c.data, "val", self.tokenizer)
-
         torch.manual_seed(c.seed)  # the same initial weights on every process
         self.model = build_model(c, self.tokenizer).to(self.device)
         self.model.check_inputs = False  # the token file's ids were checked against the vocab
@@ -87,15 +83,9 @@ class Trainer:
             self.loss_module, self.dist, self.device, fsdp=c.fsdp, compile=c.compile
         )
         self.optimizer = self._make_optimizer(self.model)
-        self.sampler = BatchSampler(
-            train_tokens,
-            c.batch_size,
-            T,
-            seed=c.seed,
-            rank=self.dist.rank,
-            world_size=self.dist.world_size,
+        self.sampler, self.val_x, self.val_y, self.bytes_per_token = training_data(
+            c, self.tokenizer, T, rank=self.dist.rank, world_size=self.dist.world_size
         )
-        self.val_x, self.val_y = fixed_windows(val_tokens, c.eval_windows, T)
         self.tokens_per_step = c.batch_size * c.grad_accum * T * self.dist.world_size
         self.total = c.total_steps(self.tokens_per_step)
         if c.resolved_warmup(self.total) > self.total:
@@ -361,7 +351,7 @@ class Trainer:
             self.val_x,
             self.val_y,
             batch_size=c.batch_size,
-            bytes_per_token=self.meta.get("splits", {}).get("val", {}).get("bytes_per_token"),
+            bytes_per_token=self.bytes_per_token,
             autocast=autocast(self.device, self.precision),
             loss_fn=self.loss_module if c.fsdp else None,
         )
@@ -382,11 +372,13 @@ class Trainer:
                 c.sample_prompts,
                 max_new_tokens=c.sample_tokens,
                 seed=c.seed,
+                chat=c.phase == "sft",
             )
         )
         for prompt, text in zip(c.sample_prompts[: len(texts)], texts, strict=True):
             self._record(kind="sample", prompt=prompt, text=text)
-            self._say(bar, f"  {prompt!r} -> {(prompt + text)[:120]!r}")
+            shown = text if c.phase == "sft" else prompt + text  # an answer, or a continuation
+            self._say(bar, f"  {prompt!r} -> {shown[:120]!r}")
         return self.last_val
 
     @property

@@ -276,7 +276,16 @@ def test_missing_tokenizer(tmp_path, capsys):
     assert "nope" in one_error_line(capsys.readouterr().err)
 
 
-def test_default_train_command(tmp_path, capsys):
+def test_default_train_command_runs_the_default_pipeline(tmp_path, monkeypatch):
+    """`scratchlm train` with no data runs the pipeline (tested on a reduced
+    configuration in test_pipeline.py; the full run takes minutes)."""
+    import scratchlm.pipeline
+
+    calls = []
+    monkeypatch.setattr(
+        scratchlm.pipeline, "run_default", lambda run, progress: calls.append((run, progress))
+    )
     assert main(["train", "--out", str(tmp_path / "run"), "--quiet"]) == 0
-    assert "tokenizer" in capsys.readouterr().out
-    assert (tmp_path / "run" / "tokenizer" / "tokenizer.json").is_file()
+    ((run, progress),) = calls
+    assert run.out_dir == tmp_path / "run" and progress is False
+    assert run == scratchlm.pipeline.DefaultRun(out_dir=tmp_path / "run")

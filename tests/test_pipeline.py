@@ -4,14 +4,19 @@ corpus (a reduced model here), then a rerun that reuses every stage."""
 from __future__ import annotations
 
 from scratchlm.builtin import END_OF_TEXT, builtin_corpus
-from scratchlm.pipeline import PROMPTS, SAMPLE_SENTENCE, DefaultRun, run_default
+from scratchlm.pipeline import QUESTIONS, SAMPLE_SENTENCE, DefaultRun, run_default
 from scratchlm.tokenizer import BPETokenizer, train_bpe
 
 
 def test_default_run_trains_then_reuses(tmp_path):
     small = {"d_model": 32, "n_layers": 1, "n_heads": 2, "n_kv_heads": 2, "d_ff": 64}
     run = DefaultRun(
-        out_dir=tmp_path / "run", model=small, context_length=32, batch_size=4, steps=6
+        out_dir=tmp_path / "run",
+        model=small,
+        context_length=48,
+        batch_size=4,
+        steps=6,
+        sft_steps=4,
     )
     file = tmp_path / "run" / "tokenizer" / "tokenizer.json"
 
@@ -24,20 +29,24 @@ def test_default_run_trains_then_reuses(tmp_path):
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [
         "data",
         "pretrain",
+        "sft",
         "tokenizer",
     ]
-    assert checkpoint.name == "step_00000006"
-    for prompt in PROMPTS:  # each prompt's greedy continuation is shown
-        assert any(line.strip().startswith(prompt) for line in lines)
+    assert checkpoint.name == "step_00000004" and checkpoint.parent.parent.name == "sft"
+    for question in QUESTIONS:  # each question and the model's answer are shown
+        at = next(i for i, line in enumerate(lines) if line.strip() == f"you> {question}")
+        assert lines[at + 1].strip().startswith("model>")
     from scratchlm.checkpoint import load_model
 
     model, tok = load_model(checkpoint)
-    assert model.config.d_model == 32 and model.config.vocab_size == 1024
+    assert model.config.d_model == 32 and model.config.vocab_size == 1024 + 4  # chat tokens
 
     # What was saved is what train_bpe gives on the built-in corpus.
     vocab, merges = train_bpe(builtin_corpus(), 1024, [END_OF_TEXT])
-    assert tok.merges == merges and tok.vocab == vocab
-    assert len(tok.vocab) == 1024 and tok.special_tokens == {END_OF_TEXT: 1023}
+    base = BPETokenizer.load(file)
+    assert base.merges == merges and base.vocab == vocab
+    assert len(base.vocab) == 1024 and base.special_tokens == {END_OF_TEXT: 1023}
+    assert tok.merges == merges and tok.special_tokens[END_OF_TEXT] == 1023
     assert BPETokenizer.load(file).merges == merges
     assert tok.decode(tok.encode(SAMPLE_SENTENCE)) == SAMPLE_SENTENCE
     # The sentence is echoed split into its tokens.
@@ -50,10 +59,8 @@ def test_default_run_trains_then_reuses(tmp_path):
     again: list[str] = []
     assert run_default(run, progress=False, echo=again.append) == checkpoint
     rerun = "\n".join(again)
-    assert rerun.count("reusing") == 2
+    assert rerun.count("reusing") == 3
     assert "training byte-level" not in rerun and "pretraining a small" not in rerun
     assert file.read_bytes() == saved and file.stat().st_mtime_ns == mtime
     assert (checkpoint / "model.safetensors").stat().st_mtime_ns == weights
-    tok2 = BPETokenizer.load(file)
-    assert tok2.merges == tok.merges and tok2.vocab == tok.vocab
-    assert tok2.special_tokens == tok.special_tokens
+    assert BPETokenizer.load(file).vocab == base.vocab

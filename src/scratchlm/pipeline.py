@@ -1,9 +1,9 @@
 """The default run: the whole path from the built-in text to a trained model, one stage
 after another, each saved under ``runs/default`` so that a rerun reuses finished stages.
 
-Stages so far: the tokenizer, the token files, pretraining, and sample completions from
-the trained model. Instruction tuning and chat join as they are built; the command that
-runs this (``scratchlm train`` with no arguments) stays the same.
+Stages: the tokenizer, the token files, pretraining, instruction tuning on the built-in
+conversations, and three sample conversations with the tuned model. ``scratchlm train``
+with no arguments runs it; ``scratchlm chat`` then talks to the result.
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ SAMPLE_SENTENCE = (
     "Water boils at 100 degrees Celsius, and the sky looks blue because air scatters light."
 )
 PROMPTS = ("Water boils", "The sky looks blue because", "Plants")
-STAGES = 4
+QUESTIONS = ("Hello! Who are you?", "Why is the sky blue?", "What is the capital of France?")
+STAGES = 5
 
 
 @dataclass
@@ -47,18 +48,21 @@ class DefaultRun:
     steps: int = 400
     lr: float = 2e-3
     sample_tokens: int = 40
+    sft_steps: int = 300
+    sft_lr: float = 1e-3
 
 
 def run_default(
     run: DefaultRun, *, progress: bool = True, echo: Callable[[str], None] = print
 ) -> Path:
     """Run (or reuse) every stage of the default pipeline; returns the directory of the
-    pretrained checkpoint."""
+    instruction-tuned checkpoint."""
     tok = tokenizer_stage(run, progress, echo)
     data = data_stage(run, tok, progress, echo)
-    checkpoint = pretrain_stage(run, data, progress, echo)
-    sample_stage(run, checkpoint, echo)
-    return checkpoint
+    pretrained = pretrain_stage(run, data, progress, echo)
+    tuned = sft_stage(run, pretrained, progress, echo)
+    conversation_stage(run, tuned, echo)
+    return tuned
 
 
 def tokenizer_stage(run: DefaultRun, progress: bool, echo: Callable[[str], None]) -> BPETokenizer:
@@ -148,14 +152,61 @@ def pretrain_stage(
     return result.checkpoint
 
 
-def sample_stage(run: DefaultRun, checkpoint: Path, echo: Callable[[str], None]) -> None:
-    """[4] What the pretrained model writes after a few prompts (greedy)."""
+def sft_stage(
+    run: DefaultRun, pretrained: Path, progress: bool, echo: Callable[[str], None]
+) -> Path:
+    """[4] Instruction tuning on the built-in conversations (loss on the answers only)."""
+    from scratchlm.checkpoint import CheckpointManager, read_config
+    from scratchlm.train import TrainConfig, Trainer
+    from scratchlm.train.config import SFT_DEFAULTS
+
+    out = run.out_dir / "sft"
+    latest = CheckpointManager(out).latest_valid()
+    if latest is not None and read_config(latest)["step"] >= run.sft_steps:
+        echo(f"[4/{STAGES}] instruction tuning: reusing {latest} (delete {out} to tune again)")
+        return latest
+    echo(f"[4/{STAGES}] instruction tuning on the built-in conversations ...")
+    config = TrainConfig.from_dict(
+        {
+            **TrainConfig().to_dict(),
+            **SFT_DEFAULTS,
+            "init_from": str(pretrained),
+            "conversations": ["builtin:chat"],
+            "out": str(out),
+            "steps": run.sft_steps,
+            "lr": run.sft_lr,
+            "batch_size": run.batch_size,
+            "eval_windows": 16,
+            "sample_prompts": list(QUESTIONS[1:2]),
+            "sample_tokens": 32,
+            "progress": progress,
+            "device": "auto",
+        }
+    )
+    result = Trainer(config, echo=lambda line: echo(f"      {line}")).run()
+    if result.interrupted:
+        raise KeyboardInterrupt  # the checkpoint is saved: a rerun continues from it
+    assert result.checkpoint is not None
+    echo(
+        f"      done: {result.step} steps, validation loss {result.val_loss:.3f}; "
+        f"checkpoint {result.checkpoint}"
+    )
+    return result.checkpoint
+
+
+def conversation_stage(run: DefaultRun, checkpoint: Path, echo: Callable[[str], None]) -> None:
+    """[5] Three questions to the tuned model (greedy), the way `scratchlm chat` asks."""
     from scratchlm.checkpoint import load_model
-    from scratchlm.textgen import generate
+    from scratchlm.train.evaluate import answer
 
     model, tok = load_model(checkpoint)
-    echo(f"[4/{STAGES}] samples from the pretrained model (greedy):")
-    for prompt in PROMPTS:
-        text = generate(model, tok, prompt, temperature=0, max_new_tokens=run.sample_tokens)
-        shown = "".join(c if c.isprintable() else " " for c in prompt + text)
-        echo(f"      {shown}")
+    echo(f"[5/{STAGES}] three conversations with the tuned model (greedy):")
+    for question in QUESTIONS:
+        text = answer(model, tok, question, temperature=0, max_new_tokens=64)
+        echo(f"      you> {question}")
+        echo(f"      model> {_printable(text)}")
+    echo(f"      talk to it: scratchlm chat {checkpoint.parent.parent}")
+
+
+def _printable(text: str) -> str:
+    return "".join(c if c.isprintable() else " " for c in text)

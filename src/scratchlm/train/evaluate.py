@@ -74,7 +74,7 @@ def draw_samples(
         return []
     if chat:
         return [
-            _answer(model, tokenizer, prompt, max_new_tokens=max_new_tokens, seed=seed)
+            answer(model, tokenizer, prompt, max_new_tokens=max_new_tokens, seed=seed)
             for prompt in prompts
         ]
     return generate(
@@ -88,15 +88,16 @@ def draw_samples(
     )
 
 
-def _answer(model: TransformerLM, tokenizer: Any, question: str, **settings: Any) -> str:
-    """The model's answer to one user message, up to its end-of-turn token."""
+def answer(model: TransformerLM, tokenizer: Any, question: str, **settings: Any) -> str:
+    """The model's answer to one user message, up to its end-of-turn token. Settings
+    are SampleConfig fields (default: temperature 0.8, top-k 50)."""
     from scratchlm.config import SampleConfig
     from scratchlm.data.chat import END_OF_TURN, render_prompt
     from scratchlm.generate import generate_ids
     from scratchlm.sampling import make_generator
 
     ids = render_prompt([{"role": "user", "content": question}], tokenizer)
-    sample = SampleConfig(temperature=0.8, top_k=50, **settings)
+    sample = SampleConfig(**{"temperature": 0.8, "top_k": 50, **settings})
     stop = [tokenizer.special_tokens[END_OF_TURN]]
     device = next(model.parameters()).device
     steps = generate_ids(

@@ -80,7 +80,8 @@ def _prompt_ids(tokenizer: Any, prompt: str) -> list[int]:
     return ids
 
 
-def _settings(sample: SampleConfig | None, overrides: dict[str, Any]) -> SampleConfig:
+def resolve_settings(sample: SampleConfig | None, overrides: dict[str, Any]) -> SampleConfig:
+    """``sample`` (or the defaults) with keyword overrides applied, validated."""
     base = sample.to_dict() if sample is not None else {}
     return SampleConfig.from_dict({**base, **overrides})
 
@@ -128,18 +129,50 @@ def stream(
     ``max_new_tokens=50``, ``stop=["\\n\\n"]``, ``seed=1``...). Generation ends at a stop
     id (default: ``<|endoftext|>``), a stop string (left out of the text), or the budget.
     """
-    settings = _settings(sample, overrides)
-    steps = _engine(model, tokenizer, [prompt], settings, stop_ids, truncate)
+    settings = resolve_settings(sample, overrides)
+    return stream_ids(
+        model,
+        tokenizer,
+        _prompt_ids(tokenizer, prompt),
+        settings,
+        stop_ids=_default_stop_ids(tokenizer, stop_ids),
+        truncate=truncate,
+    )
+
+
+def stream_ids(
+    model: TransformerLM,
+    tokenizer: Any,
+    prompt_ids: Sequence[int],
+    settings: SampleConfig,
+    *,
+    stop_ids: Sequence[int],
+    truncate: bool = True,
+) -> Iterator[str]:
+    """The text of the continuation of ``prompt_ids`` (one row of the engine), piece by
+    piece: never half a UTF-8 character, stop strings left out."""
+    steps = generate_ids(
+        model,
+        [list(prompt_ids)],
+        settings,
+        stop_ids=stop_ids,
+        generator=make_generator(settings.seed, next(model.parameters()).device),
+        truncate=truncate,
+    )
     text = TextStream(tokenizer, settings.stop)
-    for (token,) in steps:
-        if token is None:
-            break
-        piece = text.push(token)
-        if piece:
-            yield piece
-        if text.stopped:
-            break
-    steps.close()
+    try:
+        for (token,) in steps:
+            if token is None:
+                break
+            piece = text.push(token)
+            if piece:
+                yield piece
+            if text.stopped:
+                break
+    finally:
+        # Also on Ctrl-C or an abandoned stream: the engine leaves its inference mode and
+        # frees its KV cache now, not whenever the generator is collected.
+        steps.close()
     rest = text.finish()
     if rest:
         yield rest
@@ -163,7 +196,7 @@ def generate(
                 model, tokenizer, prompt, sample, stop_ids=stop_ids, truncate=truncate, **overrides
             )
         )
-    settings = _settings(sample, overrides)
+    settings = resolve_settings(sample, overrides)
     streams = [TextStream(tokenizer, settings.stop) for _ in prompt]
     steps = _engine(model, tokenizer, prompt, settings, stop_ids, truncate)
     done = [False] * len(streams)

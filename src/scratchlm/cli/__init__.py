@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from scratchlm import __version__
+from scratchlm.cli import chat as cli_chat
 from scratchlm.cli import checkpoint as cli_checkpoint
 from scratchlm.cli import data as cli_data
 from scratchlm.cli import export as cli_export
@@ -42,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     for module in (
         cli_train,
+        cli_chat,
         cli_data,
         cli_checkpoint,
         cli_plot,

@@ -89,18 +89,9 @@ def draw_samples(
 
 
 def answer(model: TransformerLM, tokenizer: Any, question: str, **settings: Any) -> str:
-    """The model's answer to one user message, up to its end-of-turn token. Settings
-    are SampleConfig fields (default: temperature 0.8, top-k 50)."""
-    from scratchlm.config import SampleConfig
-    from scratchlm.data.chat import END_OF_TURN, render_prompt
-    from scratchlm.generate import generate_ids
-    from scratchlm.sampling import make_generator
+    """The model's answer to one user message, up to its end of turn (``chat.reply``).
+    Settings are SampleConfig fields (default here: temperature 0.8, top-k 50)."""
+    from scratchlm.chat import reply
 
-    ids = render_prompt([{"role": "user", "content": question}], tokenizer)
-    sample = SampleConfig(**{"temperature": 0.8, "top_k": 50, **settings})
-    stop = [tokenizer.special_tokens[END_OF_TURN]]
-    device = next(model.parameters()).device
-    steps = generate_ids(
-        model, [ids], sample, stop_ids=stop, generator=make_generator(sample.seed, device)
-    )
-    return tokenizer.decode([token for (token,) in steps if token is not None])
+    messages = [{"role": "user", "content": question}]
+    return reply(model, tokenizer, messages, **{"temperature": 0.8, "top_k": 50, **settings})

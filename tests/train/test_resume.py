@@ -26,7 +26,7 @@ def _command(data: Path, out: Path, *extra: str) -> list[str]:
     return [
         sys.executable, "-m", "scratchlm", "train", "--data", str(data), "--out", str(out),
         "--preset", "tiny", *model, "--context-length", "64", "--batch-size", "8",
-        "--lr", "3e-3", "--warmup-steps", "10", "--eval-every", "100", "--eval-windows", "4",
+        "--lr", "1e-3", "--warmup-steps", "10", "--eval-every", "100", "--eval-windows", "4",
         "--sample-tokens", "0", "--checkpoint-every", "25", "--log-every", "1", "--seed", "3",
         "--device", "cpu", "--quiet", *extra,
     ]  # fmt: skip
@@ -95,6 +95,9 @@ def test_killed_and_interrupted_runs_resume_to_the_same_losses(prepared, tmp_pat
 
     expected = _losses(tmp_path / "ref")
     assert sorted(expected) == list(range(1, 151))
+    # A rollback (after a loss spike) returns to the newest checkpoint, which differs
+    # between runs stopped at different steps: the comparison needs a run without one.
+    assert "rolled back" not in (tmp_path / "ref" / "metrics.jsonl").read_text()
     assert _losses(tmp_path / "kill") == expected  # exactly, step for step
     assert _losses(tmp_path / "int") == expected
 

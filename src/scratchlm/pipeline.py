@@ -117,18 +117,11 @@ def pretrain_stage(
     run: DefaultRun, data_dir: Path, progress: bool, echo: Callable[[str], None]
 ) -> Path:
     """[3] A small Transformer pretrained on the token files; resumes an unfinished run."""
-    from scratchlm.checkpoint import CheckpointManager, read_config
-    from scratchlm.train import TrainConfig, Trainer
+    from scratchlm.train import TrainConfig
 
-    out = run.out_dir / "pretrain"
-    latest = CheckpointManager(out).latest_valid()
-    if latest is not None and read_config(latest)["step"] >= run.steps:
-        echo(f"[3/{STAGES}] pretraining: reusing {latest} (delete {out} to train again)")
-        return latest
-    echo(f"[3/{STAGES}] pretraining a small Transformer on the token files ...")
     config = TrainConfig(
         data=str(data_dir),
-        out=str(out),
+        out=str(run.out_dir / "pretrain"),
         preset="tiny",
         model=dict(run.model),
         context_length=run.context_length,
@@ -141,48 +134,43 @@ def pretrain_stage(
         progress=progress,
         device="auto",
     )
-    result = Trainer(config, echo=lambda line: echo(f"      {line}")).run()
-    if result.interrupted:
-        raise KeyboardInterrupt  # the checkpoint is saved: a rerun continues from it
-    assert result.checkpoint is not None
-    echo(
-        f"      done: {result.step} steps, validation loss {result.val_loss:.3f}; "
-        f"checkpoint {result.checkpoint}"
-    )
-    return result.checkpoint
+    return _training_stage(3, "pretraining a small Transformer on the token files", config, echo)
 
 
 def sft_stage(
     run: DefaultRun, pretrained: Path, progress: bool, echo: Callable[[str], None]
 ) -> Path:
     """[4] Instruction tuning on the built-in conversations (loss on the answers only)."""
-    from scratchlm.checkpoint import CheckpointManager, read_config
-    from scratchlm.train import TrainConfig, Trainer
+    from scratchlm.train import TrainConfig
     from scratchlm.train.config import SFT_DEFAULTS
 
-    out = run.out_dir / "sft"
-    latest = CheckpointManager(out).latest_valid()
-    if latest is not None and read_config(latest)["step"] >= run.sft_steps:
-        echo(f"[4/{STAGES}] instruction tuning: reusing {latest} (delete {out} to tune again)")
+    settings = {
+        "init_from": str(pretrained),
+        "conversations": ["builtin:chat"],
+        "out": str(run.out_dir / "sft"),
+        "steps": run.sft_steps,
+        "lr": run.sft_lr,
+        "batch_size": run.batch_size,
+        "eval_windows": 16,
+        "sample_prompts": list(QUESTIONS[1:2]),
+        "sample_tokens": 32,
+        "progress": progress,
+        "device": "auto",
+    }
+    config = TrainConfig.from_dict({**TrainConfig().to_dict(), **SFT_DEFAULTS, **settings})
+    return _training_stage(4, "instruction tuning on the built-in conversations", config, echo)
+
+
+def _training_stage(number: int, what: str, config: Any, echo: Callable[[str], None]) -> Path:
+    """Run ``config`` to its end, or reuse its finished run; the last checkpoint."""
+    from scratchlm.checkpoint import CheckpointManager, read_config
+    from scratchlm.train import Trainer
+
+    latest = CheckpointManager(config.out).latest_valid()
+    if latest is not None and read_config(latest)["step"] >= config.steps:
+        echo(f"[{number}/{STAGES}] {what}: reusing {latest} (delete {config.out} to redo it)")
         return latest
-    echo(f"[4/{STAGES}] instruction tuning on the built-in conversations ...")
-    config = TrainConfig.from_dict(
-        {
-            **TrainConfig().to_dict(),
-            **SFT_DEFAULTS,
-            "init_from": str(pretrained),
-            "conversations": ["builtin:chat"],
-            "out": str(out),
-            "steps": run.sft_steps,
-            "lr": run.sft_lr,
-            "batch_size": run.batch_size,
-            "eval_windows": 16,
-            "sample_prompts": list(QUESTIONS[1:2]),
-            "sample_tokens": 32,
-            "progress": progress,
-            "device": "auto",
-        }
-    )
+    echo(f"[{number}/{STAGES}] {what} ...")
     result = Trainer(config, echo=lambda line: echo(f"      {line}")).run()
     if result.interrupted:
         raise KeyboardInterrupt  # the checkpoint is saved: a rerun continues from it

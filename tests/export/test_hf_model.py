@@ -443,3 +443,29 @@ def test_folder_without_config_is_refused(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ScratchLMError, match=r"config\.json"):
         from_hf(tmp_path / "empty")
+
+
+def test_a_chat_model_stops_at_the_end_of_its_turn_in_transformers(tmp_path, tokenizer):
+    """The export of an instruction-tuned model lists <|end|> as an eos id, so HF
+    ``generate`` ends an answer where ``scratchlm chat`` does."""
+    import transformers
+
+    from scratchlm.config import preset
+    from scratchlm.data.chat import END_OF_TURN, chat_tokenizer, render_prompt
+    from scratchlm.model import TransformerLM
+
+    tok = chat_tokenizer(tokenizer)
+    torch.manual_seed(0)
+    model = TransformerLM(preset("tiny", vocab_size=tok.vocab_size))
+    end = tok.special_tokens[END_OF_TURN]
+    ids = torch.tensor([render_prompt([{"role": "user", "content": "hello"}], tok)])
+    with torch.no_grad():  # make <|end|> the certain next token: the answer is empty
+        h = model.hidden_states(ids)[0, -1]  # (d_model,)
+        model.lm_head.weight.zero_()
+        model.lm_head.weight[end] = 10 * h  # its logit 10|h|^2 > 0, every other one 0
+    to_hf(model, tok, tmp_path / "hf")
+    generation = json.loads((tmp_path / "hf" / "generation_config.json").read_text())
+    assert generation["eos_token_id"] == [end, tok.special_tokens[EOT]]
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf")
+    out = hf.generate(ids, max_new_tokens=5, do_sample=False)
+    assert out[0, ids.shape[1] :].tolist() == [end]  # stopped right after <|end|>

@@ -4,7 +4,8 @@ A folder ``to_hf`` writes loads with ``AutoModelForCausalLM.from_pretrained`` an
 ``AutoTokenizer.from_pretrained`` and nothing else::
 
     config.json              Llama or GPT-2 architecture, chosen by the position option
-    generation_config.json   bos / eos ids (the tokenizer's <|endoftext|>)
+    generation_config.json   bos / eos ids (the tokenizer's <|endoftext|>; for a chat
+                             model also <|end|>, so `generate` stops at the end of a turn)
     model.safetensors        weights under HF's names (the key maps in hf_llama, hf_gpt2)
     tokenizer.json, tokenizer_config.json, special_tokens_map.json
 
@@ -106,6 +107,9 @@ def to_hf(
             files = hf_tokenizer_files(tokenizer, model_max_length=c.context_length)
             write_json_files(tmp, files)
         generation = {"bos_token_id": bos, "eos_token_id": eos}
+        end_of_turn = tokenizer.special_tokens.get("<|end|>") if tokenizer is not None else None
+        if end_of_turn is not None:  # a chat model: `generate` ends an answer at its turn's end
+            generation["eos_token_id"] = [i for i in (end_of_turn, eos) if i is not None]
         if pad is not None:
             generation["pad_token_id"] = pad
         write_json_files(

@@ -29,12 +29,10 @@ from __future__ import annotations
 import argparse
 import itertools
 import platform
-import signal
 import statistics
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import nullcontext
 from pathlib import Path
 
 from harness import (
@@ -45,9 +43,10 @@ from harness import (
     cores,
     cpu_info,
     load_average,
-    measure,
+    measure_torch,
     ratio,
     scratchlm_version,
+    time_limit,
 )
 
 PRESET = "small"
@@ -62,30 +61,6 @@ TARGETS = {  # from issue 3, "Speed": printed beside the measured ratios, never 
 # --------------------------------------------------------------------------------------
 # Running one contender in a fresh process
 # --------------------------------------------------------------------------------------
-
-
-def measure_torch(task: Callable[..., dict], *, threads: int, **kwargs) -> Run:
-    """``harness.measure`` of ``task(**kwargs)`` in a fresh process that uses ``threads``
-    threads and an empty torch.compile cache of its own, killed after an hour."""
-    with tempfile.TemporaryDirectory() as inductor_cache:
-        env = {"TORCHINDUCTOR_CACHE_DIR": inductor_cache, "TRANSFORMERS_VERBOSITY": "error"}
-        return measure(task, env=env, threads=threads, timeout=3600, **kwargs)
-
-
-@contextmanager
-def time_limit(seconds: int, what: str) -> Iterator[None]:
-    """Raise TimeoutError in this (main) thread if the block runs longer than ``seconds``."""
-
-    def expire(signum, frame):
-        raise TimeoutError(f"{what} took longer than {seconds} s; skipped")
-
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 # --------------------------------------------------------------------------------------
@@ -206,7 +181,7 @@ def train_steps(
         loss = step(ids)
         return time.perf_counter() - start, loss
 
-    with time_limit(compile_limit_s, "compiling") if compiled else _nothing():
+    with time_limit(compile_limit_s, "compiling") if compiled else nullcontext():
         warm = [timed(data[i]) for i in range(warmup)]
     runs = [timed(data[warmup + i]) for i in range(steps)]
     from torch._dynamo.utils import counters
@@ -222,11 +197,6 @@ def train_steps(
         "flops_per_token": flops,
         "optimizer": kind,
     }
-
-
-@contextmanager
-def _nothing() -> Iterator[None]:
-    yield
 
 
 def _random_ids(n: int, vocab: int, seed: int) -> list[int]:

@@ -35,14 +35,13 @@ import os
 import platform
 import resource
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 
 from harness import (
@@ -53,9 +52,10 @@ from harness import (
     Table,
     cores,
     load_average,
-    measure,
+    measure_torch,
     package_version,
     ratio,
+    time_limit,
 )
 
 DATA = BENCH / ".data"
@@ -74,30 +74,6 @@ TARGETS = {  # from issue 4: printed beside the measured values, never asserted
 # --------------------------------------------------------------------------------------
 # Running one child in a fresh process
 # --------------------------------------------------------------------------------------
-
-
-def measure_torch(task: Callable[..., dict], *, threads: int, **kwargs) -> Run:
-    """``harness.measure`` of ``task(**kwargs)`` in a fresh process that uses ``threads``
-    threads and an empty torch.compile cache of its own, killed after half an hour."""
-    with tempfile.TemporaryDirectory() as inductor_cache:
-        env = {"TORCHINDUCTOR_CACHE_DIR": inductor_cache, "TRANSFORMERS_VERBOSITY": "error"}
-        return measure(task, env=env, threads=threads, timeout=1800, **kwargs)
-
-
-@contextmanager
-def time_limit(seconds: int, what: str) -> Iterator[None]:
-    """Raise TimeoutError in this (main) thread if the block runs longer than ``seconds``."""
-
-    def expire(signum, frame):
-        raise TimeoutError(f"{what} took longer than {seconds} s")
-
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 # --------------------------------------------------------------------------------------
@@ -249,7 +225,7 @@ def train_speed(
                 start = time.perf_counter()
                 try:
                     limit = name == "ours-compiled" and i == 0
-                    with time_limit(compile_limit_s, "compiling") if limit else _nothing():
+                    with time_limit(compile_limit_s, "compiling") if limit else nullcontext():
                         loss = side["step"]()
                 except TimeoutError as e:
                     compile_note = str(e)
@@ -326,11 +302,6 @@ def _torch_adamw_kind(optimizer) -> str:
     params = [p for g in optimizer.param_groups for p in g["params"]]
     _, foreach = _default_to_fused_or_foreach(params, False, False)
     return "foreach (default)" if foreach else "single-tensor for-loop (default)"
-
-
-@contextmanager
-def _nothing() -> Iterator[None]:
-    yield
 
 
 def train_memory(clock, data: str, steps: int, fetch_repeats: int) -> dict:

@@ -24,6 +24,7 @@ import json
 import os
 import re
 import resource
+import signal
 import subprocess
 import sys
 import tempfile
@@ -329,3 +330,29 @@ if __name__ == "__main__":
     import harness
 
     harness._child_main(*sys.argv[2:])
+
+
+def measure_torch(
+    task: Callable[..., dict], *, threads: int, timeout: int = 3600, **kwargs: Any
+) -> Run:
+    """``measure`` of ``task(**kwargs)`` in a fresh process that uses ``threads`` threads
+    and an empty torch.compile cache of its own, killed after ``timeout`` seconds."""
+    with tempfile.TemporaryDirectory() as inductor_cache:
+        env = {"TORCHINDUCTOR_CACHE_DIR": inductor_cache, "TRANSFORMERS_VERBOSITY": "error"}
+        return measure(task, env=env, threads=threads, timeout=timeout, **kwargs)
+
+
+@contextmanager
+def time_limit(seconds: int, what: str) -> Iterator[None]:
+    """Raise TimeoutError in this (main) thread if the block runs longer than ``seconds``."""
+
+    def expire(signum: int, frame: Any) -> None:
+        raise TimeoutError(f"{what} took longer than {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)

@@ -18,11 +18,11 @@ FFNS = ("swiglu", "gelu")
 POSITIONS = ("rope", "learned", "cope", "none")
 
 
-def _known_fields(cls: type, data: dict[str, Any], what: str) -> dict[str, Any]:
+def _known_fields(cls: type, data: dict[str, Any], what: str, hint: str = "") -> dict[str, Any]:
     """``data`` if every key is a field of the dataclass ``cls``; else ConfigError."""
     unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
     if unknown:
-        raise ConfigError(f"unknown {what}(s): {', '.join(unknown)}")
+        raise ConfigError(f"unknown {what}(s): {', '.join(unknown)}{hint}")
     return data
 
 

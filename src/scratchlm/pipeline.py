@@ -141,23 +141,21 @@ def sft_stage(
     run: DefaultRun, pretrained: Path, progress: bool, echo: Callable[[str], None]
 ) -> Path:
     """[4] Instruction tuning on the built-in conversations (loss on the answers only)."""
-    from scratchlm.train import TrainConfig
-    from scratchlm.train.config import SFT_DEFAULTS
+    from scratchlm.train.config import sft_config
 
-    settings = {
-        "init_from": str(pretrained),
-        "conversations": ["builtin:chat"],
-        "out": str(run.out_dir / "sft"),
-        "steps": run.sft_steps,
-        "lr": run.sft_lr,
-        "batch_size": run.batch_size,
-        "eval_windows": 16,
-        "sample_prompts": list(QUESTIONS[1:2]),
-        "sample_tokens": 32,
-        "progress": progress,
-        "device": "auto",
-    }
-    config = TrainConfig.from_dict({**TrainConfig().to_dict(), **SFT_DEFAULTS, **settings})
+    config = sft_config(
+        init_from=str(pretrained),
+        conversations=["builtin:chat"],
+        out=str(run.out_dir / "sft"),
+        steps=run.sft_steps,
+        lr=run.sft_lr,
+        batch_size=run.batch_size,
+        eval_windows=16,
+        sample_prompts=list(QUESTIONS[1:2]),
+        sample_tokens=32,
+        progress=progress,
+        device="auto",
+    )
     return _training_stage(4, "instruction tuning on the built-in conversations", config, echo)
 
 

@@ -23,6 +23,7 @@ from safetensors.torch import load_file, safe_open
 from torch import Tensor, nn
 
 from scratchlm.errors import CheckpointError
+from scratchlm.train.optim import lay_out_state_like_params
 
 ALIASES_KEY = "scratchlm.aliases"
 TENSOR_TAG = "__tensor__"
@@ -203,24 +204,10 @@ def load_optimizer(
             "param_groups": _decode(json_part["param_groups"], tensors),
         }
         optimizer.load_state_dict(state_dict)
+        # Any optimizer, not only build_optimizer's (which also does this after a load).
         lay_out_state_like_params(optimizer)
     except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise CheckpointError(
             f"the optimizer state in {json_file.parent} does not fit this optimizer ({e}): "
             "build the optimizer over the same parameter groups as the run that saved it"
         ) from None
-
-
-def lay_out_state_like_params(optimizer: torch.optim.Optimizer) -> None:
-    """Give every per-parameter state tensor of a parameter's shape (AdamW's moments)
-    that parameter's memory layout. Saved tensors come back row-major, but our Linear
-    weights are stored transposed, and fused optimizer kernels pair elements by their
-    position in memory: a mismatch would silently update the wrong elements."""
-    for p, state in optimizer.state.items():
-        for key, value in state.items():
-            if (
-                isinstance(value, Tensor)
-                and value.shape == p.shape
-                and value.stride() != p.stride()
-            ):
-                state[key] = torch.empty_like(p, dtype=value.dtype).copy_(value)

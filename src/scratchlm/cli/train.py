@@ -62,8 +62,8 @@ def _model_override(text: str) -> tuple[str, Any]:
 
 def _flags(args: argparse.Namespace) -> dict[str, Any]:
     """The TrainConfig fields the command line set (None: not given)."""
-    flags = {name.lstrip("-").replace("-", "_"): getattr(args, name.lstrip("-").replace("-", "_"))
-             for name, _, _ in FLAGS}  # fmt: skip
+    names = [flag.lstrip("-").replace("-", "_") for flag, _, _ in FLAGS]
+    flags = {name: getattr(args, name) for name in names}
     flags["out"] = args.out
     if args.model:
         flags["model"] = dict(args.model)
@@ -77,14 +77,19 @@ def _flags(args: argparse.Namespace) -> dict[str, Any]:
     return flags
 
 
-def _run(args: argparse.Namespace, flags: dict[str, Any], base: Any, command: str) -> int:
-    from scratchlm.train.config import load_run_config, resolve_config
+def _run(
+    args: argparse.Namespace, flags: dict[str, Any], defaults: dict[str, Any], command: str
+) -> int:
+    from scratchlm.train.config import load_run_config, nothing_to_resume, resolve_config
     from scratchlm.train.trainer import Trainer
 
+    base = None
     if args.resume:
-        base = load_run_config(args.resume) or base
+        base = load_run_config(args.resume)
+        if base is None:
+            raise nothing_to_resume(args.resume)
         flags.update(out=args.resume, resume=True)
-    config = resolve_config(args.config, flags, base)
+    config = resolve_config(args.config, flags, base, defaults=defaults)
     result = Trainer(config, echo=print).run()
     where = f"; checkpoint {result.checkpoint}" if result.checkpoint else ""
     if result.interrupted:
@@ -107,12 +112,12 @@ def _train(args: argparse.Namespace) -> int:
         return 0
     flags = _flags(args)
     flags["data"] = args.data
-    return _run(args, flags, None, "train")
+    return _run(args, flags, {}, "train")
 
 
 def _sft(args: argparse.Namespace) -> int:
     from scratchlm.errors import ConfigError
-    from scratchlm.train.config import SFT_DEFAULTS, TrainConfig
+    from scratchlm.train.config import SFT_DEFAULTS
 
     if not (args.from_checkpoint or args.resume):
         raise ConfigError("instruction tuning starts from a pretrained model: pass --from DIR")
@@ -125,8 +130,7 @@ def _sft(args: argparse.Namespace) -> int:
     )
     if not args.resume and not args.out:
         flags["out"] = "runs/sft"
-    base = TrainConfig.from_dict({**TrainConfig().to_dict(), **SFT_DEFAULTS, "init_from": "-"})
-    return _run(args, flags, base, "sft")
+    return _run(args, flags, SFT_DEFAULTS, "sft")
 
 
 def _add_training_flags(p: argparse.ArgumentParser) -> None:

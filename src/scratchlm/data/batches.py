@@ -72,45 +72,32 @@ def get_batch(
     return windows(tokens, starts, context_length, device)
 
 
-class BatchSampler:
-    """Reproducible, resumable random batches for one rank of ``world_size``.
+class RankedDraws:
+    """Reproducible, resumable random indices for one rank of ``world_size``: the shared
+    part of every sampler of training rows.
 
-    Each ``next`` draws the starts of the global batch (``world_size * batch_size``) from a
-    generator seeded with ``seed`` (the same on every rank) and returns this rank's slice
+    Each draw takes the indices of the global batch (``world_size * batch_size``) from a
+    generator seeded with ``seed`` (the same on every rank) and keeps this rank's slice
     ``[rank * B : (rank + 1) * B]``.
     """
 
-    def __init__(
-        self,
-        tokens: np.ndarray,
-        batch_size: int,
-        context_length: int,
-        *,
-        seed: int,
-        rank: int = 0,
-        world_size: int = 1,
-    ) -> None:
-        _check_length(tokens, context_length)
+    def __init__(self, batch_size: int, *, seed: int, rank: int = 0, world_size: int = 1) -> None:
         if batch_size < 1:
             raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
         if not 0 <= rank < world_size:
             raise ConfigError(f"rank must be in 0..{world_size - 1}, got {rank}")
-        self.tokens = tokens
         self.batch_size = batch_size
-        self.context_length = context_length
         self.rank = rank
         self.world_size = world_size
         self.generator = torch.Generator().manual_seed(seed)
         self.batches_drawn = 0
 
-    def next(self, device: str | torch.device = "cpu") -> tuple[Tensor, Tensor]:
-        """This rank's next batch: int64 ``x, y`` of shape (B, T)."""
-        B, T = self.batch_size, self.context_length
-        starts = torch.randint(
-            0, len(self.tokens) - T, (self.world_size * B,), generator=self.generator
-        )  # (world_size * B,)
+    def draw(self, high: int) -> Tensor:
+        """This rank's ``batch_size`` indices, uniform in ``0 .. high - 1``: shape (B,)."""
+        B = self.batch_size
+        drawn = torch.randint(0, high, (self.world_size * B,), generator=self.generator)
         self.batches_drawn += 1
-        return windows(self.tokens, starts[self.rank * B : (self.rank + 1) * B], T, device)
+        return drawn[self.rank * B : (self.rank + 1) * B]
 
     def state_dict(self) -> dict[str, Any]:
         """The generator's state (a uint8 tensor) and the number of batches drawn."""
@@ -126,6 +113,32 @@ class BatchSampler:
             )
         self.generator.set_state(gen.clone())
         self.batches_drawn = int(state["batches_drawn"])
+
+
+class BatchSampler(RankedDraws):
+    """Random windows of a token array for one rank of ``world_size`` (``RankedDraws``
+    picks the start positions), reproducible and resumable."""
+
+    def __init__(
+        self,
+        tokens: np.ndarray,
+        batch_size: int,
+        context_length: int,
+        *,
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        _check_length(tokens, context_length)
+        super().__init__(batch_size, seed=seed, rank=rank, world_size=world_size)
+        self.tokens = tokens
+        self.context_length = context_length
+
+    def next(self, device: str | torch.device = "cpu") -> tuple[Tensor, Tensor]:
+        """This rank's next batch: int64 ``x, y`` of shape (B, T)."""
+        T = self.context_length
+        starts = self.draw(len(self.tokens) - T)  # (B,)
+        return windows(self.tokens, starts, T, device)
 
 
 def fixed_windows(tokens: np.ndarray, n_windows: int, context_length: int) -> tuple[Tensor, Tensor]:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from scratchlm.config import PRESETS, ModelConfig, preset
+from scratchlm.config import PRESETS, ModelConfig, _known_fields, preset
 from scratchlm.errors import ConfigError
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -223,15 +223,10 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(
-                f"unknown training setting(s): {', '.join(unknown)} "
-                "(see `scratchlm train --help` for the names)"
-            )
+        what = "training setting"
+        hint = " (see `scratchlm train --help` for the names)"
         try:
-            return cls(**data)
+            return cls(**_known_fields(cls, data, what, hint))
         except TypeError as e:
             raise ConfigError(f"bad training settings: {e}") from None
 
@@ -268,10 +263,12 @@ def resolve_config(
     file: str | os.PathLike | None = None,
     flags: dict[str, Any] | None = None,
     base: TrainConfig | None = None,
+    *,
+    defaults: dict[str, Any] | None = None,
 ) -> TrainConfig:
-    """Defaults (or ``base``), then the file's settings, then the flags that were given
-    (None values are flags the user did not pass)."""
-    data = (base or TrainConfig()).to_dict()
+    """``base`` (else the defaults with ``defaults`` on top, e.g. SFT_DEFAULTS), then the
+    file's settings, then the flags that were given (None values: flags not passed)."""
+    data = base.to_dict() if base is not None else {**TrainConfig().to_dict(), **(defaults or {})}
     if file is not None:
         data.update(read_config_file(file))
     data.update({k: v for k, v in (flags or {}).items() if v is not None})
@@ -348,6 +345,11 @@ def build_model(config: TrainConfig, tokenizer: Any) -> Any:
     return TransformerLM(config.model_config(tokenizer.vocab_size))
 
 
+def sft_config(**settings: Any) -> TrainConfig:
+    """The settings of an instruction-tuning run: the defaults, SFT_DEFAULTS, ``settings``."""
+    return resolve_config(flags=settings, defaults=SFT_DEFAULTS)
+
+
 def build_optimizer_for(config: TrainConfig, model: Any) -> Any:
     """The run's optimizer over ``model``'s parameters (``train.optim.build_optimizer``)."""
     from scratchlm.train.optim import build_optimizer
@@ -371,8 +373,12 @@ def is_resuming(config: TrainConfig, run_dir: Path) -> bool:
         check_resumable(saved, config)
         return True
     if config.resume:
-        raise ConfigError(
-            f"nothing to resume in {run_dir}: it holds no {CONFIG_FILE}; "
-            "start a new run without --resume"
-        )
+        raise nothing_to_resume(run_dir)
     return False
+
+
+def nothing_to_resume(run_dir: str | os.PathLike) -> ConfigError:
+    return ConfigError(
+        f"nothing to resume in {run_dir}: it holds no {CONFIG_FILE}; "
+        "start a new run without --resume"
+    )

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from scratchlm.data.batches import RankedDraws
 from scratchlm.data.chat import ConversationTooLongError, render_conversation
 from scratchlm.errors import DataError
 from scratchlm.train.loss import IGNORE_INDEX
@@ -80,10 +81,9 @@ def split_conversations(
     return train, val
 
 
-class ConversationSampler:
-    """Random rows (with replacement) for one rank of ``world_size``; the same
-    ``next``/``state_dict``/``load_state_dict`` as ``data.BatchSampler``, and the same
-    rule under data parallelism: every rank draws the global batch, keeps its slice."""
+class ConversationSampler(RankedDraws):
+    """Random rows (with replacement) for one rank of ``world_size``, reproducible and
+    resumable like ``data.BatchSampler`` (the same ``RankedDraws`` picks the rows)."""
 
     def __init__(
         self,
@@ -96,29 +96,14 @@ class ConversationSampler:
         rank: int = 0,
         world_size: int = 1,
     ) -> None:
+        super().__init__(batch_size, seed=seed, rank=rank, world_size=world_size)
         self.x, self.y, self.lengths = x, y, lengths
-        self.batch_size = batch_size
-        self.rank, self.world_size = rank, world_size
-        self.generator = torch.Generator().manual_seed(seed)
-        self.batches_drawn = 0
 
     def next(self, device: str | torch.device = "cpu") -> tuple[Tensor, Tensor]:
         """x, y of shape (B, L): this rank's rows, cut to the longest among them."""
-        B = self.batch_size
-        rows = torch.randint(
-            0, len(self.x), (self.world_size * B,), generator=self.generator
-        )  # (world_size * B,)
-        self.batches_drawn += 1
-        rows = rows[self.rank * B : (self.rank + 1) * B]
+        rows = self.draw(len(self.x))  # (B,)
         width = int(self.lengths[rows].max())
         return self.x[rows, :width].to(device), self.y[rows, :width].to(device)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"generator": self.generator.get_state(), "batches_drawn": self.batches_drawn}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.generator.set_state(state["generator"].clone())
-        self.batches_drawn = int(state["batches_drawn"])
 
 
 def load_sft_data(

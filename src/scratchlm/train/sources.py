@@ -37,7 +37,7 @@ def training_data(
 
     bytes_per_token = read_meta(c.data)["splits"]["val"]["bytes_per_token"]
     train_tokens = open_tokens(c.data, "train", tokenizer)
-    val_tokens = open_tokens(c.data, "val", tokenizer)
+    val_tokens = open_tokens(c.data, "val")  # same meta.json: the tokenizer is checked
     sampler = BatchSampler(
         train_tokens, c.batch_size, T, seed=c.seed, rank=rank, world_size=world_size
     )

@@ -35,6 +35,7 @@ from scratchlm.train.config import (
 )
 from scratchlm.train.guard import DivergenceGuard
 from scratchlm.train.parallel import gather_to_cpu, scatter_from_cpu, wrap_for_training
+from scratchlm.train.progress import Progress
 from scratchlm.train.runtime import (
     LossModule,
     SignalFlag,
@@ -64,7 +65,7 @@ class Trainer:
     def _setup(self) -> None:
         from scratchlm.checkpoint import CheckpointManager
         from scratchlm.train.metrics import MetricsLog
-        from scratchlm.train.progress import Progress, peak_flops
+        from scratchlm.train.progress import peak_flops
 
         c = self.config
         self.dist, self.device = init_distributed(c.device)
@@ -98,7 +99,6 @@ class Trainer:
         self.checkpoints = CheckpointManager(self.run_dir, keep_last=c.keep_last)
         main = self.dist.is_main
         self.metrics = MetricsLog(self.run_dir, tensorboard=c.tensorboard) if main else None
-        self.progress_cls = Progress
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision, torch.float32)
         self.peak = peak_flops(self.device, dtype)
         self.flops_per_token = self.model.flops_per_token(training=True)
@@ -124,11 +124,10 @@ class Trainer:
         """Everything the next steps depend on, as JSON and as tensors."""
         from scratchlm.checkpoint import capture_rng_state
 
-        self.elapsed += time.perf_counter() - self.started
-        self.started = time.perf_counter()
         sampler, tensors = split_tensors(self.sampler.state_dict(), "sampler.")
         state = {name: getattr(self, name) for name in COUNTERS}
         state.update(
+            elapsed=self._wall_time(),
             guard=self.guard.state_dict(),
             sampler=sampler,
             scaler=self.scaler.state_dict() if self.scaler.is_enabled() else None,
@@ -216,7 +215,7 @@ class Trainer:
         eval_every = c.resolved_eval_every(self.total)
         ckpt_every = c.resolved_checkpoint_every(self.total)
         self._announce()
-        bar = self.progress_cls(self.total, initial_step=self.step, enabled=self._bar_enabled)
+        bar = Progress(self.total, initial_step=self.step, enabled=self._bar_enabled)
         window_tokens, window_time = 0, 0.0
         with bar:
             while self.step < self.total:
@@ -401,8 +400,12 @@ class Trainer:
     def _record(self, **fields: Any) -> None:
         if self.metrics is None:
             return
-        now = self.elapsed + (time.perf_counter() - self.started)
-        self.metrics.log({"step": self.step, "tokens": self.tokens, "time": now, **fields})
+        record = {"step": self.step, "tokens": self.tokens, "time": self._wall_time()}
+        self.metrics.log({**record, **fields})
+
+    def _wall_time(self) -> float:
+        """Seconds of training so far, across resumes."""
+        return self.elapsed + (time.perf_counter() - self.started)
 
     def _result(self, interrupted: str | None = None) -> TrainResult:
         return TrainResult(

@@ -3,7 +3,10 @@ corpus (a reduced model here), then a rerun that reuses every stage."""
 
 from __future__ import annotations
 
-from scratchlm.builtin import END_OF_TEXT, builtin_corpus
+import json
+
+from scratchlm.builtin import END_OF_TEXT, builtin_chat_eval, builtin_chat_heldout, builtin_corpus
+from scratchlm.evals import read_fact_questions
 from scratchlm.pipeline import QUESTIONS, SAMPLE_SENTENCE, DefaultRun, run_default
 from scratchlm.tokenizer import BPETokenizer, train_bpe
 
@@ -13,7 +16,7 @@ def test_default_run_trains_then_reuses(tmp_path):
     run = DefaultRun(
         out_dir=tmp_path / "run",
         model=small,
-        context_length=48,
+        context_length=64,
         batch_size=4,
         steps=6,
         sft_steps=4,
@@ -29,6 +32,7 @@ def test_default_run_trains_then_reuses(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [
         "data",
+        "facts.json",
         "pretrain",
         "sft",
         "tokenizer",
@@ -37,6 +41,15 @@ def test_default_run_trains_then_reuses(tmp_path):
     for question in QUESTIONS:  # each question and the model's answer are shown
         at = next(i for i, line in enumerate(lines) if line.strip() == f"you> {question}")
         assert lines[at + 1].strip().startswith("model>")
+    # The fact scores are printed and saved with every answer behind them.
+    facts = json.loads((tmp_path / "run" / "facts.json").read_text())
+    assert facts["checkpoint"] == str(checkpoint)
+    for name, questions in (("trained", builtin_chat_eval()), ("reworded", builtin_chat_heldout())):
+        asked = [q.question for q in read_fact_questions(questions)]
+        assert [a["question"] for a in facts[name]["answers"]] == asked
+        assert facts[name]["hits"] == sum(a["correct"] for a in facts[name]["answers"])
+    summary = f"({facts['trained']['hits']} of {facts['trained']['total']}) of the trained"
+    assert any(summary in line for line in lines)
     from scratchlm.checkpoint import load_model
 
     model, tok = load_model(checkpoint)

@@ -8,13 +8,16 @@ with no arguments runs it; ``scratchlm chat`` then talks to the result.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from scratchlm.atomic import atomic_write_text
 from scratchlm.builtin import END_OF_TEXT, builtin_corpus
+from scratchlm.evals import FactReport
 from scratchlm.tokenizer import BPETokenizer, train_bpe
 from scratchlm.tokenizer.files import FILENAME, write_tokenizer_dir
 from scratchlm.tokenizer.report import compression, longest_tokens, show_split
@@ -181,7 +184,8 @@ def _training_stage(number: int, what: str, config: Any, echo: Callable[[str], N
 
 
 def conversation_stage(run: DefaultRun, checkpoint: Path, echo: Callable[[str], None]) -> None:
-    """[5] Three questions to the tuned model (greedy), the way `scratchlm chat` asks."""
+    """[5] Three questions to the tuned model (greedy), the way `scratchlm chat` asks, then
+    its score on the built-in fact questions, saved to ``facts.json`` in the run."""
     from scratchlm.checkpoint import load_model
     from scratchlm.train.evaluate import answer
 
@@ -191,7 +195,29 @@ def conversation_stage(run: DefaultRun, checkpoint: Path, echo: Callable[[str], 
         text = answer(model, tok, question, temperature=0, max_new_tokens=64)
         echo(f"      you> {question}")
         echo(f"      model> {_printable(text)}")
+    trained, reworded = fact_scores(model, tok)
+    echo(
+        f"      answers holding the expected fact: {trained.summary()} of the trained "
+        f"questions, {reworded.summary()} of reworded ones it never saw"
+    )
+    report = {"checkpoint": str(checkpoint), "trained": trained.to_dict()}
+    report["reworded"] = reworded.to_dict()
+    atomic_write_text(run.out_dir / "facts.json", json.dumps(report, indent=1) + "\n")
+    echo(f"      every answer: {run.out_dir / 'facts.json'}")
     echo(f"      talk to it: scratchlm chat {checkpoint.parent.parent}")
+
+
+def fact_scores(model: Any, tokenizer: Any) -> tuple[FactReport, FactReport]:
+    """Greedy answers to the built-in questions checked for their facts: the questions
+    taught in ``chat.jsonl`` (``chat_eval.jsonl``) and reworded ones held out of it
+    (``chat_heldout.jsonl``)."""
+    from scratchlm.builtin import builtin_chat_eval, builtin_chat_heldout
+    from scratchlm.evals import check_facts, read_fact_questions
+
+    return (
+        check_facts(model, tokenizer, read_fact_questions(builtin_chat_eval())),
+        check_facts(model, tokenizer, read_fact_questions(builtin_chat_heldout())),
+    )
 
 
 def _printable(text: str) -> str:

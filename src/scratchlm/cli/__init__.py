@@ -16,6 +16,7 @@ from scratchlm import __version__
 from scratchlm.cli import chat as cli_chat
 from scratchlm.cli import checkpoint as cli_checkpoint
 from scratchlm.cli import data as cli_data
+from scratchlm.cli import evals as cli_evals
 from scratchlm.cli import export as cli_export
 from scratchlm.cli import model as cli_model
 from scratchlm.cli import plot as cli_plot
@@ -45,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
         cli_train,
         cli_chat,
         cli_data,
+        cli_evals,
         cli_checkpoint,
         cli_plot,
         cli_export,

@@ -29,6 +29,16 @@ batch and each is printed after a line '--- i ---'.
 """
 
 
+def add_chat_checkpoint(p: argparse.ArgumentParser) -> None:
+    """The optional CHECKPOINT argument of commands that talk to a chat model."""
+    p.add_argument(
+        "checkpoint",
+        nargs="?",
+        default=None,
+        help="checkpoint or run directory (default: the newest model under runs/)",
+    )
+
+
 def _add_sampling(p: argparse.ArgumentParser) -> None:
     """The sampling flags both commands share (see scratchlm.sampling)."""
     g = p.add_argument_group("sampling")
@@ -64,7 +74,7 @@ def _sample_config(args: argparse.Namespace) -> Any:
     )
 
 
-def _load(path: Any, device: str) -> tuple[Any, Any]:
+def load_chat_model(path: Any, device: str) -> tuple[Any, Any]:
     """The model and its tokenizer from a checkpoint or run directory."""
     from scratchlm.checkpoint import load_model
     from scratchlm.errors import TokenizerError
@@ -90,7 +100,7 @@ def _chat(args: argparse.Namespace) -> int:
 
     sample = _sample_config(args)  # bad settings fail before the model loads
     path = args.checkpoint if args.checkpoint is not None else default_chat_checkpoint()
-    model, tokenizer = _load(path, args.device)
+    model, tokenizer = load_chat_model(path, args.device)
     session = ChatSession(model, tokenizer, sample, system=args.system, name=str(path))
     if args.prompt is not None:
         _write_stream(session.send(args.prompt))
@@ -118,7 +128,7 @@ def _generate(args: argparse.Namespace) -> int:
     if args.n < 1:
         raise ConfigError(f"--n must be at least 1, got {args.n}")
     sample = _sample_config(args)
-    model, tokenizer = _load(args.checkpoint, args.device)
+    model, tokenizer = load_chat_model(args.checkpoint, args.device)
     if args.n == 1:
         sys.stdout.write(args.prompt)
         _write_stream(stream(model, tokenizer, args.prompt, sample))
@@ -141,12 +151,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         epilog=EPILOG_CHAT,
         formatter_class=FMT,
     )
-    p.add_argument(
-        "checkpoint",
-        nargs="?",
-        default=None,
-        help="checkpoint or run directory (default: the newest model under runs/)",
-    )
+    add_chat_checkpoint(p)
     p.add_argument("--system", default=None, metavar="TEXT", help="system message")
     p.add_argument("--prompt", default=None, metavar="TEXT", help="answer this one message, exit")
     _add_sampling(p)

@@ -394,3 +394,12 @@ def test_strict_refuses_invalid_utf8(tmp_path, data, offset):
 
 def test_strict_accepts_valid_utf8(mixed_corpus):
     assert train_bpe(mixed_corpus, 300, [EOT], strict=True) == train_bpe(mixed_corpus, 300, [EOT])
+
+
+def test_trains_on_a_builtin_corpus_by_name():
+    from scratchlm.builtin import builtin_corpus
+    from scratchlm.errors import DataError
+
+    assert train_bpe("builtin:science", 300) == train_bpe(builtin_corpus(), 300)
+    with pytest.raises(DataError, match="unknown input 'builtin:poems'"):
+        train_bpe("builtin:poems", 300)

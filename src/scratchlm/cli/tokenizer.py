@@ -141,7 +141,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         epilog=EPILOG_TOKENIZER_TRAIN,
         formatter_class=FMT,
     )
-    p.add_argument("inputs", nargs="+", help="text files or directories of them")
+    p.add_argument(
+        "inputs", nargs="+", help="text files, directories, builtin:science or builtin:python"
+    )
     p.add_argument("--vocab-size", type=int, default=10_000, help="default: 10000")
     p.add_argument(
         "--special-token",

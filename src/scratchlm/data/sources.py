@@ -106,14 +106,21 @@ def stdlib_python_files() -> list[Path]:
     return sorted(p for p in found if p.is_file())
 
 
+def builtin_files(name: str) -> list[Path]:
+    """The files of a built-in input (``builtin:science`` or ``builtin:python``)."""
+    if name == "builtin:science":
+        return [builtin_corpus()]
+    if name == "builtin:python":
+        return stdlib_python_files()
+    raise DataError(f"unknown input {name!r}: the built-in inputs are {BUILTIN_INPUTS}")
+
+
 def _expand(item: str | os.PathLike, exclude: Path | None) -> list[Source]:
     name = os.fspath(item)
-    if name == "builtin:science":
-        return [Source(builtin_corpus(), "text")]
-    if name == "builtin:python":
-        return [Source(p, "text", split_eot=False) for p in stdlib_python_files()]
     if name.startswith("builtin:") and not Path(name).exists():
-        raise DataError(f"unknown input {name!r}: the built-in inputs are {BUILTIN_INPUTS}")
+        # Python files are whole documents: an <|endoftext|> in one is just text.
+        split = name != "builtin:python"
+        return [Source(p, "text", split_eot=split) for p in builtin_files(name)]
     path = Path(name)
     if path.is_file():
         return [_file_source(path)]

@@ -41,7 +41,8 @@ MIN_PARALLEL_BYTES = 2 * 1024 * 1024
 
 
 def corpus_files(input_path: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:
-    """Resolve a file, a directory (every text file under it, sorted) or a list of them.
+    """Resolve a file, a directory (every text file under it, sorted), a built-in corpus
+    (``builtin:science``, ``builtin:python``) or a list of them.
 
     Hidden files and folders are skipped, and so are files whose first 8 KiB hold a NUL
     byte (binary files). Raises DataError for a missing path, an empty directory, or no
@@ -53,7 +54,11 @@ def corpus_files(input_path: str | os.PathLike | Sequence[str | os.PathLike]) ->
     files: list[Path] = []
     for item in items:
         path = Path(item)
-        if path.is_file():
+        if os.fspath(item).startswith("builtin:") and not path.exists():
+            from scratchlm.data.sources import builtin_files
+
+            files.extend(builtin_files(os.fspath(item)))
+        elif path.is_file():
             files.append(path)
         elif path.is_dir():
             found = [

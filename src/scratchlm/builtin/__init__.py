@@ -6,11 +6,14 @@ sky, the body, physics at home, animals), documents separated by ``<|endoftext|>
 ``chat.jsonl``: instruction-tuning conversations about the facts of ``science.txt``, one
 ``{"messages": [{"role": ..., "content": ...}, ...]}`` object per line (roles ``system``,
 ``user``, ``assistant``), plus a little small talk and polite refusals of questions outside
-everyday science.
+everyday science. Most answers are taught with ten or more differently worded questions:
+a small model learns to answer a question it has never seen in those words only when
+it has seen one answer follow many wordings.
 
 ``chat_eval.jsonl`` and ``chat_heldout.jsonl``: quality checks for a chat model, one
 ``{"question": ..., "expect": [...], "source": ...}`` object per line. The eval questions
-appear verbatim in ``chat.jsonl``; the held-out ones are new wordings of facts it teaches.
+appear verbatim in ``chat.jsonl``; the held-out ones are new wordings of facts it teaches
+(no question of ``chat.jsonl`` shares 80% of its words with one of them).
 A good answer contains every ``expect`` word (case-insensitive).
 """
 

@@ -13,7 +13,13 @@ from train_helpers import TINY
 from scratchlm.config import SampleConfig
 from scratchlm.data.chat import END_OF_TURN, render_conversation, render_prompt
 from scratchlm.train.config import SFT_DEFAULTS, TrainConfig
-from scratchlm.train.sft_data import ConversationSampler, conversation_rows, split_conversations
+from scratchlm.train.sft_data import (
+    PAD_SEGMENT,
+    ConversationSampler,
+    conversation_rows,
+    pack_examples,
+    split_conversations,
+)
 from scratchlm.train.trainer import Trainer
 
 FACTS = {
@@ -80,19 +86,28 @@ def test_rows_have_targets_only_on_the_answer(prepared):
     assert [t for t in y[0].tolist() if t != -100] == answer
 
 
-def test_sampler_cuts_batches_to_their_longest_row_and_resumes():
-    x = torch.arange(40).reshape(4, 10)
-    y = x.clone()
-    lengths = torch.tensor([3, 5, 2, 4])
-    a = ConversationSampler(x, y, lengths, 2, seed=0)
-    bx, _ = a.next()
-    rows = [int(row) // 10 for row in bx[:, 0]]  # row r starts with the value 10 * r
-    assert bx.shape[1] == int(lengths[rows].max())
+def test_sampler_packs_conversations_cuts_to_the_longest_row_and_resumes():
+    # Conversation i: i + 1 tokens, each of value i (its targets: i + 100).
+    examples = [([i] * (i + 1), [i + 100] * (i + 1)) for i in range(1, 9)]
+    rows = pack_examples(examples, 10, seed=0)
+    assert (rows.lengths <= 10).all() and int(rows.lengths.sum()) == sum(range(2, 10))
+    a = ConversationSampler(rows, 2, seed=0)
+    bx, by, seg = a.next()
+    for x, y, s in zip(bx, by, seg, strict=True):
+        for segment in s.unique().tolist():
+            ids = x[s == segment]
+            if segment == PAD_SEGMENT:
+                assert (y[s == segment] == -100).all()
+                continue
+            i = int(ids[0])  # a whole conversation, with its own targets
+            assert ids.tolist() == [i] * (i + 1) and (y[s == segment] == i + 100).all()
+    assert bx.shape[1] == int((seg != PAD_SEGMENT).sum(dim=1).max())
     state = a.state_dict()
-    expected = [a.next()[0] for _ in range(3)]
-    b = ConversationSampler(x, y, lengths, 2, seed=99)
+    expected = [a.next() for _ in range(3)]
+    b = ConversationSampler(rows, 2, seed=99)
     b.load_state_dict(state)
-    assert all(torch.equal(e, b.next()[0]) for e in expected)
+    for batch in expected:
+        assert all(torch.equal(e, got) for e, got in zip(batch, b.next(), strict=True))
 
 
 def test_instruction_tuning_teaches_fixed_answers(pretrained, tmp_path):

@@ -5,6 +5,11 @@ blocks (x + attention(norm(x)), then x + mlp(norm(x))), a final norm, and the ou
 projection to vocabulary logits. Names follow Hugging Face's Llama (embed_tokens,
 layers.N.self_attn, layers.N.mlp, input_layernorm, post_attention_layernorm, norm,
 lm_head), so export is close to a rename.
+
+Packed rows: ``segment_ids`` (B, T) splits each row into segments (runs of equal ids),
+e.g. several conversations packed into one training row. A token then attends only to
+earlier tokens of its own segment, and positions restart at 0 where a segment starts, so
+each packed sequence gets exactly the logits it would get alone.
 """
 
 from __future__ import annotations
@@ -20,6 +25,22 @@ from scratchlm.model.attention import IMPLS, MultiHeadSelfAttention, causal_mask
 from scratchlm.model.kv_cache import KVCache
 from scratchlm.model.layers import Embedding, GeluMLP, Linear, SwiGLU, make_norm
 from scratchlm.model.rope import RotaryEmbedding
+
+
+def segment_starts(segment_ids: Tensor) -> Tensor:
+    """(B, T) ids -> (B, T) bool, True where a segment starts: the first token of a row
+    and every token whose id differs from the one before it."""
+    starts = torch.ones_like(segment_ids, dtype=torch.bool)
+    starts[:, 1:] = segment_ids[:, 1:] != segment_ids[:, :-1]
+    return starts
+
+
+def segment_positions(starts: Tensor) -> Tensor:
+    """(B, T) bool segment starts -> (B, T) int64 position of each token in its segment."""
+    index = torch.arange(starts.shape[1], device=starts.device).expand_as(starts)  # (B, T)
+    # The start of each token's segment: the latest start at or before it.
+    first = torch.where(starts, index, 0).cummax(dim=1).values  # (B, T)
+    return index - first
 
 
 class TransformerBlock(nn.Module):
@@ -84,25 +105,39 @@ class TransformerLM(nn.Module):
         positions: Tensor | None = None,
         attention_mask: Tensor | None = None,
         last_only: bool = False,
+        segment_ids: Tensor | None = None,
     ) -> Tensor:
         """ids (B, T) -> logits (B, T, vocab_size), or (B, 1, vocab_size) if ``last_only``.
 
         cache: a KVCache holding earlier positions; this call appends to it.
-        positions: (B, T) position of each token (default: cache length + 0..T-1).
+        positions: (B, T) position of each token (default: cache length + 0..T-1, or the
+        position within its segment when ``segment_ids`` is given).
         attention_mask: (B, T) bool, False for padding tokens that nothing may attend to.
+        segment_ids: (B, T) int64 for packed rows: tokens attend only within their own
+        segment (a run of equal ids). Not with a cache.
         """
-        x = self.hidden_states(ids, cache, positions, attention_mask)
+        x = self.hidden_states(ids, cache, positions, attention_mask, segment_ids)
         if last_only:
             x = x[:, -1:]
         return self.lm_head(x)
 
-    def loss(self, ids: Tensor, targets: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+    def loss(
+        self,
+        ids: Tensor,
+        targets: Tensor,
+        attention_mask: Tensor | None = None,
+        segment_ids: Tensor | None = None,
+    ) -> Tensor:
         """Mean next-token cross-entropy: ids (B, T), targets (B, T) with -100 where no
         loss is wanted. Uses the fused projection + loss (``linear_cross_entropy``), which
-        never holds all (B, T, V) logits; equal to cross_entropy(self(ids), targets)."""
+        never holds all (B, T, V) logits; equal to cross_entropy(self(ids), targets).
+        segment_ids (B, T): packed rows, as in ``forward``; the loss is then the mean over
+        the target tokens of all segments."""
         from scratchlm.train.loss import linear_cross_entropy
 
-        hidden = self.hidden_states(ids, attention_mask=attention_mask)  # (B, T, d_model)
+        hidden = self.hidden_states(
+            ids, attention_mask=attention_mask, segment_ids=segment_ids
+        )  # (B, T, d_model)
         return linear_cross_entropy(hidden, self.lm_head.weight, targets)
 
     def hidden_states(
@@ -111,21 +146,27 @@ class TransformerLM(nn.Module):
         cache: KVCache | None = None,
         positions: Tensor | None = None,
         attention_mask: Tensor | None = None,
+        segment_ids: Tensor | None = None,
     ) -> Tensor:
         """ids (B, T) -> the final normalised hidden states (B, T, d_model), the input of
         the output projection. Arguments as in ``forward``."""
         c = self.config
         past = cache.length if cache is not None else 0
-        self._check(ids, past, cache)
+        self._check(ids, past, cache, segment_ids)
         B, T = ids.shape
-        if positions is None:
+        # Segment k of a row is the k-th run of equal ids: (B, T) run numbers.
+        starts = segment_starts(segment_ids) if segment_ids is not None else None
+        segments = starts.cumsum(dim=1) if starts is not None else None
+        if positions is None and starts is not None:
+            positions = segment_positions(starts)
+        elif positions is None:
             positions = torch.arange(past, past + T, device=ids.device).expand(B, T)
         x = self.embed_tokens(ids)  # (B, T, d_model)
         if self.embed_positions is not None:
             x = x + self.embed_positions(positions)
         x = self.dropout(x)
         rotary = self.rotary.angles(positions, x.dtype) if self.rotary is not None else None
-        mask = self._mask(T, past, attention_mask, cache, ids.device)
+        mask = self._mask(T, past, attention_mask, cache, ids.device, segments)
 
         for i, block in enumerate(self.layers):
             for r in range(c.shared_depth):
@@ -138,10 +179,22 @@ class TransformerLM(nn.Module):
             cache.advance(T)
         return self.norm(x)
 
-    def _check(self, ids: Tensor, past: int, cache: KVCache | None) -> None:
+    def _check(
+        self, ids: Tensor, past: int, cache: KVCache | None, segment_ids: Tensor | None
+    ) -> None:
         c = self.config
         if ids.dim() != 2:
             raise ScratchLMError(f"ids must be (batch, time), got shape {tuple(ids.shape)}")
+        if segment_ids is not None and cache is not None:
+            raise ScratchLMError(
+                "segment_ids (packed rows) cannot be used with a KV cache: "
+                "run packed rows without a cache, or one sequence per row with it"
+            )
+        if segment_ids is not None and segment_ids.shape != ids.shape:
+            raise ScratchLMError(
+                f"segment_ids must have the shape of ids {tuple(ids.shape)}, "
+                f"got {tuple(segment_ids.shape)}"
+            )
         if past + ids.shape[1] > c.context_length:
             raise ScratchLMError(
                 f"sequence of {past + ids.shape[1]} tokens is longer than the model's context "
@@ -165,9 +218,12 @@ class TransformerLM(nn.Module):
         attention_mask: Tensor | None,
         cache: KVCache | None,
         device: torch.device,
+        segments: Tensor | None = None,
     ) -> Tensor | None:
         """The boolean attention mask (B or 1, 1, T, past + T), or None when plain causal
-        attention is meant (the fast kernels handle that case without a mask)."""
+        attention is meant (the fast kernels handle that case without a mask).
+        segments: (B, T) segment number of each token (packed rows; never with a cache):
+        causal and within one segment, a block-diagonal mask."""
         if attention_mask is not None and cache is not None:
             cache.set_padding(attention_mask.bool())
         keys_valid = None  # (B, S): which keys are real tokens
@@ -175,9 +231,12 @@ class TransformerLM(nn.Module):
             keys_valid = cache.key_mask[:, : past + T]
         elif attention_mask is not None:
             keys_valid = attention_mask.bool()
-        if keys_valid is None and (past == 0 or T == 1):
+        if keys_valid is None and segments is None and (past == 0 or T == 1):
             return None
         mask = causal_mask(T, past + T, device)[None, None]  # (1, 1, T, S)
+        if segments is not None:  # no cache here, so S == T
+            same = segments[:, None, :, None] == segments[:, None, None, :]  # (B, 1, T, T)
+            mask = mask & same
         if keys_valid is not None:
             mask = mask & keys_valid[:, None, None, :]
             # A padding query may see no key at all; let every query see itself so the

@@ -134,8 +134,9 @@ class LossModule(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, x: Tensor, y: Tensor) -> Tensor:  # (B, T), (B, T) -> scalar
-        return self.model.loss(x, y)
+    def forward(self, x: Tensor, y: Tensor, segment_ids: Tensor | None = None) -> Tensor:
+        """x, y (B, T) and, for packed rows, segment_ids (B, T) -> the scalar loss."""
+        return self.model.loss(x, y, segment_ids=segment_ids)
 
 
 class SignalFlag:

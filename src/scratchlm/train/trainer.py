@@ -261,13 +261,13 @@ class Trainer:
             group["lr"] = lr
         loss_sum = torch.zeros((), device=self.device)
         for micro in range(c.grad_accum):
-            x, y = self.sampler.next(self.device)
+            batch = self.sampler.next(self.device)  # x, y (and segment_ids when sft)
             last = micro == c.grad_accum - 1
             # DDP averages gradients across processes on the last micro-step only.
             no_sync = getattr(self.train_step_model, "no_sync", None)
             with no_sync() if (no_sync and not last) else contextlib.nullcontext():
                 with autocast(self.device, self.precision):
-                    loss = self.train_step_model(x, y)
+                    loss = self.train_step_model(*batch)
                 self.scaler.scale(loss / c.grad_accum).backward()
             loss_sum += loss.detach()
         self.scaler.unscale_(self.optimizer)

@@ -51,8 +51,13 @@ class DefaultRun:
     steps: int = 400
     lr: float = 2e-3
     sample_tokens: int = 40
-    sft_steps: int = 300
+    sft_steps: int = 1000
     sft_lr: float = 1e-3
+    # What instruction tuning trains on, and the questions its answers are checked with:
+    # ones taught in the conversations, and reworded ones held out of them.
+    conversations: tuple[str, ...] = ("builtin:chat",)
+    trained_questions: str = "builtin:chat_eval"
+    reworded_questions: str = "builtin:chat_heldout"
 
 
 def run_default(
@@ -148,7 +153,7 @@ def sft_stage(
 
     config = sft_config(
         init_from=str(pretrained),
-        conversations=["builtin:chat"],
+        conversations=list(run.conversations),
         out=str(run.out_dir / "sft"),
         steps=run.sft_steps,
         lr=run.sft_lr,
@@ -195,7 +200,7 @@ def conversation_stage(run: DefaultRun, checkpoint: Path, echo: Callable[[str], 
         text = answer(model, tok, question, temperature=0, max_new_tokens=64)
         echo(f"      you> {question}")
         echo(f"      model> {_printable(text)}")
-    trained, reworded = fact_scores(model, tok)
+    trained, reworded = fact_scores(model, tok, run)
     echo(
         f"      answers holding the expected fact: {trained.summary()} of the trained "
         f"questions, {reworded.summary()} of reworded ones it never saw"
@@ -207,17 +212,19 @@ def conversation_stage(run: DefaultRun, checkpoint: Path, echo: Callable[[str], 
     echo(f"      talk to it: scratchlm chat {checkpoint.parent.parent}")
 
 
-def fact_scores(model: Any, tokenizer: Any) -> tuple[FactReport, FactReport]:
-    """Greedy answers to the built-in questions checked for their facts: the questions
-    taught in ``chat.jsonl`` (``chat_eval.jsonl``) and reworded ones held out of it
-    (``chat_heldout.jsonl``)."""
+def fact_scores(model: Any, tokenizer: Any, run: DefaultRun) -> tuple[FactReport, FactReport]:
+    """Greedy answers to the run's fact questions, checked for their facts: the questions
+    taught in the conversations (built in: ``chat_eval.jsonl``) and reworded ones held
+    out of them (``chat_heldout.jsonl``)."""
     from scratchlm.builtin import builtin_chat_eval, builtin_chat_heldout
     from scratchlm.evals import check_facts, read_fact_questions
 
-    return (
-        check_facts(model, tokenizer, read_fact_questions(builtin_chat_eval())),
-        check_facts(model, tokenizer, read_fact_questions(builtin_chat_heldout())),
-    )
+    builtin = {"builtin:chat_eval": builtin_chat_eval, "builtin:chat_heldout": builtin_chat_heldout}
+    reports = []
+    for name in (run.trained_questions, run.reworded_questions):
+        path = builtin[name]() if name in builtin else Path(name)
+        reports.append(check_facts(model, tokenizer, read_fact_questions(path)))
+    return reports[0], reports[1]
 
 
 def _printable(text: str) -> str:

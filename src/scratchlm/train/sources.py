@@ -1,5 +1,5 @@
 """What a run trains and validates on: random windows of token files when pretraining,
-conversations (padded rows with a loss mask) when instruction tuning."""
+conversations (packed rows with a loss mask) when instruction tuning."""
 
 from __future__ import annotations
 

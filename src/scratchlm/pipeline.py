@@ -205,8 +205,11 @@ def conversation_stage(run: DefaultRun, checkpoint: Path, echo: Callable[[str], 
         f"      answers holding the expected fact: {trained.summary()} of the trained "
         f"questions, {reworded.summary()} of reworded ones it never saw"
     )
-    report = {"checkpoint": str(checkpoint), "trained": trained.to_dict()}
-    report["reworded"] = reworded.to_dict()
+    report = {
+        "checkpoint": str(checkpoint),
+        "trained": trained.to_dict(),
+        "reworded": reworded.to_dict(),
+    }
     atomic_write_text(run.out_dir / "facts.json", json.dumps(report, indent=1) + "\n")
     echo(f"      every answer: {run.out_dir / 'facts.json'}")
     echo(f"      talk to it: scratchlm chat {checkpoint.parent.parent}")
@@ -216,15 +219,13 @@ def fact_scores(model: Any, tokenizer: Any, run: DefaultRun) -> tuple[FactReport
     """Greedy answers to the run's fact questions, checked for their facts: the questions
     taught in the conversations (built in: ``chat_eval.jsonl``) and reworded ones held
     out of them (``chat_heldout.jsonl``)."""
-    from scratchlm.builtin import builtin_chat_eval, builtin_chat_heldout
     from scratchlm.evals import check_facts, read_fact_questions
 
-    builtin = {"builtin:chat_eval": builtin_chat_eval, "builtin:chat_heldout": builtin_chat_heldout}
-    reports = []
-    for name in (run.trained_questions, run.reworded_questions):
-        path = builtin[name]() if name in builtin else Path(name)
-        reports.append(check_facts(model, tokenizer, read_fact_questions(path)))
-    return reports[0], reports[1]
+    trained, reworded = (
+        check_facts(model, tokenizer, read_fact_questions(name))
+        for name in (run.trained_questions, run.reworded_questions)
+    )
+    return trained, reworded
 
 
 def _printable(text: str) -> str:

@@ -26,6 +26,21 @@ def prepared(tmp_path_factory):
     return root / "data"
 
 
+@pytest.fixture(scope="session")
+def pretrained(prepared, tmp_path_factory):
+    """The checkpoint of a tiny model pretrained for a few steps on ``prepared`` (the
+    starting point of instruction-tuning tests)."""
+    from scratchlm.train.config import TrainConfig
+    from scratchlm.train.trainer import Trainer
+
+    out = tmp_path_factory.mktemp("base") / "run"
+    config = TrainConfig(data=str(prepared), out=str(out), preset="tiny", model=dict(TINY),
+                         context_length=64, steps=5, batch_size=4, warmup_steps=1,
+                         eval_every=0, eval_windows=2, sample_tokens=0, progress=False,
+                         device="cpu")  # fmt: skip
+    return Trainer(config).run().checkpoint
+
+
 @pytest.fixture
 def tiny_config(prepared, tmp_path):
     """A TrainConfig for a short CPU run of a tiny model; tests replace fields."""

@@ -6,9 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
 import torch
-from train_helpers import TINY
 
 from scratchlm.config import SampleConfig
 from scratchlm.data.chat import END_OF_TURN, render_conversation, render_prompt
@@ -44,17 +42,6 @@ FACTS = {
 
 def _conversation(question: str, answer: str) -> list[dict[str, str]]:
     return [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
-
-
-@pytest.fixture(scope="module")
-def pretrained(prepared, tmp_path_factory):
-    """A tiny model pretrained for a few steps on the built-in corpus."""
-    out = tmp_path_factory.mktemp("base") / "run"
-    config = TrainConfig(data=str(prepared), out=str(out), preset="tiny", model=dict(TINY),
-                         context_length=64, steps=5, batch_size=4, warmup_steps=1,
-                         eval_every=0, eval_windows=2, sample_tokens=0, progress=False,
-                         device="cpu")  # fmt: skip
-    return Trainer(config).run().checkpoint
 
 
 def _write_conversations(path: Path) -> Path:

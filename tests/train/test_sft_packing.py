@@ -10,7 +10,6 @@ from collections import Counter
 
 import pytest
 import torch
-from train_helpers import TINY
 
 from scratchlm.data.chat import END_OF_TURN, chat_tokenizer
 from scratchlm.train.config import SFT_DEFAULTS, TrainConfig
@@ -155,16 +154,6 @@ def test_render_examples_shift_targets_and_mask_the_prompt(chat_tok):
     assert len(inputs) == len(targets)
     assert [t for t in targets if t != -100] == answer
     assert targets[-len(answer) :] == answer and inputs[-len(answer) + 1 :] == answer[:-1]
-
-
-@pytest.fixture(scope="module")
-def pretrained(prepared, tmp_path_factory):
-    out = tmp_path_factory.mktemp("base") / "run"
-    config = TrainConfig(data=str(prepared), out=str(out), preset="tiny", model=dict(TINY),
-                         context_length=64, steps=3, batch_size=4, warmup_steps=1,
-                         eval_every=0, eval_windows=2, sample_tokens=0, progress=False,
-                         device="cpu")  # fmt: skip
-    return Trainer(config).run().checkpoint
 
 
 def _sft_config(pretrained, data, out, steps):

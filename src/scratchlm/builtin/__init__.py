@@ -17,31 +17,47 @@ appear verbatim in ``chat.jsonl``; the held-out ones are new wordings of facts i
 A good answer contains every ``expect`` word (case-insensitive).
 """
 
+import os
 from importlib.resources import as_file, files
 from pathlib import Path
 
 END_OF_TEXT = "<|endoftext|>"
 
 
-def builtin_corpus() -> Path:
-    """Path of the built-in pretraining corpus (a real file inside the installed package)."""
-    with as_file(files(__package__) / "science.txt") as path:
+# Names that stand for the files of this package wherever a file is expected.
+BUILTIN_FILES = {
+    "builtin:science": "science.txt",
+    "builtin:chat": "chat.jsonl",
+    "builtin:chat_eval": "chat_eval.jsonl",
+    "builtin:chat_heldout": "chat_heldout.jsonl",
+}
+
+
+def resolve_builtin(name: str | os.PathLike) -> Path:
+    """The file a built-in name (``BUILTIN_FILES``) stands for, a real file inside the
+    installed package; any other name as a Path."""
+    file = BUILTIN_FILES.get(os.fspath(name))
+    if file is None:
+        return Path(name)
+    with as_file(files(__package__) / file) as path:
         return Path(path)
+
+
+def builtin_corpus() -> Path:
+    """Path of the built-in pretraining corpus (``science.txt``)."""
+    return resolve_builtin("builtin:science")
 
 
 def builtin_chat() -> Path:
     """Path of the built-in instruction-tuning conversations (``chat.jsonl``)."""
-    with as_file(files(__package__) / "chat.jsonl") as path:
-        return Path(path)
+    return resolve_builtin("builtin:chat")
 
 
 def builtin_chat_eval() -> Path:
     """Path of the built-in eval questions taken verbatim from ``chat.jsonl``."""
-    with as_file(files(__package__) / "chat_eval.jsonl") as path:
-        return Path(path)
+    return resolve_builtin("builtin:chat_eval")
 
 
 def builtin_chat_heldout() -> Path:
     """Path of the built-in held-out questions: new wordings of facts ``chat.jsonl`` teaches."""
-    with as_file(files(__package__) / "chat_heldout.jsonl") as path:
-        return Path(path)
+    return resolve_builtin("builtin:chat_heldout")

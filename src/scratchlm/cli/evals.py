@@ -19,11 +19,12 @@ examples:
 
 
 def _facts(args: argparse.Namespace) -> int:
-    from scratchlm.builtin import builtin_chat_eval, builtin_chat_heldout
     from scratchlm.chat import default_chat_checkpoint, require_chat_tokens
     from scratchlm.evals import check_facts, read_fact_questions
+    from scratchlm.pipeline import DefaultRun
 
-    files = args.questions or [str(builtin_chat_eval()), str(builtin_chat_heldout())]
+    run = DefaultRun()
+    files = args.questions or [run.trained_questions, run.reworded_questions]
     sets = {f: read_fact_questions(f) for f in files}  # bad files fail before the model loads
     path = args.checkpoint if args.checkpoint is not None else default_chat_checkpoint()
     model, tokenizer = load_chat_model(path, args.device)

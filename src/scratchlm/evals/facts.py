@@ -16,7 +16,6 @@ import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from scratchlm.config import SampleConfig
@@ -91,8 +90,11 @@ def contains_fact(answer: str, expect: Sequence[str]) -> bool:
 
 
 def read_fact_questions(path: str | os.PathLike) -> list[FactQuestion]:
-    """The questions of a JSONL file; DataError naming the file and line of a bad one."""
-    path = Path(path)
+    """The questions of a JSONL file (or ``builtin:chat_eval``, ``builtin:chat_heldout``);
+    DataError naming the file and line of a bad one."""
+    from scratchlm.builtin import resolve_builtin
+
+    path = resolve_builtin(path)
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except OSError as e:

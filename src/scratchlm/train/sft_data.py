@@ -205,10 +205,10 @@ def load_sft_data(
     """The training sampler (packed rows) and the validation rows ``(val_x, val_y)``
     (one conversation per row) of conversation files (any format ``read_conversations``
     reads; ``builtin:chat`` names the built-in set)."""
-    from scratchlm.builtin import builtin_chat
+    from scratchlm.builtin import resolve_builtin
     from scratchlm.data.chat_sources import read_conversations
 
-    paths = [str(builtin_chat()) if f == "builtin:chat" else f for f in files]
+    paths = [str(resolve_builtin(f)) for f in files]
     if not paths:
         raise DataError("instruction tuning needs conversations: pass --data FILE ...")
     conversations, bad = read_conversations(paths, skip_bad=skip_bad)

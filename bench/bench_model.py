@@ -112,8 +112,9 @@ def _ours(context_length: int | None = None, seed: int = 0):
     return TransformerLM(preset(PRESET, **overrides))
 
 
-def _hf_twin(ours, tmp: str):
-    """HF LlamaForCausalLM with exactly our weights: to_hf, then from_pretrained."""
+def _hf_twin(ours, tmp: str, dtype: str = "float32"):
+    """HF LlamaForCausalLM with exactly our weights: to_hf, then from_pretrained (its
+    weights cast to ``dtype`` on load)."""
     import torch
     import transformers
 
@@ -121,8 +122,15 @@ def _hf_twin(ours, tmp: str):
 
     folder = to_hf(ours, None, Path(tmp) / "hf")
     return transformers.LlamaForCausalLM.from_pretrained(
-        folder, dtype=torch.float32, attn_implementation="sdpa"
+        folder, dtype=getattr(torch, dtype), attn_implementation="sdpa"
     )
+
+
+def _weight_mb(model) -> float:
+    """Megabytes of weights a forward pass reads: parameters and buffers (int8 weights
+    and their scales), without the non-persistent rotary tables."""
+    tensors = [*model.parameters(), *(b for n, b in model.named_buffers() if "rotary" not in n)]
+    return sum(t.numel() * t.element_size() for t in tensors) / 1e6
 
 
 def _adamw(params):
@@ -240,21 +248,32 @@ class _Stamps:
 
 
 def decode(
-    impl: str, use_cache: bool, check_inputs: bool, prompt_len: int, new_tokens: int, repeats: int
+    impl: str,
+    use_cache: bool,
+    check_inputs: bool,
+    prompt_len: int,
+    new_tokens: int,
+    repeats: int,
+    weights: str = "float32",
 ) -> dict:
     """Batch-1 greedy decode of ``new_tokens`` after a random prompt, ``repeats`` times
     after a short warm-up. The context is raised to fit prompt + new tokens, so neither
-    side needs a sliding window."""
+    side needs a sliding window. ``weights``: "float32"; "bfloat16" (HF: loaded in
+    bf16); "int8" (ours: quantize_int8)."""
     import torch
+
+    from scratchlm.model import quantize_int8
 
     context = max(256, prompt_len + new_tokens)
     ours = _ours(context_length=context)
     ours.check_inputs = check_inputs
     ours.eval()
+    flops = ours.flops_per_token(training=False, seq_len=prompt_len + new_tokens)
     prompt = _random_ids(prompt_len, ours.config.vocab_size, seed=2)
     if impl == "hf":
         with tempfile.TemporaryDirectory() as tmp:
-            hf = _hf_twin(ours, tmp).eval()
+            hf = _hf_twin(ours, tmp, weights).eval()
+        weight_mb = _weight_mb(hf)
         ids = torch.tensor([prompt])
 
         def run(n: int):
@@ -274,6 +293,9 @@ def decode(
             gaps = [b - a for a, b in itertools.pairwise(t)]
             return [out[0, prompt_len:].tolist()], t[0] - start, gaps, total
     else:
+        if weights == "int8":
+            quantize_int8(ours)
+        weight_mb = _weight_mb(ours)
 
         def run(n: int):
             return _run_ours(ours, [prompt], n, use_cache)
@@ -287,17 +309,24 @@ def decode(
         "first_token_s": [r[1] for r in runs],
         "step_s": [g for r in runs for g in r[2]],
         "context": context,
-        "flops_per_token": ours.flops_per_token(training=False, seq_len=prompt_len + new_tokens),
-        "weight_mb": sum(p.numel() * p.element_size() for p in ours.parameters()) / 1e6,
+        "flops_per_token": flops,
+        "weight_mb": weight_mb,
     }
 
 
-def batched(mode: str, prompt_lens: list[int], new_tokens: int, repeats: int) -> dict:
+def batched(
+    mode: str, prompt_lens: list[int], new_tokens: int, repeats: int, weights: str = "float32"
+) -> dict:
     """All prompts in one generate_ids call (``mode="batched"``) or one call per prompt
-    (``"one-at-a-time"``); ``new_tokens`` each, no stop ids, so no row ends early."""
+    (``"one-at-a-time"``); ``new_tokens`` each, no stop ids, so no row ends early.
+    ``weights="int8"`` quantizes the model first."""
+    from scratchlm.model import quantize_int8
+
     ours = _ours()
     ours.check_inputs = False
     ours.eval()
+    if weights == "int8":
+        quantize_int8(ours)
     vocab = ours.config.vocab_size
     prompts = [_random_ids(n, vocab, seed=10 + i) for i, n in enumerate(prompt_lens)]
 
@@ -542,12 +571,24 @@ def _tokens_per_s(r: dict) -> float:
     return r["tokens_per_step"] / statistics.mean(r["step_s"])
 
 
-DECODE_CONTENDERS = [  # (label, impl, use_cache, check_inputs, repeats attribute)
-    ("HF generate, cache on", "hf", True, True, "decode_repeats"),
-    ("ours generate_ids, cached", "ours", True, False, "decode_repeats"),
-    ("ours generate_ids, cached, check_inputs on", "ours", True, True, "decode_repeats"),
-    ("ours generate_ids, uncached", "ours", False, False, "uncached_repeats"),
-]
+# label -> decode() arguments (and which --*-repeats count applies)
+HF_F32 = "HF generate, cache on"
+HF_BF16 = "HF generate, cache on, bf16 weights"
+OURS = "ours generate_ids, cached"
+OURS_INT8 = "ours generate_ids, cached, int8 weights"
+OURS_CHECKED = "ours generate_ids, cached, check_inputs on"
+OURS_UNCACHED = "ours generate_ids, uncached"
+DECODE_CONTENDERS = {
+    HF_F32: dict(impl="hf", use_cache=True, check_inputs=True, repeats="decode_repeats"),
+    HF_BF16: dict(impl="hf", use_cache=True, check_inputs=True, repeats="decode_repeats"),
+    OURS: dict(impl="ours", use_cache=True, check_inputs=False, repeats="decode_repeats"),
+    OURS_INT8: dict(impl="ours", use_cache=True, check_inputs=False, repeats="decode_repeats"),
+    OURS_CHECKED: dict(impl="ours", use_cache=True, check_inputs=True, repeats="decode_repeats"),
+    OURS_UNCACHED: dict(
+        impl="ours", use_cache=False, check_inputs=False, repeats="uncached_repeats"
+    ),
+}
+DECODE_WEIGHTS = {HF_BF16: "bfloat16", OURS_INT8: "int8"}  # the others: float32
 
 
 def decode_table(args, peak: dict | None) -> Table:
@@ -562,6 +603,7 @@ def decode_table(args, peak: dict | None) -> Table:
             "first token ms",
             "vs HF",
             "same tokens as HF",
+            "weights MB",
             "peak RSS MiB",
         ],
     )
@@ -569,21 +611,21 @@ def decode_table(args, peak: dict | None) -> Table:
         label: measure_torch(
             decode,
             threads=args.threads,
-            impl=impl,
-            use_cache=use_cache,
-            check_inputs=check,
+            impl=c["impl"],
+            use_cache=c["use_cache"],
+            check_inputs=c["check_inputs"],
             prompt_len=p,
             new_tokens=n,
-            repeats=getattr(args, attr),
+            repeats=getattr(args, c["repeats"]),
+            weights=DECODE_WEIGHTS.get(label, "float32"),
         )
-        for label, impl, use_cache, check, attr in DECODE_CONTENDERS
+        for label, c in DECODE_CONTENDERS.items()
     }
-    hf = runs[DECODE_CONTENDERS[0][0]]
+    hf = runs[HF_F32]
     speeds = {}
-    for label, *_ in DECODE_CONTENDERS:
-        run = runs[label]
+    for label, run in runs.items():
         if run.error:
-            table.rows.append([label, f"failed: {run.error}", *[""] * 6])
+            table.rows.append([label, f"failed: {run.error}", *[""] * 7])
             continue
         r = run.result
         speeds[label] = speed = n / statistics.mean(r["total_s"])
@@ -597,8 +639,9 @@ def decode_table(args, peak: dict | None) -> Table:
                 spread([n / t for t in r["total_s"]]),
                 f"{1e3 * statistics.median(r['step_s']):.2f}" if r["step_s"] else "-",
                 f"{1e3 * statistics.mean(r['first_token_s']):.1f}",
-                ratio(speed / speeds[DECODE_CONTENDERS[0][0]]) if not hf.error else "-",
+                ratio(speed / speeds[HF_F32]) if not hf.error else "-",
                 "(reference)" if run is hf else same,
+                f"{r['weight_mb']:.0f}",
                 num(run.peak_rss_mib),
             ]
         )
@@ -611,11 +654,17 @@ def decode_table(args, peak: dict | None) -> Table:
         "generate_ids yields; HF: a streamer that only notes the time); first token = "
         "prefill + first sample.",
         "Same weights on both sides: a seeded TransformerLM exported with to_hf and loaded "
-        "with LlamaForCausalLM.from_pretrained (float32, sdpa). HF: generate(do_sample=False, "
-        f"max_new_tokens={n}, min_new_tokens={n}) with its default dynamic cache.",
+        "with LlamaForCausalLM.from_pretrained (float32 unless the row says bf16, sdpa). HF: "
+        f"generate(do_sample=False, max_new_tokens={n}, min_new_tokens={n}) with its default "
+        "dynamic cache.",
         "ours: generate_ids(model, [prompt], SampleConfig(temperature=0), stop_ids=()); "
         "model.check_inputs=False (the id-range check syncs once per step) except where "
-        "the row says so; uncached = use_cache=False (recomputes the whole sequence).",
+        "the row says so; uncached = use_cache=False (recomputes the whole sequence); "
+        "int8 weights = quantize_int8(model) (weight-only int8, float32 activations; the "
+        "matrix products take bf16 activations).",
+        "Rows with other weights than float32 compute a slightly different function, so "
+        "their greedy tokens may part from the float32 ones on a random model, whose "
+        "top logits are close together.",
     ]
     if ok:
         floor_ms = ok["flops_per_token"] / peak["fp32"] / 1e6 if peak else None
@@ -624,20 +673,21 @@ def decode_table(args, peak: dict | None) -> Table:
             f"context_length raised to {ok['context']} (preset: 256) so prompt + new tokens "
             "fit without our sliding window (HF has none); weights otherwise the preset's.",
             f"Arithmetic per decoded token: {ok['flops_per_token'] / 1e6:.1f} MFLOP at full "
-            f"length{extra}; weights read per step: {ok['weight_mb']:.0f} MB (float32).",
+            f"length{extra}. Weights MB = what one decode step reads from memory.",
         ]
-    cached, unc = speeds.get(DECODE_CONTENDERS[1][0]), speeds.get(DECODE_CONTENDERS[3][0])
-    hf_speed = speeds.get(DECODE_CONTENDERS[0][0])
+
+    def share(a: str, b: str) -> float | None:
+        return speeds[a] / speeds[b] if a in speeds and b in speeds else None
+
     table.notes += [
+        target_line("target: ours cached / HF", share(OURS, HF_F32), TARGETS["decode"]),
         target_line(
-            "target: ours cached / HF",
-            cached / hf_speed if cached and hf_speed else None,
-            TARGETS["decode"],
+            "target: ours cached, int8 weights / HF", share(OURS_INT8, HF_F32), TARGETS["decode"]
         ),
+        "ours cached, int8 weights / HF bf16 weights (both read fewer bytes than float32) = "
+        + (ratio(share(OURS_INT8, HF_BF16)) if share(OURS_INT8, HF_BF16) else "not measured"),
         target_line(
-            "target: ours cached / ours uncached",
-            cached / unc if cached and unc else None,
-            TARGETS["cache"],
+            "target: ours cached / ours uncached", share(OURS, OURS_UNCACHED), TARGETS["cache"]
         ),
     ]
     return table
@@ -649,6 +699,14 @@ def _same_tokens(ours: list[int], theirs: list[int]) -> str:
     return f"no (from token {common_prefix(ours, theirs)})"
 
 
+BATCHED_MODES = {  # label -> (mode, weights)
+    "one at a time": ("one-at-a-time", "float32"),
+    "batched": ("batched", "float32"),
+    "one at a time, int8 weights": ("one-at-a-time", "int8"),
+    "batched, int8 weights": ("batched", "int8"),
+}
+
+
 def batched_table(args) -> Table:
     lens = [round(16 + i * (64 - 16) / 7) for i in range(8)]
     n = args.batch_new_tokens
@@ -658,21 +716,24 @@ def batched_table(args) -> Table:
         ["mode", "tokens/s (all rows)", "min-max", "seconds", "vs one at a time", "same tokens"],
     )
     runs = {
-        mode: measure_torch(
+        label: measure_torch(
             batched,
             threads=args.threads,
             mode=mode,
             prompt_lens=lens,
             new_tokens=n,
             repeats=args.batch_repeats,
+            weights=weights,
         )
-        for mode in ("one-at-a-time", "batched")
+        for label, (mode, weights) in BATCHED_MODES.items()
     }
-    one = runs["one-at-a-time"]
-    for mode, run in runs.items():
+    ratios = {}
+    for label, run in runs.items():
         if run.error:
-            table.rows.append([mode, f"failed: {run.error}", "", "", "", ""])
+            table.rows.append([label, f"failed: {run.error}", "", "", "", ""])
             continue
+        weights = BATCHED_MODES[label][1]
+        one = next(r for k, r in runs.items() if BATCHED_MODES[k] == ("one-at-a-time", weights))
         r = run.result
         speed = r["tokens"] / statistics.mean(r["total_s"])
         base = None if one.error else one.result["tokens"] / statistics.mean(one.result["total_s"])
@@ -682,9 +743,11 @@ def batched_table(args) -> Table:
             pairs = zip(r["rows"], one.result["rows"], strict=True)
             bad = [i for i, (a, b) in enumerate(pairs) if a != b]
             same += f" (rows {bad} differ)" if bad else ""
+        if base and run is not one:
+            ratios[weights] = speed / base
         table.rows.append(
             [
-                mode,
+                label,
                 num(speed),
                 spread([r["tokens"] / t for t in r["total_s"]]),
                 f"{statistics.mean(r['total_s']):.2f}",
@@ -697,12 +760,13 @@ def batched_table(args) -> Table:
         "model so no row stops early: both modes produce the same number of tokens.",
         "batched = one generate_ids call with all 8 prompts (left-padded, one forward per "
         "step); one at a time = 8 generate_ids calls in a row. Wall time of the whole "
-        f"mode, mean of {args.batch_repeats} repeat(s) after a warm-up; model.check_inputs=False.",
+        f"mode, mean of {args.batch_repeats} repeat(s) after a warm-up; model.check_inputs=False. "
+        "int8 rows: quantize_int8(model), compared with one at a time on the same weights.",
+        target_line("target: batched / one at a time", ratios.get("float32"), TARGETS["batched"]),
+        target_line(
+            "target: batched / one at a time, int8 weights", ratios.get("int8"), TARGETS["batched"]
+        ),
     ]
-    if not any(r.error for r in runs.values()):
-        b, o = (statistics.mean(runs[m].result["total_s"]) for m in ("batched", "one-at-a-time"))
-        line = target_line("target: batched / one at a time", o / b, TARGETS["batched"])
-        table.notes.append(line)
     return table
 
 

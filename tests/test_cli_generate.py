@@ -8,6 +8,7 @@ content; their character vocabulary has no newline, so each text is one line.
 
 from __future__ import annotations
 
+import copy
 import os
 import select
 import signal
@@ -26,7 +27,7 @@ from scratchlm.checkpoint import CheckpointManager, save_checkpoint
 from scratchlm.cli import main
 from scratchlm.config import SampleConfig, preset
 from scratchlm.data.chat import chat_tokenizer
-from scratchlm.model import TransformerLM
+from scratchlm.model import TransformerLM, quantize_int8
 from scratchlm.textgen import generate
 from scratchlm.tokenizer import CharTokenizer
 
@@ -111,6 +112,23 @@ def test_chat_prompt_answers_once(models, capsys):
     messages = [{"role": "system", "content": "brief."}, {"role": "user", "content": "why?"}]
     assert out == reply(model, tok, messages, SampleConfig(temperature=0)) + "\n"
     assert "\n" not in out[:-1]
+
+
+def test_int8_flag_answers_with_the_quantized_model(models, capsys):
+    path, model, tok = models["chat"]
+    quantized = quantize_int8(copy.deepcopy(model))
+    code, out, err = run(
+        capsys, "chat", str(path), "--prompt", "why?", "--int8", "--temperature", "0"
+    )
+    assert code == 0 and err == ""
+    messages = [{"role": "user", "content": "why?"}]
+    assert out == reply(quantized, tok, messages, SampleConfig(temperature=0)) + "\n"
+    path, model, tok = models["base"]
+    code, out, _ = run(
+        capsys, "generate", str(path), "--prompt", "hi", "--int8", "--temperature", "0"
+    )
+    expected = generate(quantize_int8(copy.deepcopy(model)), tok, "hi", temperature=0)
+    assert code == 0 and out == "hi" + expected + "\n"
 
 
 def test_chat_refuses_a_base_model(models, capsys):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from scratchlm.cli.chat import add_chat_checkpoint, load_chat_model
+from scratchlm.cli.chat import add_chat_checkpoint, add_model_options, load_chat_model
 
 FMT = argparse.RawDescriptionHelpFormatter
 EPILOG_FACTS = """\
@@ -27,7 +27,7 @@ def _facts(args: argparse.Namespace) -> int:
     files = args.questions or [run.trained_questions, run.reworded_questions]
     sets = {f: read_fact_questions(f) for f in files}  # bad files fail before the model loads
     path = args.checkpoint if args.checkpoint is not None else default_chat_checkpoint()
-    model, tokenizer = load_chat_model(path, args.device)
+    model, tokenizer = load_chat_model(path, args.device, args.int8)
     require_chat_tokens(tokenizer)
     reports = {
         f: check_facts(model, tokenizer, questions, max_new_tokens=args.max_new_tokens)
@@ -67,5 +67,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-new-tokens", type=int, default=64, help="answer budget (default: 64)")
     p.add_argument("--show-misses", action="store_true", help="print every wrong answer")
     p.add_argument("--json", action="store_true", help="print every answer as JSON")
-    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
+    add_model_options(p)
     p.set_defaults(func=_facts)

@@ -19,6 +19,7 @@ from scratchlm.model.layers import (
     silu,
     softmax,
 )
+from scratchlm.model.quantize import Int8Linear, quantize_int8
 from scratchlm.model.rope import RotaryEmbedding, rope
 from scratchlm.model.transformer import TransformerBlock, TransformerLM
 
@@ -27,6 +28,7 @@ __all__ = [
     "DyT",
     "Embedding",
     "GeluMLP",
+    "Int8Linear",
     "KVCache",
     "LayerNorm",
     "Linear",
@@ -38,6 +40,7 @@ __all__ = [
     "TransformerLM",
     "causal_mask",
     "gelu",
+    "quantize_int8",
     "rope",
     "scaled_dot_product_attention",
     "silu",

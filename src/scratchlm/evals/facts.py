@@ -135,7 +135,7 @@ def answer_questions(
     """The greedy answer to each question, asked as the only user message, in order.
 
     ``batch_size`` questions go through the engine together; the answers are the same
-    as one at a time."""
+    as one at a time (with int8 weights they can differ slightly: docs/model.md)."""
     from scratchlm.chat import reply_stop_ids
     from scratchlm.generate import generate_ids
 

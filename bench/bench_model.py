@@ -571,24 +571,23 @@ def _tokens_per_s(r: dict) -> float:
     return r["tokens_per_step"] / statistics.mean(r["step_s"])
 
 
-# label -> decode() arguments (and which --*-repeats count applies)
+# label -> decode() arguments; ``repeats`` names the --*-repeats count that applies
 HF_F32 = "HF generate, cache on"
 HF_BF16 = "HF generate, cache on, bf16 weights"
 OURS = "ours generate_ids, cached"
 OURS_INT8 = "ours generate_ids, cached, int8 weights"
 OURS_CHECKED = "ours generate_ids, cached, check_inputs on"
 OURS_UNCACHED = "ours generate_ids, uncached"
+_CACHED = dict(use_cache=True, repeats="decode_repeats", weights="float32")
 DECODE_CONTENDERS = {
-    HF_F32: dict(impl="hf", use_cache=True, check_inputs=True, repeats="decode_repeats"),
-    HF_BF16: dict(impl="hf", use_cache=True, check_inputs=True, repeats="decode_repeats"),
-    OURS: dict(impl="ours", use_cache=True, check_inputs=False, repeats="decode_repeats"),
-    OURS_INT8: dict(impl="ours", use_cache=True, check_inputs=False, repeats="decode_repeats"),
-    OURS_CHECKED: dict(impl="ours", use_cache=True, check_inputs=True, repeats="decode_repeats"),
-    OURS_UNCACHED: dict(
-        impl="ours", use_cache=False, check_inputs=False, repeats="uncached_repeats"
-    ),
+    HF_F32: _CACHED | dict(impl="hf", check_inputs=True),
+    HF_BF16: _CACHED | dict(impl="hf", check_inputs=True, weights="bfloat16"),
+    OURS: _CACHED | dict(impl="ours", check_inputs=False),
+    OURS_INT8: _CACHED | dict(impl="ours", check_inputs=False, weights="int8"),
+    OURS_CHECKED: _CACHED | dict(impl="ours", check_inputs=True),
+    OURS_UNCACHED: _CACHED
+    | dict(impl="ours", check_inputs=False, use_cache=False, repeats="uncached_repeats"),
 }
-DECODE_WEIGHTS = {HF_BF16: "bfloat16", OURS_INT8: "int8"}  # the others: float32
 
 
 def decode_table(args, peak: dict | None) -> Table:
@@ -611,13 +610,9 @@ def decode_table(args, peak: dict | None) -> Table:
         label: measure_torch(
             decode,
             threads=args.threads,
-            impl=c["impl"],
-            use_cache=c["use_cache"],
-            check_inputs=c["check_inputs"],
+            **(c | {"repeats": getattr(args, c["repeats"])}),
             prompt_len=p,
             new_tokens=n,
-            repeats=getattr(args, c["repeats"]),
-            weights=DECODE_WEIGHTS.get(label, "float32"),
         )
         for label, c in DECODE_CONTENDERS.items()
     }
@@ -699,12 +694,12 @@ def _same_tokens(ours: list[int], theirs: list[int]) -> str:
     return f"no (from token {common_prefix(ours, theirs)})"
 
 
-BATCHED_MODES = {  # label -> (mode, weights)
-    "one at a time": ("one-at-a-time", "float32"),
-    "batched": ("batched", "float32"),
-    "one at a time, int8 weights": ("one-at-a-time", "int8"),
-    "batched, int8 weights": ("batched", "int8"),
-}
+BATCHED_MODES = [  # (mode, weights) of each batched() run
+    ("one-at-a-time", "float32"),
+    ("batched", "float32"),
+    ("one-at-a-time", "int8"),
+    ("batched", "int8"),
+]
 
 
 def batched_table(args) -> Table:
@@ -716,7 +711,7 @@ def batched_table(args) -> Table:
         ["mode", "tokens/s (all rows)", "min-max", "seconds", "vs one at a time", "same tokens"],
     )
     runs = {
-        label: measure_torch(
+        (mode, weights): measure_torch(
             batched,
             threads=args.threads,
             mode=mode,
@@ -725,15 +720,15 @@ def batched_table(args) -> Table:
             repeats=args.batch_repeats,
             weights=weights,
         )
-        for label, (mode, weights) in BATCHED_MODES.items()
+        for mode, weights in BATCHED_MODES
     }
     ratios = {}
-    for label, run in runs.items():
+    for (mode, weights), run in runs.items():
+        label = mode.replace("-", " ") + ("" if weights == "float32" else f", {weights} weights")
         if run.error:
             table.rows.append([label, f"failed: {run.error}", "", "", "", ""])
             continue
-        weights = BATCHED_MODES[label][1]
-        one = next(r for k, r in runs.items() if BATCHED_MODES[k] == ("one-at-a-time", weights))
+        one = runs[("one-at-a-time", weights)]
         r = run.result
         speed = r["tokens"] / statistics.mean(r["total_s"])
         base = None if one.error else one.result["tokens"] / statistics.mean(one.result["total_s"])

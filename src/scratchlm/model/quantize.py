@@ -62,10 +62,6 @@ def dequantize_weight(q: Tensor, scale: Tensor, dtype: torch.dtype = torch.float
     return q.to(dtype) * scale.to(dtype)[:, None]
 
 
-def _fast_kernel_available() -> bool:
-    return hasattr(torch.ops.aten, "_weight_int8pack_mm")
-
-
 class Int8Linear(nn.Module):
     """A Linear whose weight is stored as int8 rows with one float32 scale each:
     y = x W^T (+ b) with W = q * scale[:, None]. Built with ``from_linear``."""
@@ -79,12 +75,14 @@ class Int8Linear(nn.Module):
         self.register_buffer("scale_bf16", scale.to(torch.bfloat16), persistent=False)
         self.bias = None if bias is None else nn.Parameter(bias.detach().clone())
         # Whether forward may take the fused kernel (it still checks device and rows).
-        self.use_fast_kernel = _fast_kernel_available() and self.in_features % FAST_IN_MULTIPLE == 0
+        self.use_fast_kernel = (
+            hasattr(torch.ops.aten, "_weight_int8pack_mm")
+            and self.in_features % FAST_IN_MULTIPLE == 0
+        )
 
     @classmethod
     def from_linear(cls, linear: Linear | nn.Linear) -> Int8Linear:
-        q, scale = quantize_weight(linear.weight)
-        return cls(q.to(linear.weight.device), scale.to(linear.weight.device), linear.bias)
+        return cls(*quantize_weight(linear.weight), linear.bias)  # on the weight's device
 
     @property
     def weight(self) -> Tensor:

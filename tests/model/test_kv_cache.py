@@ -10,7 +10,8 @@ from torch.testing import assert_close
 
 from scratchlm.config import ModelConfig, preset
 from scratchlm.errors import ScratchLMError
-from scratchlm.model import KVCache, TransformerLM
+from scratchlm.model import KVCache, TransformerLM, layers
+from scratchlm.model.layers import split_linear as split
 
 TOL = {"rtol": 1e-5, "atol": 1e-5}
 # init_std 0.1 instead of 0.02: peaked attention and logits of order 1, so a cache that
@@ -82,6 +83,28 @@ def test_cached_equals_uncached_for_the_tiny_preset():
     assert_close(model(ids[:, :12], cache=cache), full[:, :12], **TOL)
     for t in range(12, 20):
         assert_close(model(ids[:, t : t + 1], cache=cache), full[:, t : t + 1], **TOL)
+
+
+@pytest.mark.parametrize("case", ["rope", "gpt2_style", "mqa"])
+def test_decoding_with_split_products_equals_the_full_forward(case, monkeypatch):
+    # Generation runs without autograd, where few-row products take Linear's split path
+    # (one block of outputs per thread); its logits must match the plain full forward.
+    model = make_model(**CASES[case])
+    ids = random_ids(model.config.vocab_size, 2, 10)
+    full = model(ids)
+    calls = []
+    monkeypatch.setattr(layers, "split_linear", lambda *a: calls.append(1) or split(*a))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with torch.inference_mode():
+            cache = KVCache.for_model(model.config, batch_size=2)
+            steps = [model(ids[:, :4], cache=cache)]
+            steps += [model(ids[:, t : t + 1], cache=cache) for t in range(4, 10)]
+    finally:
+        torch.set_num_threads(threads)
+    assert len(calls) >= 6 * model.config.n_layers * 5  # every decode step split its products
+    assert_close(torch.cat(steps, dim=1), full, **TOL)
 
 
 def test_decode_really_uses_the_cache():

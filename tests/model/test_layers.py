@@ -18,6 +18,7 @@ from scratchlm.model import (
     RMSNorm,
     SwiGLU,
     gelu,
+    layers,
     silu,
     softmax,
 )
@@ -64,6 +65,63 @@ def test_linear_shape_and_formula(gen, bias):
     b = layer.bias if bias else torch.zeros(4)
     by_hand = sum(x[1, 2, i] * w[3, i] for i in range(6)) + b[3]
     assert_close(y[1, 2, 3], by_hand)
+
+
+@pytest.fixture
+def threads():
+    """Set torch's thread count for one test (the model tests run with 1)."""
+    before = torch.get_num_threads()
+    yield torch.set_num_threads
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("parts", [2, 3, 4])
+@pytest.mark.parametrize("layout", ["column-major", "row-major"])
+@pytest.mark.parametrize("shape", [(1, 12), (5, 12), (3, 1, 12), (2, 4, 12), (0, 12)])
+def test_split_linear_equals_the_plain_product(gen, parts, layout, shape):
+    weight = torch.randn(12, 12, generator=gen)[:, :7]  # (out 12, in 7), odd widths
+    weight = weight.t().contiguous().t() if layout == "column-major" else weight.contiguous()
+    x = torch.randn(*shape[:-1], 7, generator=gen)
+    y = layers.split_linear(x, weight, parts)
+    assert y.shape == (*shape[:-1], 12)
+    assert_close(y, x @ weight.T, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_linear_takes_the_split_path_for_few_rows_without_autograd(gen, threads, bias):
+    threads(2)
+    layer = Linear(8, 6, bias=bias)
+    randomize(layer, gen)
+    x = torch.randn(3, 1, 8, generator=gen)  # a decoding step of 3 sequences
+    expected = x @ layer.weight.T + (layer.bias if bias else 0)
+    with torch.inference_mode():
+        assert layers.takes_split_path(x, layer.weight)
+        assert_close(layer(x), expected, rtol=1e-6, atol=1e-6)
+
+
+def test_split_path_only_where_it_applies(threads):
+    w = torch.zeros(6, 8)
+    few, many = torch.zeros(2, 8), torch.zeros(layers.SPLIT_MAX_ROWS + 1, 8)
+    threads(2)
+    assert not layers.takes_split_path(few, w)  # autograd on: F.linear has the backward
+    with torch.no_grad():
+        assert layers.takes_split_path(few, w)
+        assert layers.takes_split_path(few, w.t().contiguous().t())  # column-major
+        assert not layers.takes_split_path(many, w)  # prompts: the threaded product
+        assert not layers.takes_split_path(few, torch.zeros(7, 8))  # 7 outputs, 2 threads
+        assert not layers.takes_split_path(few, torch.zeros(6, 16)[:, ::2])  # not one block
+        threads(1)
+        assert not layers.takes_split_path(few, w)  # nothing to split across
+
+
+def test_linear_compiles_without_a_graph_break_where_it_would_split(gen, threads):
+    # Inside torch.compile the split path is skipped (torch.get_num_threads cannot be
+    # traced): fullgraph=True fails on any graph break.
+    threads(2)
+    layer = Linear(8, 6)
+    x = torch.randn(1, 8, generator=gen)
+    with torch.no_grad():
+        assert_close(torch.compile(layer, fullgraph=True)(x), x @ layer.weight.T)
 
 
 @pytest.mark.parametrize("std", [0.02, 0.1])

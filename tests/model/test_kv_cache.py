@@ -93,6 +93,7 @@ def test_decoding_with_split_products_equals_the_full_forward(case, monkeypatch)
     ids = random_ids(model.config.vocab_size, 2, 10)
     full = model(ids)
     calls = []
+    monkeypatch.setattr(layers, "SPLIT_MIN_WEIGHTS", 1)  # a tiny model's weights, split anyway
     monkeypatch.setattr(layers, "split_linear", lambda *a: calls.append(1) or split(*a))
     threads = torch.get_num_threads()
     torch.set_num_threads(2)

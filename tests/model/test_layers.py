@@ -88,7 +88,8 @@ def test_split_linear_equals_the_plain_product(gen, parts, layout, shape):
 
 
 @pytest.mark.parametrize("bias", [False, True])
-def test_linear_takes_the_split_path_for_few_rows_without_autograd(gen, threads, bias):
+def test_linear_takes_the_split_path_for_few_rows_without_autograd(gen, threads, bias, monkeypatch):
+    monkeypatch.setattr(layers, "SPLIT_MIN_WEIGHTS", 1)  # a small layer, split anyway
     threads(2)
     layer = Linear(8, 6, bias=bias)
     randomize(layer, gen)
@@ -99,17 +100,19 @@ def test_linear_takes_the_split_path_for_few_rows_without_autograd(gen, threads,
         assert_close(layer(x), expected, rtol=1e-6, atol=1e-6)
 
 
-def test_split_path_only_where_it_applies(threads):
-    w = torch.zeros(6, 8)
-    few, many = torch.zeros(2, 8), torch.zeros(layers.SPLIT_MAX_ROWS + 1, 8)
+def test_split_path_only_where_it_applies(threads, monkeypatch):
+    w = torch.zeros(512, 512)  # 1 MiB: as large as a weight must be
+    few, many = torch.zeros(2, 512), torch.zeros(layers.SPLIT_MAX_ROWS + 1, 512)
     threads(2)
     assert not layers.takes_split_path(few, w)  # autograd on: F.linear has the backward
     with torch.no_grad():
         assert layers.takes_split_path(few, w)
         assert layers.takes_split_path(few, w.t().contiguous().t())  # column-major
+        assert not layers.takes_split_path(few, w[:256])  # small: stays in the cache
         assert not layers.takes_split_path(many, w)  # prompts: the threaded product
-        assert not layers.takes_split_path(few, torch.zeros(7, 8))  # 7 outputs, 2 threads
-        assert not layers.takes_split_path(few, torch.zeros(6, 16)[:, ::2])  # not one block
+        monkeypatch.setattr(layers, "SPLIT_MIN_WEIGHTS", 1)
+        assert not layers.takes_split_path(few[:, :8], torch.zeros(7, 8))  # 7 outputs, 2 threads
+        assert not layers.takes_split_path(few[:, :8], torch.zeros(6, 16)[:, ::2])  # strided
         threads(1)
         assert not layers.takes_split_path(few, w)  # nothing to split across
 
@@ -118,8 +121,8 @@ def test_linear_compiles_without_a_graph_break_where_it_would_split(gen, threads
     # Inside torch.compile the split path is skipped (torch.get_num_threads cannot be
     # traced): fullgraph=True fails on any graph break.
     threads(2)
-    layer = Linear(8, 6)
-    x = torch.randn(1, 8, generator=gen)
+    layer = Linear(512, 512)
+    x = torch.randn(1, 512, generator=gen)
     with torch.no_grad():
         assert_close(torch.compile(layer, fullgraph=True)(x), x @ layer.weight.T)
 

@@ -68,18 +68,23 @@ class Linear(nn.Module):
 # torch's product for so few rows runs on one core, and its speed is that core's share
 # of the memory bandwidth. ``split_linear`` cuts the weight's outputs into one block per
 # thread and multiplies the blocks as one batched product, whose batch entries run on
-# separate threads: all cores stream the weight (1.1-1.3x decode tokens/s on 2 cores,
+# separate threads: all cores stream the weight (1.2-1.3x decode tokens/s on 2 cores,
 # bench/bench_model.py). Same sums, same order within each output: the results equal
 # F.linear's to float rounding (a test checks it).
 SPLIT_MAX_ROWS = 32
+# Weights smaller than this many entries (1 MiB in float32) stay in the CPU's cache,
+# where one core is fast and waking the others costs more than it saves (measured: a
+# 192 x 512 weight took 1.5x longer split).
+SPLIT_MIN_WEIGHTS = 1 << 18
 
 
 def takes_split_path(x: Tensor, weight: Tensor) -> bool:
     """Whether ``Linear`` computes x (..., in) by weight (out, in) with ``split_linear``:
-    on a CPU, without autograd, for at most SPLIT_MAX_ROWS rows, with more than one
-    thread, when the threads divide out evenly and the weight is stored in one block
-    (row- or column-major), so each thread's part is a view of it. Never inside
-    torch.compile, which fuses its own products (and cannot trace the thread count)."""
+    on a CPU, without autograd, for at most SPLIT_MAX_ROWS rows and weights of at least
+    SPLIT_MIN_WEIGHTS entries, with more than one thread, when the threads divide out
+    evenly and the weight is stored in one block (row- or column-major), so each
+    thread's part is a view of it. Never inside torch.compile, which fuses its own
+    products (and cannot trace the thread count)."""
     if torch.compiler.is_compiling() or torch.is_grad_enabled() or not x.is_cpu:
         return False
     threads = torch.get_num_threads()
@@ -87,6 +92,7 @@ def takes_split_path(x: Tensor, weight: Tensor) -> bool:
         threads > 1
         and weight.shape[0] % threads == 0
         and x.numel() <= SPLIT_MAX_ROWS * x.shape[-1]
+        and weight.numel() >= SPLIT_MIN_WEIGHTS
         and (weight.is_contiguous() or weight.t().is_contiguous())
     )
 

@@ -75,7 +75,7 @@ def threads():
     torch.set_num_threads(before)
 
 
-@pytest.mark.parametrize("parts", [2, 3, 4])
+@pytest.mark.parametrize("parts", [2, 3, 4, 5, 7])  # 5, 7: a remainder of 2 and 5 rows
 @pytest.mark.parametrize("layout", ["column-major", "row-major"])
 @pytest.mark.parametrize("shape", [(1, 12), (5, 12), (3, 1, 12), (2, 4, 12), (0, 12)])
 def test_split_linear_equals_the_plain_product(gen, parts, layout, shape):
@@ -111,7 +111,8 @@ def test_split_path_only_where_it_applies(threads, monkeypatch):
         assert not layers.takes_split_path(few, w[:256])  # small: stays in the cache
         assert not layers.takes_split_path(many, w)  # prompts: the threaded product
         monkeypatch.setattr(layers, "SPLIT_MIN_WEIGHTS", 1)
-        assert not layers.takes_split_path(few[:, :8], torch.zeros(7, 8))  # 7 outputs, 2 threads
+        assert layers.takes_split_path(few[:, :8], torch.zeros(7, 8))  # 3 + 3 + 1 left over
+        assert not layers.takes_split_path(few[:, :8], torch.zeros(1, 8))  # 1 output, 2 threads
         assert not layers.takes_split_path(few[:, :8], torch.zeros(6, 16)[:, ::2])  # strided
         threads(1)
         assert not layers.takes_split_path(few, w)  # nothing to split across

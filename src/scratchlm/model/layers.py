@@ -81,16 +81,16 @@ SPLIT_MIN_WEIGHTS = 1 << 18
 def takes_split_path(x: Tensor, weight: Tensor) -> bool:
     """Whether ``Linear`` computes x (..., in) by weight (out, in) with ``split_linear``:
     on a CPU, without autograd, for at most SPLIT_MAX_ROWS rows and weights of at least
-    SPLIT_MIN_WEIGHTS entries, with more than one thread, when the threads divide out
-    evenly and the weight is stored in one block (row- or column-major), so each
-    thread's part is a view of it. Never inside torch.compile, which fuses its own
-    products (and cannot trace the thread count)."""
+    SPLIT_MIN_WEIGHTS entries, with more than one thread, when the weight is stored in
+    one block (row- or column-major), so each thread's part is a view of it. Never
+    inside torch.compile, which fuses its own products (and cannot trace the thread
+    count)."""
     if torch.compiler.is_compiling() or torch.is_grad_enabled() or not x.is_cpu:
         return False
     threads = torch.get_num_threads()
     return (
         threads > 1
-        and weight.shape[0] % threads == 0
+        and weight.shape[0] >= threads
         and x.numel() <= SPLIT_MAX_ROWS * x.shape[-1]
         and weight.numel() >= SPLIT_MIN_WEIGHTS
         and (weight.is_contiguous() or weight.t().is_contiguous())
@@ -101,14 +101,19 @@ def split_linear(x: Tensor, weight: Tensor, parts: int | None = None) -> Tensor:
     """x W^T with the outputs split into ``parts`` blocks (default: torch's threads),
     multiplied as one batched product. x (..., in), weight (out, in) -> (..., out).
 
-    No copy of the weight: block p is the view weight[p * out/parts : (p+1) * out/parts].
+    No copy of the weight: block p is the view weight[p * n : (p+1) * n], n = out // parts.
+    When parts does not divide out (GPT-2's 50,257-token vocabulary), the last few rows
+    are one small product of their own.
     """
     parts = parts or torch.get_num_threads()
     out_features, in_features = weight.shape
+    n = out_features // parts
     rows = x.reshape(1, -1, in_features).expand(parts, -1, -1)  # (parts, M, in)
-    blocks = weight.view(parts, out_features // parts, in_features).transpose(1, 2)
-    y = torch.bmm(rows, blocks)  # (parts, M, out / parts)
-    return y.transpose(0, 1).reshape(*x.shape[:-1], out_features)
+    blocks = weight[: parts * n].view(parts, n, in_features).transpose(1, 2)  # (parts, in, n)
+    y = torch.bmm(rows, blocks).transpose(0, 1).reshape(*x.shape[:-1], parts * n)
+    if parts * n < out_features:
+        y = torch.cat([y, nn.functional.linear(x, weight[parts * n :])], dim=-1)
+    return y  # (..., out)
 
 
 class Embedding(nn.Module):

@@ -118,6 +118,8 @@ def test_split_path_only_where_it_applies(threads, monkeypatch):
         assert not layers.takes_split_path(few, w)  # nothing to split across
 
 
+# torch.compile imports torch.jit internals that warn about their own deprecation.
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
 def test_linear_compiles_without_a_graph_break_where_it_would_split(gen, threads):
     # Inside torch.compile the split path is skipped (torch.get_num_threads cannot be
     # traced): fullgraph=True fails on any graph break.

@@ -266,6 +266,11 @@ class Report:
 # --------------------------------------------------------------------------------------
 
 
+def num(x: float) -> str:
+    """A measured value with the digits that matter: 1,234 / 56.7 / 8.90."""
+    return f"{x:,.0f}" if x >= 100 else f"{x:,.1f}" if x >= 10 else f"{x:.2f}"
+
+
 def ratio(x: float) -> str:
     """A ratio for a table cell: 0.74x, 12.30x, 816x."""
     return f"{x:.2f}x" if x < 100 else f"{x:,.0f}x"

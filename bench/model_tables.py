@@ -17,6 +17,7 @@ from harness import (
     cpu_info,
     load_average,
     measure_torch,
+    num,
     ratio,
     scratchlm_version,
 )
@@ -28,10 +29,6 @@ TARGETS = {  # from issue 3, "Speed": printed beside the measured ratios, never 
     "cache": 5.0,  # ours cached / ours uncached
     "batched": 4.0,  # 8 prompts batched / one at a time, aggregate tokens/s
 }
-
-
-def num(x: float) -> str:
-    return f"{x:,.0f}" if x >= 100 else f"{x:,.1f}" if x >= 10 else f"{x:.2f}"
 
 
 def spread(values: list[float]) -> str:

@@ -11,17 +11,13 @@ import statistics
 import time
 from pathlib import Path
 
-from harness import REPO, Run, Table, cores, load_average, package_version, ratio
+from harness import REPO, Run, Table, cores, load_average, num, package_version, ratio
 from train_tasks import BATCH, CORPUS, DATA, PREPARED, PRESET, TOKENIZER
 
 TARGETS = {  # from issue 4: printed beside the measured values, never asserted
     "speed": 1.1,  # ours / HF tokens/s, whole loop
     "data_share": 2.0,  # batch fetch, % of our step time
 }
-
-
-def num(x: float) -> str:
-    return f"{x:,.0f}" if x >= 100 else f"{x:,.1f}" if x >= 10 else f"{x:.2f}"
 
 
 def ms(seconds: float) -> str:

@@ -86,7 +86,7 @@ def test_cached_equals_uncached_for_the_tiny_preset():
 
 
 @pytest.mark.parametrize("case", ["rope", "gpt2_style", "mqa"])
-def test_decoding_with_split_products_equals_the_full_forward(case, monkeypatch):
+def test_decoding_with_split_products_equals_the_full_forward(case, monkeypatch, threads):
     # Generation runs without autograd, where few-row products take Linear's split path
     # (one block of outputs per thread); its logits must match the plain full forward.
     model = make_model(**CASES[case], vocab_size=61)  # odd: the output's last row left over
@@ -95,15 +95,11 @@ def test_decoding_with_split_products_equals_the_full_forward(case, monkeypatch)
     calls = []
     monkeypatch.setattr(layers, "SPLIT_MIN_WEIGHTS", 1)  # a tiny model's weights, split anyway
     monkeypatch.setattr(layers, "split_linear", lambda *a: calls.append(1) or split(*a))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        with torch.inference_mode():
-            cache = KVCache.for_model(model.config, batch_size=2)
-            steps = [model(ids[:, :4], cache=cache)]
-            steps += [model(ids[:, t : t + 1], cache=cache) for t in range(4, 10)]
-    finally:
-        torch.set_num_threads(threads)
+    threads(2)
+    with torch.inference_mode():
+        cache = KVCache.for_model(model.config, batch_size=2)
+        steps = [model(ids[:, :4], cache=cache)]
+        steps += [model(ids[:, t : t + 1], cache=cache) for t in range(4, 10)]
     assert len(calls) >= 6 * model.config.n_layers * 5  # every decode step split its products
     assert_close(torch.cat(steps, dim=1), full, **TOL)
 

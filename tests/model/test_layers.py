@@ -67,14 +67,6 @@ def test_linear_shape_and_formula(gen, bias):
     assert_close(y[1, 2, 3], by_hand)
 
 
-@pytest.fixture
-def threads():
-    """Set torch's thread count for one test (the model tests run with 1)."""
-    before = torch.get_num_threads()
-    yield torch.set_num_threads
-    torch.set_num_threads(before)
-
-
 @pytest.mark.parametrize("parts", [2, 3, 4, 5, 7])  # 5, 7: a remainder of 2 and 5 rows
 @pytest.mark.parametrize("layout", ["column-major", "row-major"])
 @pytest.mark.parametrize("shape", [(1, 12), (5, 12), (3, 1, 12), (2, 4, 12), (0, 12)])

@@ -43,8 +43,9 @@ class Linear(nn.Module):
         self.in_features, self.out_features = in_features, out_features
         # Shape (out, in) as torch.nn.Linear, but stored column-major (in memory it is
         # the (in, out) matrix): decoding multiplies one row by each weight, streaming it
-        # from memory, and that reads ~1.5x faster in this layout (tokens/s in
-        # bench/bench_model.py). Training speed and results are the same either way.
+        # from memory, and that reads faster in this layout (torch's one-core product:
+        # ~1.5x decode tokens/s; split across threads, below: 650 vs 1,172 us for the
+        # 512 -> 10000 output projection). Training results are the same either way.
         self.weight = nn.Parameter(torch.empty(in_features, out_features).t())
         self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
         self.reset_parameters(std)

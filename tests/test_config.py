@@ -87,26 +87,28 @@ def test_from_dict_unknown_field_names_it():
 )
 def test_swiglu_d_ff_default(d_model, expected):
     config = ModelConfig(d_model=d_model, n_heads=4, ffn="swiglu")
-    assert config.d_ff == expected
-    assert config.d_ff % 64 == 0
+    assert config.d_ff is None
+    assert config.ffn_dim == expected
+    assert config.ffn_dim % 64 == 0
 
 
 @pytest.mark.parametrize("d_model", [64, 512, 768])
 def test_gelu_d_ff_default(d_model):
-    assert ModelConfig(d_model=d_model, n_heads=4, ffn="gelu").d_ff == 4 * d_model
+    assert ModelConfig(d_model=d_model, n_heads=4, ffn="gelu").ffn_dim == 4 * d_model
 
 
 def test_explicit_d_ff_is_kept():
-    assert ModelConfig(d_model=64, n_heads=4, d_ff=77).d_ff == 77
-    assert ModelConfig(d_model=64, n_heads=4, ffn="gelu", d_ff=77).d_ff == 77
+    assert ModelConfig(d_model=64, n_heads=4, d_ff=77).ffn_dim == 77
+    assert ModelConfig(d_model=64, n_heads=4, ffn="gelu", d_ff=77).ffn_dim == 77
 
 
 def test_n_kv_heads_defaults_to_n_heads():
     config = ModelConfig(d_model=64, n_heads=8)
-    assert config.n_kv_heads == 8
+    assert config.n_kv_heads is None
+    assert config.kv_heads == 8
     assert config.n_rep == 1
     gqa = ModelConfig(d_model=64, n_heads=8, n_kv_heads=2)
-    assert gqa.n_kv_heads == 2
+    assert gqa.kv_heads == 2
     assert gqa.n_rep == 4
 
 
@@ -117,11 +119,63 @@ def test_derived_properties():
 
 
 def test_replace_recomputes_reset_defaults():
-    config = ModelConfig(d_model=64, n_heads=4)
-    assert config.replace(d_model=128, d_ff=0).d_ff == 320
-    assert config.replace(ffn="gelu", d_ff=0).d_ff == 256
+    config = ModelConfig(d_model=64, n_heads=4, d_ff=100)
+    assert config.replace(d_model=128, d_ff=None).ffn_dim == 320
+    assert config.replace(ffn="gelu", d_ff=None).ffn_dim == 256
     assert config.replace(n_layers=7).n_layers == 7
     assert config.n_layers == 4  # the original is untouched
+
+
+@pytest.mark.parametrize("replace", [dataclasses.replace, ModelConfig.replace])
+def test_replace_derives_the_derived_values_anew(replace):
+    config = ModelConfig(d_model=64, n_heads=4)  # ffn_dim 128, kv_heads 4, head_dim 16
+    wider = replace(config, d_model=128)
+    # 8/3 * 128 = 341.3, rounded down to a multiple of 64: 320
+    assert (wider.ffn_dim, wider.kv_heads, wider.head_dim) == (320, 4, 32)
+    more_heads = replace(config, n_heads=8)
+    assert (more_heads.kv_heads, more_heads.n_rep, more_heads.head_dim) == (8, 1, 8)
+    assert replace(config, ffn="gelu").ffn_dim == 256
+    assert replace(config, d_ff=96, n_kv_heads=2).resolved() == ModelConfig(
+        d_model=64, n_heads=4, d_ff=96, n_kv_heads=2
+    )
+    with pytest.raises(ConfigError, match="n_kv_heads=3"):
+        replace(config, n_kv_heads=3)
+
+
+def test_resolved_writes_out_the_derived_values():
+    config = ModelConfig(d_model=64, n_heads=8)
+    assert (config.resolved().n_kv_heads, config.resolved().d_ff) == (8, 128)
+    explicit = ModelConfig(d_model=64, n_heads=8, n_kv_heads=8, d_ff=128)
+    assert config != explicit and config.resolved() == explicit.resolved() == explicit
+
+
+def test_a_config_json_from_before_the_derived_properties_loads_the_same_model(tmp_path):
+    """config.json files written before n_kv_heads/d_ff could be null hold the resolved
+    numbers (here: preset small as version f4b83ef saved it)."""
+    old = {
+        "vocab_size": 10000, "context_length": 256, "d_model": 512, "n_layers": 4,
+        "n_heads": 16, "n_kv_heads": 16, "d_ff": 1344, "norm": "rmsnorm", "norm_eps": 1e-05,
+        "ffn": "swiglu", "position": "rope", "rope_theta": 10000.0, "tie_embeddings": False,
+        "bias": False, "qk_norm": False, "shared_depth": 1, "dropout": 0.0, "init_std": 0.02,
+    }  # fmt: skip
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(old), encoding="utf-8")
+    loaded = ModelConfig.load(path)
+    assert loaded.resolved() == preset("small").resolved()
+    assert (loaded.kv_heads, loaded.ffn_dim) == (16, 1344)
+
+
+def test_null_derived_fields_round_trip_through_json():
+    config = ModelConfig(d_model=64, n_heads=4)
+    data = json.loads(json.dumps(config.to_dict()))
+    assert data["d_ff"] is None and data["n_kv_heads"] is None
+    assert ModelConfig.from_dict(data) == config
+
+
+@pytest.mark.parametrize("name", ["d_ff", "n_kv_heads"])
+def test_zero_is_no_longer_a_derive_me_value(name):
+    with pytest.raises(ConfigError, match=f"{name} must be a positive integer, or null"):
+        ModelConfig(d_model=64, n_heads=4, **{name: 0})
 
 
 # ------------------------------------------------------------------ validation
@@ -262,20 +316,24 @@ def test_presets_have_the_documented_shapes():
     assert classic.bias
     assert classic.tie_embeddings
     assert (classic.d_model, classic.n_layers, classic.n_heads) == (768, 12, 12)
-    assert classic.d_ff == 3072
+    assert classic.ffn_dim == 3072
     for name in ("gpt2-small", "gpt2-medium"):
         config = preset(name)
         assert (config.norm, config.ffn, config.position) == ("rmsnorm", "swiglu", "rope")
 
 
-def test_replace_lets_defaulted_fields_follow():
-    small = preset("small")  # n_kv_heads defaulted to n_heads=16; d_ff 1344 is the default
-    changed = small.replace(n_heads=8)
-    assert (changed.n_heads, changed.n_kv_heads) == (8, 8)
+def test_replace_lets_derived_fields_follow():
+    gpt2 = preset("gpt2-medium")  # 16 heads; n_kv_heads and d_ff derived
+    changed = gpt2.replace(n_heads=8)
+    assert (changed.n_heads, changed.kv_heads) == (8, 8)
     # 8/3 * 256 = 682.7, rounded down to a multiple of 64: 640
-    assert small.replace(d_model=256).d_ff == 640
-    assert small.replace(n_heads=8, n_kv_heads=4).n_kv_heads == 4
+    assert gpt2.replace(d_model=256).ffn_dim == 640
+    assert gpt2.replace(n_heads=8, n_kv_heads=4).kv_heads == 4
     gqa = preset("tiny")  # n_heads 4, n_kv_heads 2: an explicit choice, kept
-    assert gqa.replace(d_model=128).n_kv_heads == 2
+    assert gqa.replace(d_model=128).kv_heads == 2
     explicit = ModelConfig(d_model=512, n_heads=16, d_ff=1000)
-    assert explicit.replace(d_model=256).d_ff == 1000
+    assert explicit.replace(d_model=256).ffn_dim == 1000
+    # The small preset states TinyStories' d_ff of 1344: kept, as preset("small", d_model=256)
+    small = preset("small")
+    assert small.replace(d_model=256) == preset("small", d_model=256)
+    assert small.replace(d_model=256).ffn_dim == 1344

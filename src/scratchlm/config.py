@@ -30,11 +30,11 @@ def _known_fields(cls: type, data: dict[str, Any], what: str, hint: str = "") ->
 class ModelConfig:
     """Architecture of a decoder-only Transformer (``TransformerLM``).
 
-    ``d_ff`` of 0 means the derived default: 8/3 * d_model rounded down to a multiple of
-    64 for SwiGLU (the same parameter count as a 4x GELU MLP), 4 * d_model for GELU.
-    ``n_kv_heads`` of 0 means ``n_heads`` (no grouped-query attention). ``shared_depth``
-    R > 1 applies each of the ``n_layers`` blocks R times in a row, each application
-    with its own learned residual scale (recursive depth: more compute, same weights).
+    ``n_kv_heads`` and ``d_ff`` left at None are derived (the properties ``kv_heads`` and
+    ``ffn_dim``), so ``dataclasses.replace(config, d_model=...)`` derives them anew.
+    ``shared_depth`` R > 1 applies each of the ``n_layers`` blocks R times in a row, each
+    application with its own learned residual scale (recursive depth: more compute, same
+    weights).
     """
 
     vocab_size: int = 10_000
@@ -42,8 +42,8 @@ class ModelConfig:
     d_model: int = 512
     n_layers: int = 4
     n_heads: int = 16
-    n_kv_heads: int = 0
-    d_ff: int = 0
+    n_kv_heads: int | None = None  # None: n_heads (no grouped-query attention)
+    d_ff: int | None = None  # None: derived from d_model and ffn (see ffn_dim)
     norm: str = "rmsnorm"
     norm_eps: float = 1e-5
     ffn: str = "swiglu"
@@ -57,25 +57,20 @@ class ModelConfig:
     init_std: float = 0.02
 
     def __post_init__(self) -> None:
-        if self.n_kv_heads == 0:
-            self.n_kv_heads = self.n_heads
-        if self.d_ff == 0:
-            self.d_ff = self.default_d_ff()
         self.validate()
-
-    def default_d_ff(self) -> int:
-        """The MLP width used when d_ff is not given."""
-        if self.ffn == "swiglu":
-            return max(1, (8 * self.d_model // 3) // 64 * 64)
-        return 4 * self.d_model
 
     def validate(self) -> None:
         """Raise ConfigError naming the first bad value."""
-        positive = ("vocab_size", "context_length", "d_model", "n_layers", "n_heads", "d_ff")
-        for name in positive:
+        for name in ("vocab_size", "context_length", "d_model", "n_layers", "n_heads"):
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        for name in ("n_kv_heads", "d_ff"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value <= 0):
+                raise ConfigError(
+                    f"{name} must be a positive integer, or null to derive it; got {name}={value!r}"
+                )
         for name, allowed in (("norm", NORMS), ("ffn", FFNS), ("position", POSITIONS)):
             if getattr(self, name) not in allowed:
                 raise ConfigError(
@@ -86,7 +81,7 @@ class ModelConfig:
                 f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}: "
                 "pick n_heads that divides d_model"
             )
-        if self.n_kv_heads <= 0 or self.n_heads % self.n_kv_heads:
+        if self.n_heads % self.kv_heads:
             raise ConfigError(
                 f"n_heads={self.n_heads} is not a multiple of n_kv_heads={self.n_kv_heads}: "
                 "each key/value head must serve the same number of query heads"
@@ -113,14 +108,34 @@ class ModelConfig:
         return self.d_model // self.n_heads
 
     @property
+    def kv_heads(self) -> int:
+        """Key/value heads: ``n_kv_heads``, else one per query head."""
+        return self.n_heads if self.n_kv_heads is None else self.n_kv_heads
+
+    @property
     def n_rep(self) -> int:
         """Query heads per key/value head (grouped-query attention)."""
-        return self.n_heads // self.n_kv_heads
+        return self.n_heads // self.kv_heads
+
+    @property
+    def ffn_dim(self) -> int:
+        """The MLP's hidden width: ``d_ff``, else 8/3 * d_model rounded down to a multiple
+        of 64 for SwiGLU (the parameter count of a 4x GELU MLP), 4 * d_model for GELU."""
+        if self.d_ff is not None:
+            return self.d_ff
+        if self.ffn == "swiglu":
+            return max(1, (8 * self.d_model // 3) // 64 * 64)
+        return 4 * self.d_model
 
     @property
     def depth(self) -> int:
         """Blocks applied per forward pass (n_layers * shared_depth): the KV cache size."""
         return self.n_layers * self.shared_depth
+
+    def resolved(self) -> ModelConfig:
+        """The same architecture with the derived values written out: two configs build
+        the same model when their ``resolved()`` are equal."""
+        return dataclasses.replace(self, n_kv_heads=self.kv_heads, d_ff=self.ffn_dim)
 
     # JSON round trip.
     def to_dict(self) -> dict[str, Any]:
@@ -142,16 +157,9 @@ class ModelConfig:
         return cls.from_dict(data.get("model", data))
 
     def replace(self, **changes: Any) -> ModelConfig:
-        """A copy with some fields changed. n_kv_heads and d_ff that hold their derived
-        default follow the change (``preset("small").replace(n_heads=8)`` keeps plain
-        multi-head attention), unless they are changed too."""
-        data = self.to_dict()
-        if "n_kv_heads" not in changes and self.n_kv_heads == self.n_heads:
-            data["n_kv_heads"] = 0
-        if "d_ff" not in changes and self.d_ff == self.default_d_ff():
-            data["d_ff"] = 0
-        data.update(changes)
-        return ModelConfig.from_dict(data)
+        """A copy with some fields changed (unknown names: ConfigError). Derived values
+        follow: ``preset("small").replace(d_model=256).ffn_dim`` is 640."""
+        return ModelConfig.from_dict({**self.to_dict(), **changes})
 
 
 # Named presets. vocab_size is a default: training sets it from the tokenizer.

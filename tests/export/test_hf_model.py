@@ -355,7 +355,7 @@ def test_llama_family_options_hf_cannot_represent_are_refused(tmp_path, override
     ],
 )
 def test_gpt2_family_options_hf_cannot_represent_are_refused(tmp_path, overrides, named):
-    model = TransformerLM(_ours_gpt2().config.replace(**overrides, d_ff=0))
+    model = TransformerLM(_ours_gpt2().config.replace(**overrides, d_ff=None))
     with pytest.raises(ConfigError, match=named):
         to_hf(model, None, tmp_path / "export")
 

@@ -227,7 +227,7 @@ def norm_params(c: ModelConfig) -> int:
 
 def expected_parameters(c: ModelConfig) -> tuple[int, int]:
     """(total, non-embedding), counted by hand from the architecture."""
-    d, hd, q_dim, kv_dim = c.d_model, c.head_dim, c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim
+    d, hd, q_dim, kv_dim = c.d_model, c.head_dim, c.n_heads * c.head_dim, c.kv_heads * c.head_dim
     attn = d * q_dim + 2 * d * kv_dim + q_dim * d  # q, k, v, o
     if c.bias:
         attn += q_dim + 2 * kv_dim + d
@@ -236,9 +236,9 @@ def expected_parameters(c: ModelConfig) -> tuple[int, int]:
     if c.position == "cope":
         attn += hd * c.context_length  # one position table per layer
     if c.ffn == "swiglu":
-        mlp = 3 * d * c.d_ff + ((2 * c.d_ff + d) if c.bias else 0)
+        mlp = 3 * d * c.ffn_dim + ((2 * c.ffn_dim + d) if c.bias else 0)
     else:
-        mlp = 2 * d * c.d_ff + ((c.d_ff + d) if c.bias else 0)
+        mlp = 2 * d * c.ffn_dim + ((c.ffn_dim + d) if c.bias else 0)
     block = attn + mlp + 2 * norm_params(c)
     embeddings = c.vocab_size * d + (c.context_length * d if c.position == "learned" else 0)
     lm_head = c.vocab_size * d

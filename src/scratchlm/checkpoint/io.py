@@ -56,7 +56,7 @@ from scratchlm.checkpoint.state import (
     weights_to_save,
 )
 from scratchlm.config import ModelConfig
-from scratchlm.errors import CheckpointError
+from scratchlm.errors import CheckpointError, ConfigError
 from scratchlm.model.quantize import refuse_quantized
 
 log = logging.getLogger(__name__)
@@ -185,6 +185,11 @@ def _warn_if_config_differs(model: nn.Module, config: dict[str, Any], folder: Pa
     if not isinstance(ours, ModelConfig) or config["model"] is None:
         return
     saved = config["model"]
+    try:  # d_ff None and d_ff 1344 may build the same model
+        if ModelConfig.from_dict(saved).resolved() == ours.resolved():
+            return
+    except ConfigError:  # a config this version cannot build: compare field by field
+        pass
     differ = sorted(k for k, v in ours.to_dict().items() if k in saved and saved[k] != v)
     if differ:
         log.warning(

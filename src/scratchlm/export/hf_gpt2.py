@@ -77,9 +77,9 @@ def unsupported(c: ModelConfig) -> list[str]:
     ]
     if not c.bias:
         problems.append("bias=False (GPT-2's projections and norms all have biases)")
-    if c.n_kv_heads != c.n_heads:
+    if c.kv_heads != c.n_heads:
         problems.append(
-            f"n_kv_heads={c.n_kv_heads} with n_heads={c.n_heads} (GPT-2 has no grouped-query "
+            f"n_kv_heads={c.kv_heads} with n_heads={c.n_heads} (GPT-2 has no grouped-query "
             "attention)"
         )
     if c.qk_norm:
@@ -99,7 +99,7 @@ def hf_config(c: ModelConfig, bos: int | None, eos: int | None, dtype: str) -> d
         "n_embd": c.d_model,
         "n_layer": c.n_layers,
         "n_head": c.n_heads,
-        "n_inner": c.d_ff,
+        "n_inner": c.ffn_dim,
         "activation_function": "gelu_new",
         "layer_norm_epsilon": c.norm_eps,
         "resid_pdrop": c.dropout,

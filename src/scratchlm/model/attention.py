@@ -63,10 +63,10 @@ class MultiHeadSelfAttention(nn.Module):
     def __init__(self, config: ModelConfig, residual_std: float) -> None:
         super().__init__()
         c = config
-        self.n_heads, self.n_kv_heads, self.head_dim = c.n_heads, c.n_kv_heads, c.head_dim
+        self.n_heads, self.n_kv_heads, self.head_dim = c.n_heads, c.kv_heads, c.head_dim
         self.q_proj = Linear(c.d_model, c.n_heads * c.head_dim, c.bias, c.init_std)
-        self.k_proj = Linear(c.d_model, c.n_kv_heads * c.head_dim, c.bias, c.init_std)
-        self.v_proj = Linear(c.d_model, c.n_kv_heads * c.head_dim, c.bias, c.init_std)
+        self.k_proj = Linear(c.d_model, c.kv_heads * c.head_dim, c.bias, c.init_std)
+        self.v_proj = Linear(c.d_model, c.kv_heads * c.head_dim, c.bias, c.init_std)
         self.o_proj = Linear(c.n_heads * c.head_dim, c.d_model, c.bias, residual_std)
         self.q_norm = RMSNorm(c.head_dim, c.norm_eps) if c.qk_norm else None
         self.k_norm = RMSNorm(c.head_dim, c.norm_eps) if c.qk_norm else None

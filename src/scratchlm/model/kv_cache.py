@@ -46,7 +46,7 @@ class KVCache:
             config.depth,
             batch_size,
             max_len or config.context_length,
-            config.n_kv_heads,
+            config.kv_heads,
             config.head_dim,
             **kwargs,
         )

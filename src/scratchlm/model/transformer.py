@@ -56,7 +56,7 @@ class TransformerBlock(nn.Module):
         self.self_attn = MultiHeadSelfAttention(c, residual_std)
         self.post_attention_layernorm = make_norm(c.norm, c.d_model, c.norm_eps, c.bias)
         mlp = SwiGLU if c.ffn == "swiglu" else GeluMLP
-        self.mlp = mlp(c.d_model, c.d_ff, c.bias, c.init_std)
+        self.mlp = mlp(c.d_model, c.ffn_dim, c.bias, c.init_std)
         self.mlp.down_proj.reset_parameters(residual_std)
         self.dropout = nn.Dropout(c.dropout)
 

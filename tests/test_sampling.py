@@ -250,10 +250,10 @@ def test_unseeded_generator_leaves_global_rng_alone() -> None:
 @pytest.mark.parametrize(
     ("config", "expected"),
     [
-        (SampleConfig(), PROBS),
-        (SampleConfig(top_p=0.8), [0.625, 0.375, 0.0, 0.0]),
-        (SampleConfig(top_k=3), [0.5 / 0.95, 0.3 / 0.95, 0.15 / 0.95, 0.0]),
-        (SampleConfig(min_p=0.5), [0.625, 0.375, 0.0, 0.0]),
+        (SampleConfig(temperature=1.0), PROBS),
+        (SampleConfig(temperature=1.0, top_p=0.8), [0.625, 0.375, 0.0, 0.0]),
+        (SampleConfig(temperature=1.0, top_k=3), [0.5 / 0.95, 0.3 / 0.95, 0.15 / 0.95, 0.0]),
+        (SampleConfig(temperature=1.0, min_p=0.5), [0.625, 0.375, 0.0, 0.0]),
         (SampleConfig(temperature=0.5), [p**2 / sum(q**2 for q in PROBS) for p in PROBS]),
     ],
 )
@@ -325,7 +325,7 @@ def test_filters_always_keep_the_top_token(
     seed: int, b: int, v: int, k: int, p: float, min_p: float
 ) -> None:
     logits = 3 * torch.randn(b, v, generator=torch.Generator().manual_seed(seed))
-    config = SampleConfig(top_k=k, top_p=p, min_p=min_p)
+    config = SampleConfig(temperature=1.0, top_k=k, top_p=p, min_p=min_p)
     out = process_logits(logits, config)
     top = logits.argmax(-1, keepdim=True)
     assert torch.all(torch.isfinite(out.gather(-1, top)))

@@ -18,6 +18,21 @@ FFNS = ("swiglu", "gelu")
 POSITIONS = ("rope", "learned", "cope", "none")
 
 
+def flag_info(help: str, **details: Any) -> dict[str, Any]:
+    """Field metadata that makes a config field a command-line flag
+    (``scratchlm.cli.config_flags``), with ``help`` as its help text. ``details``: argparse
+    details where the derived ones do not fit: ``flag`` (default ``--field-name``),
+    ``metavar``, ``nargs``."""
+    return {"help": help, **details}
+
+
+def setting(default: Any, help: str, **details: Any) -> Any:
+    """A config field with an immutable default that is also a command-line flag: the
+    flag's help sits beside the default it describes, which is written only here. (A list
+    field uses ``field(default_factory=..., metadata=flag_info(...))``.)"""
+    return field(default=default, metadata=flag_info(help, **details))
+
+
 def _known_fields(cls: type, data: dict[str, Any], what: str, hint: str = "") -> dict[str, Any]:
     """``data`` if every key is a field of the dataclass ``cls``; else ConfigError."""
     unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
@@ -194,19 +209,24 @@ class SampleConfig:
     """Sampling settings of generation (see ``scratchlm.sampling``).
 
     temperature 0 means greedy (argmax). top_k 0 and top_p 1.0 and min_p 0.0 disable
-    those filters; penalties of 1.0 / 0.0 disable them.
+    those filters; penalties of 1.0 / 0.0 disable them. These defaults are those of
+    ``scratchlm chat`` and ``generate`` too.
     """
 
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
-    min_p: float = 0.0
-    repetition_penalty: float = 1.0
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
-    max_new_tokens: int = 256
-    seed: int | None = None
-    stop: list[str] = field(default_factory=list)
+    # 0.7: a small model's answers stay on topic, yet differ from one run to the next.
+    temperature: float = setting(0.7, "0 = greedy (argmax)")
+    top_k: int = setting(0, "keep the k likeliest tokens (0 = off)")
+    top_p: float = setting(1.0, "nucleus: keep the likeliest tokens holding this mass (1 = off)")
+    min_p: float = setting(0.0, "drop tokens below min_p times the likeliest one's (0 = off)")
+    repetition_penalty: float = setting(1.0, "> 1 discourages tokens already seen (1 = off)")
+    presence_penalty: float = setting(0.0, "subtracted once from a seen token's logit (0 = off)")
+    frequency_penalty: float = setting(0.0, "subtracted per earlier occurrence (0 = off)")
+    max_new_tokens: int = setting(256, "answer budget in tokens")
+    seed: int | None = setting(None, "seed for reproducible samples (default: fresh entropy)")
+    stop: list[str] = field(
+        default_factory=list,
+        metadata=flag_info("stop at this text, left out (repeatable)", metavar="TEXT"),
+    )
 
     def __post_init__(self) -> None:
         # isfinite also refuses NaN, which slips past a plain "< 0" comparison.

@@ -7,26 +7,36 @@ traceback instead.
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import sys
 from collections.abc import Sequence
 
 from scratchlm import __version__
-from scratchlm.cli import chat as cli_chat
-from scratchlm.cli import checkpoint as cli_checkpoint
-from scratchlm.cli import data as cli_data
-from scratchlm.cli import evals as cli_evals
-from scratchlm.cli import export as cli_export
-from scratchlm.cli import model as cli_model
-from scratchlm.cli import plot as cli_plot
-from scratchlm.cli import tokenizer as cli_tokenizer
-from scratchlm.cli import train as cli_train
 from scratchlm.errors import ScratchLMError
 
+# Each command: the module under scratchlm.cli that builds its parser and runs it, and its
+# line in `scratchlm --help`. Only the chosen command's module is imported, since the
+# modules import torch and `scratchlm --help` should not wait for it.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "train": ("train", "pretrain a model (no arguments: the default run on the built-in data)"),
+    "sft": ("train", "instruction-tune a pretrained model on conversations"),
+    "chat": ("chat", "talk to an instruction-tuned model"),
+    "generate": ("chat", "continue a prompt with any model (raw completion)"),
+    "prepare": ("data", "encode a corpus into train/val token files"),
+    "eval": ("evals", "measure what a trained model knows"),
+    "checkpoint": ("checkpoint", "inspect and verify checkpoints"),
+    "plot": ("plot", "draw a run's loss curves as PNG files"),
+    "export": ("export", "write a checkpoint in another ecosystem's format"),
+    "import": ("export", "read another ecosystem's model as a checkpoint"),
+    "model": ("model", "inspect model presets"),
+    "tokenizer": ("tokenizer", "train, apply and inspect tokenizers"),
+}
 
-def build_parser() -> argparse.ArgumentParser:
 
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The ``scratchlm`` parser, with the flags of ``command`` (the others: name only)."""
     parser = argparse.ArgumentParser(
         prog="scratchlm",
         description="Train, tune, chat with and export a small LLM, written from scratch.",
@@ -41,20 +51,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="DEBUG, INFO, WARNING or ERROR (default: $SCRATCHLM_LOG or INFO)",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    for module in (
-        cli_train,
-        cli_chat,
-        cli_data,
-        cli_evals,
-        cli_checkpoint,
-        cli_plot,
-        cli_export,
-        cli_model,
-        cli_tokenizer,
-    ):
-        module.register(sub)
+    for name, (module, text) in COMMANDS.items():
+        p = sub.add_parser(name, help=text, formatter_class=argparse.RawDescriptionHelpFormatter)
+        if name == command:
+            importlib.import_module(f"scratchlm.cli.{module}").PARSERS[name](p)
     return parser
+
+
+def chosen_command(argv: Sequence[str]) -> str | None:
+    """The command ``argv`` names: its first word that is one (before it come only the
+    options of ``scratchlm`` itself, whose values are no command names)."""
+    return next((word for word in argv if word in COMMANDS), None)
 
 
 def _configure_logging(level: str) -> None:
@@ -73,8 +80,8 @@ def _configure_logging(level: str) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``scratchlm`` command; returns the exit status."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(chosen_command(argv)).parse_args(argv)
     _configure_logging(args.log_level)
     try:
         return args.func(args)

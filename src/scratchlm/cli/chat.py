@@ -3,10 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
 import sys
 from typing import Any
 
-FMT = argparse.RawDescriptionHelpFormatter
+from scratchlm.chat import default_chat_checkpoint
+from scratchlm.chat_repl import ChatSession, run_repl
+from scratchlm.checkpoint import load_model
+from scratchlm.cli.config_flags import add_config_flags, given_settings
+from scratchlm.config import SampleConfig
+from scratchlm.errors import ConfigError, TokenizerError
+from scratchlm.model import TransformerLM, quantize_int8
+from scratchlm.textgen import generate, stream
+from scratchlm.train.runtime import pick_device
 
 EPILOG_CHAT = """examples:
   scratchlm chat                                  # the newest model under runs/ (see below)
@@ -40,20 +50,8 @@ def add_chat_checkpoint(p: argparse.ArgumentParser) -> None:
 
 
 def _add_sampling(p: argparse.ArgumentParser) -> None:
-    """The sampling flags both commands share (see scratchlm.sampling)."""
-    g = p.add_argument_group("sampling")
-    g.add_argument("--temperature", type=float, default=0.7, help="0 = greedy (default: 0.7)")
-    g.add_argument("--top-k", type=int, default=0, help="keep the k likeliest tokens (0 = off)")
-    g.add_argument("--top-p", type=float, default=1.0, help="nucleus mass to keep (1 = off)")
-    g.add_argument("--min-p", type=float, default=0.0, help="min-p filter (0 = off)")
-    g.add_argument("--repetition-penalty", type=float, default=1.0, help="> 1 discourages repeats")
-    g.add_argument("--presence-penalty", type=float, default=0.0, help="0 = off")
-    g.add_argument("--frequency-penalty", type=float, default=0.0, help="0 = off")
-    g.add_argument("--max-new-tokens", type=int, default=256, help="answer budget (default: 256)")
-    g.add_argument("--seed", type=int, default=None, help="for reproducible samples")
-    g.add_argument(
-        "--stop", action="append", default=[], metavar="TEXT", help="stop string (repeatable)"
-    )
+    """The sampling flags both commands share: SampleConfig's fields (scratchlm.sampling)."""
+    add_config_flags(p.add_argument_group("sampling"), SampleConfig)
     add_model_options(p)
 
 
@@ -69,31 +67,14 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _sample_config(args: argparse.Namespace) -> Any:
-    from scratchlm.config import SampleConfig
-
-    return SampleConfig(
-        temperature=args.temperature,
-        top_k=args.top_k,
-        top_p=args.top_p,
-        min_p=args.min_p,
-        repetition_penalty=args.repetition_penalty,
-        presence_penalty=args.presence_penalty,
-        frequency_penalty=args.frequency_penalty,
-        max_new_tokens=args.max_new_tokens,
-        seed=args.seed,
-        stop=args.stop,
-    )
+def sample_config(args: argparse.Namespace) -> SampleConfig:
+    """The sampling settings: SampleConfig's defaults under the flags given."""
+    return SampleConfig(**given_settings(args, SampleConfig))
 
 
-def load_chat_model(path: Any, device: str, int8: bool = False) -> tuple[Any, Any]:
+def load_chat_model(path: Any, device: str, int8: bool = False) -> tuple[TransformerLM, Any]:
     """The model and its tokenizer from a checkpoint or run directory; ``int8``
     quantizes its weights (scratchlm.model.quantize)."""
-    from scratchlm.checkpoint import load_model
-    from scratchlm.errors import TokenizerError
-    from scratchlm.model import quantize_int8
-    from scratchlm.train.runtime import pick_device
-
     model, tokenizer = load_model(path, device=pick_device(device))
     if tokenizer is None:
         raise TokenizerError(f"checkpoint {path} has no tokenizer.json: save it with one")
@@ -111,10 +92,7 @@ def _write_stream(pieces: Any) -> None:
 
 
 def _chat(args: argparse.Namespace) -> int:
-    from scratchlm.chat import default_chat_checkpoint
-    from scratchlm.chat_repl import ChatSession, run_repl
-
-    sample = _sample_config(args)  # bad settings fail before the model loads
+    sample = sample_config(args)  # bad settings fail before the model loads
     path = args.checkpoint if args.checkpoint is not None else default_chat_checkpoint()
     model, tokenizer = load_chat_model(path, args.device, args.int8)
     session = ChatSession(model, tokenizer, sample, system=args.system, name=str(path))
@@ -130,20 +108,14 @@ def _chat(args: argparse.Namespace) -> int:
 
 def _enable_line_editing() -> None:
     """Load readline (absent on some platforms), which gives input() editing and history."""
-    import importlib
-    import importlib.util
-
     if importlib.util.find_spec("readline") is not None:
         importlib.import_module("readline")
 
 
 def _generate(args: argparse.Namespace) -> int:
-    from scratchlm.errors import ConfigError
-    from scratchlm.textgen import generate, stream
-
     if args.n < 1:
         raise ConfigError(f"--n must be at least 1, got {args.n}")
-    sample = _sample_config(args)
+    sample = sample_config(args)
     model, tokenizer = load_chat_model(args.checkpoint, args.device, args.int8)
     if args.n == 1:
         sys.stdout.write(args.prompt)
@@ -157,29 +129,22 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    """Add ``chat`` and ``generate`` to the top-level subparsers."""
-    p = sub.add_parser(
-        "chat",
-        help="talk to an instruction-tuned model",
-        description="Chat with an instruction-tuned model: a REPL on a terminal, one answer "
-        "per line with piped input, or one answer with --prompt.",
-        epilog=EPILOG_CHAT,
-        formatter_class=FMT,
+def chat_parser(p: argparse.ArgumentParser) -> None:
+    p.description = (
+        "Chat with an instruction-tuned model: a REPL on a terminal, one answer per line "
+        "with piped input, or one answer with --prompt."
     )
+    p.epilog = EPILOG_CHAT
     add_chat_checkpoint(p)
     p.add_argument("--system", default=None, metavar="TEXT", help="system message")
     p.add_argument("--prompt", default=None, metavar="TEXT", help="answer this one message, exit")
     _add_sampling(p)
     p.set_defaults(func=_chat)
 
-    p = sub.add_parser(
-        "generate",
-        help="continue a prompt with any model (raw completion)",
-        description="Continue a prompt with a model, instruction-tuned or not.",
-        epilog=EPILOG_GENERATE,
-        formatter_class=FMT,
-    )
+
+def generate_parser(p: argparse.ArgumentParser) -> None:
+    p.description = "Continue a prompt with a model, instruction-tuned or not."
+    p.epilog = EPILOG_GENERATE
     p.add_argument("checkpoint", help="checkpoint or run directory")
     p.add_argument(
         "--prompt",
@@ -190,3 +155,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--n", type=int, default=1, help="number of samples (default: 1)")
     _add_sampling(p)
     p.set_defaults(func=_generate)
+
+
+PARSERS = {"chat": chat_parser, "generate": generate_parser}

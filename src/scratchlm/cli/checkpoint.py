@@ -6,23 +6,27 @@ import argparse
 import json
 from pathlib import Path
 
+from scratchlm.checkpoint import (
+    CheckpointManager,
+    format_report,
+    inspect_checkpoint,
+    read_manifest,
+    verify_checkpoint,
+)
+from scratchlm.checkpoint.files import MANIFEST
+from scratchlm.checkpoint.manager import CHECKPOINTS
+from scratchlm.errors import CheckpointError
+
 FMT = argparse.RawDescriptionHelpFormatter
 
 
 def _checkpoint_inspect(args: argparse.Namespace) -> int:
-    from scratchlm.checkpoint import format_report, inspect_checkpoint
-
     info = inspect_checkpoint(args.path)
     print(json.dumps(info, indent=2, ensure_ascii=False) if args.json else format_report(info))
     return 0
 
 
 def _checkpoint_verify(args: argparse.Namespace) -> int:
-    from scratchlm.checkpoint import CheckpointManager, read_manifest, verify_checkpoint
-    from scratchlm.checkpoint.files import MANIFEST
-    from scratchlm.checkpoint.manager import CHECKPOINTS
-    from scratchlm.errors import CheckpointError
-
     path = Path(args.path)
     run_dir = path.parent if path.name == CHECKPOINTS and path.is_dir() else path
     if (path / MANIFEST).exists() or not (run_dir / CHECKPOINTS).is_dir():
@@ -49,9 +53,7 @@ def _checkpoint_verify(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    """Add ``checkpoint`` and its actions to the top-level subparsers."""
-    ckpt = sub.add_parser("checkpoint", help="inspect and verify checkpoints")
+def checkpoint_parser(ckpt: argparse.ArgumentParser) -> None:
     csub = ckpt.add_subparsers(dest="checkpoint_command", required=True, metavar="ACTION")
 
     p = csub.add_parser(
@@ -80,3 +82,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("path", help="a checkpoint directory or a run directory")
     p.set_defaults(func=_checkpoint_verify)
+
+
+PARSERS = {"checkpoint": checkpoint_parser}

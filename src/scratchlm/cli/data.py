@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 import time
 from pathlib import Path
+from typing import Any
+
+from scratchlm.data.encode import prepare
+from scratchlm.tokenizer import load_tokenizer
 
 FMT = argparse.RawDescriptionHelpFormatter
 
@@ -19,9 +24,6 @@ example:
 
 
 def _prepare(args: argparse.Namespace) -> int:
-    from scratchlm.data.encode import prepare
-    from scratchlm.tokenizer import load_tokenizer
-
     tok = load_tokenizer(args.tokenizer)
     out = Path(args.out)
     existed = out.exists() and not args.force  # then prepare either does nothing or refuses
@@ -30,7 +32,7 @@ def _prepare(args: argparse.Namespace) -> int:
         args.inputs,
         tok,
         out,
-        val_fraction=0.01 if args.val_fraction is None else args.val_fraction,
+        **({} if args.val_fraction is None else {"val_fraction": args.val_fraction}),
         val_docs=args.val_docs,
         text_field=args.text_field,
         csv_column=args.csv_column,
@@ -64,18 +66,19 @@ def _prepare(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    """Add ``prepare`` to the top-level subparsers."""
-    p = sub.add_parser(
-        "prepare",
-        help="encode a corpus into train/val token files",
-        description="Encode text with a tokenizer into DATA_DIR/train.bin and val.bin (uint16 "
-        "or uint32 token ids, each document followed by <|endoftext|>) plus meta.json. The "
-        "split is by document, decided by a hash of its text. A DATA_DIR made from the same "
-        "inputs, tokenizer and settings is left as is.",
-        epilog=EPILOG_PREPARE,
-        formatter_class=FMT,
+def _default(name: str) -> Any:
+    """``prepare``'s default for one of its settings: written once, in its signature."""
+    return inspect.signature(prepare).parameters[name].default
+
+
+def prepare_parser(p: argparse.ArgumentParser) -> None:
+    p.description = (
+        "Encode text with a tokenizer into DATA_DIR/train.bin and val.bin (uint16 or uint32 "
+        "token ids, each document followed by <|endoftext|>) plus meta.json. The split is by "
+        "document, decided by a hash of its text. A DATA_DIR made from the same inputs, "
+        "tokenizer and settings is left as is."
     )
+    p.epilog = EPILOG_PREPARE
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="files, directories or builtin:NAME")
     p.add_argument("--tokenizer", required=True, metavar="DIR", help="tokenizer folder or file")
     p.add_argument("--out", required=True, metavar="DATA_DIR", help="output directory")
@@ -85,7 +88,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         type=float,
         default=None,
         metavar="F",
-        help="share of documents for validation, by content hash (default: 0.01)",
+        help="share of documents for validation, by content hash "
+        f"(default: {_default('val_fraction')})",
     )
     split.add_argument(
         "--val-docs",
@@ -96,8 +100,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--text-field",
-        default="text",
-        help="field of JSON/JSONL/Parquet/HF records (default: text)",
+        default=_default("text_field"),
+        help="field of JSON/JSONL/Parquet/HF records (default: %(default)s)",
     )
     p.add_argument(
         "--csv-column", default=None, metavar="C", help="CSV column (default: whole rows)"
@@ -111,3 +115,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--force", action="store_true", help="replace an existing DATA_DIR")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_prepare)
+
+
+PARSERS = {"prepare": prepare_parser}

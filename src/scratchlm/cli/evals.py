@@ -5,7 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 
+from scratchlm.chat import default_chat_checkpoint, require_chat_tokens
 from scratchlm.cli.chat import add_chat_checkpoint, add_model_options, load_chat_model
+from scratchlm.evals import check_facts, read_fact_questions
+from scratchlm.pipeline import DefaultRun
 
 FMT = argparse.RawDescriptionHelpFormatter
 EPILOG_FACTS = """\
@@ -19,10 +22,6 @@ examples:
 
 
 def _facts(args: argparse.Namespace) -> int:
-    from scratchlm.chat import default_chat_checkpoint, require_chat_tokens
-    from scratchlm.evals import check_facts, read_fact_questions
-    from scratchlm.pipeline import DefaultRun
-
     run = DefaultRun()
     files = args.questions or [run.trained_questions, run.reworded_questions]
     sets = {f: read_fact_questions(f) for f in files}  # bad files fail before the model loads
@@ -45,9 +44,7 @@ def _facts(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    """Add ``eval`` and its actions to the top-level subparsers."""
-    evals = sub.add_parser("eval", help="measure what a trained model knows")
+def eval_parser(evals: argparse.ArgumentParser) -> None:
     esub = evals.add_subparsers(dest="eval_command", required=True, metavar="ACTION")
     p = esub.add_parser(
         "facts",
@@ -69,3 +66,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print every answer as JSON")
     add_model_options(p)
     p.set_defaults(func=_facts)
+
+
+PARSERS = {"eval": eval_parser}

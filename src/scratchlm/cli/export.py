@@ -6,22 +6,20 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from scratchlm.checkpoint import load_model, resolve_checkpoint, save_checkpoint
+from scratchlm.errors import CheckpointError, OutputExistsError
+from scratchlm.export import from_hf, to_hf
+
 FMT = argparse.RawDescriptionHelpFormatter
 
 
 def _refuse_existing(out: str, force: bool) -> None:
     """Fail before any work is done, not after loading a model."""
     if Path(out).exists() and not force:
-        from scratchlm.errors import OutputExistsError
-
         raise OutputExistsError(f"output path {out} exists: choose another or pass --force")
 
 
 def _export_hf(args: argparse.Namespace) -> int:
-    from scratchlm.checkpoint import load_model, resolve_checkpoint
-    from scratchlm.errors import CheckpointError
-    from scratchlm.export import to_hf
-
     _refuse_existing(args.out_dir, args.force)
     folder = resolve_checkpoint(args.checkpoint)
     print(f"loading {folder}")
@@ -37,9 +35,6 @@ def _export_hf(args: argparse.Namespace) -> int:
 
 
 def _import_hf(args: argparse.Namespace) -> int:
-    from scratchlm.checkpoint import save_checkpoint
-    from scratchlm.export import from_hf
-
     _refuse_existing(args.out_checkpoint, args.force)
     print(f"loading {args.hf_dir}")
     model, tokenizer = from_hf(args.hf_dir)
@@ -50,9 +45,7 @@ def _import_hf(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    """Add ``export`` and ``import``, each with the action ``hf``."""
-    exp = sub.add_parser("export", help="write a checkpoint in another ecosystem's format")
+def export_parser(exp: argparse.ArgumentParser) -> None:
     esub = exp.add_subparsers(dest="export_command", required=True, metavar="FORMAT")
     p = esub.add_parser(
         "hf",
@@ -68,7 +61,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--force", action="store_true", help="replace an existing output folder")
     p.set_defaults(func=_export_hf)
 
-    imp = sub.add_parser("import", help="read another ecosystem's model as a checkpoint")
+
+def import_parser(imp: argparse.ArgumentParser) -> None:
     isub = imp.add_subparsers(dest="import_command", required=True, metavar="FORMAT")
     p = isub.add_parser(
         "hf",
@@ -83,3 +77,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("out_checkpoint", help="output checkpoint directory")
     p.add_argument("--force", action="store_true", help="replace an existing checkpoint")
     p.set_defaults(func=_import_hf)
+
+
+PARSERS = {"export": export_parser, "import": import_parser}

@@ -5,15 +5,15 @@ from __future__ import annotations
 import argparse
 import json
 
+import torch
+
+from scratchlm.config import PRESETS, preset
+from scratchlm.model import TransformerLM
+
 FMT = argparse.RawDescriptionHelpFormatter
 
 
 def _model_info(args: argparse.Namespace) -> int:
-    import torch
-
-    from scratchlm.config import preset
-    from scratchlm.model import TransformerLM
-
     overrides = {"vocab_size": args.vocab_size} if args.vocab_size else {}
     config = preset(args.preset, **overrides)
     with torch.device("meta"):  # count parameters without allocating memory for them
@@ -41,9 +41,7 @@ def _model_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    """Add ``model`` and its actions to the top-level subparsers."""
-    model = sub.add_parser("model", help="inspect model presets")
+def model_parser(model: argparse.ArgumentParser) -> None:
     msub = model.add_subparsers(dest="model_command", required=True, metavar="ACTION")
     p = msub.add_parser(
         "info",
@@ -52,9 +50,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         epilog="example:\n  scratchlm model info small --vocab-size 8192",
         formatter_class=FMT,
     )
-    from scratchlm.config import PRESETS
 
     p.add_argument("preset", choices=list(PRESETS), help="preset name")
     p.add_argument("--vocab-size", type=int, help="override the preset's vocabulary size")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_model_info)
+
+
+PARSERS = {"model": model_parser}

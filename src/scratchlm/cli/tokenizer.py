@@ -8,6 +8,14 @@ import sys
 import time
 from pathlib import Path
 
+from scratchlm.errors import DataError, OutputExistsError
+from scratchlm.tokenizer import BPETokenizer, CharTokenizer, load_tokenizer, train_bpe
+from scratchlm.tokenizer.corpus import corpus_files
+from scratchlm.tokenizer.files import write_tokenizer_dir
+from scratchlm.tokenizer.hf import save_hf_tokenizer
+from scratchlm.tokenizer.pretokenize import resolve_pattern
+from scratchlm.tokenizer.report import compression, describe, longest_tokens, show_split
+
 FMT = argparse.RawDescriptionHelpFormatter
 
 EXAMPLE_ARGS = {"encode": "'Hello there'", "decode": "72 101 300", "info": "--file notes.txt"}
@@ -17,16 +25,8 @@ EPILOG_TOKENIZER_TRAIN = """example:
 
 
 def _tokenizer_train(args: argparse.Namespace) -> int:
-    from scratchlm.tokenizer import BPETokenizer, CharTokenizer, train_bpe
-    from scratchlm.tokenizer.corpus import corpus_files
-    from scratchlm.tokenizer.files import write_tokenizer_dir
-    from scratchlm.tokenizer.pretokenize import resolve_pattern
-    from scratchlm.tokenizer.report import longest_tokens
-
     out = Path(args.out)
     if out.exists() and not args.force:  # refuse before any work is done
-        from scratchlm.errors import OutputExistsError
-
         raise OutputExistsError(
             f"output directory {out} exists: choose another --out or pass --force"
         )
@@ -63,8 +63,6 @@ def _tokenizer_train(args: argparse.Namespace) -> int:
 
 def _read_text_arg(args: argparse.Namespace) -> str:
     if args.file:
-        from scratchlm.errors import DataError
-
         try:  # bytes, then decode: read_text would turn "\r\n" into "\n"
             return Path(args.file).read_bytes().decode("utf-8")
         except OSError as e:
@@ -77,9 +75,6 @@ def _read_text_arg(args: argparse.Namespace) -> str:
 
 
 def _tokenizer_encode(args: argparse.Namespace) -> int:
-    from scratchlm.tokenizer import load_tokenizer
-    from scratchlm.tokenizer.report import show_split
-
     tok = load_tokenizer(args.tokenizer)
     text = _read_text_arg(args)
     if args.show:
@@ -91,9 +86,6 @@ def _tokenizer_encode(args: argparse.Namespace) -> int:
 
 
 def _tokenizer_decode(args: argparse.Namespace) -> int:
-    from scratchlm.errors import DataError
-    from scratchlm.tokenizer import load_tokenizer
-
     tok = load_tokenizer(args.tokenizer)
     raw = " ".join(args.ids) if args.ids else sys.stdin.read()
     try:
@@ -105,9 +97,6 @@ def _tokenizer_decode(args: argparse.Namespace) -> int:
 
 
 def _tokenizer_info(args: argparse.Namespace) -> int:
-    from scratchlm.tokenizer import load_tokenizer
-    from scratchlm.tokenizer.report import compression, describe, longest_tokens
-
     tok = load_tokenizer(args.tokenizer)
     info = describe(tok)
     info["longest_tokens"] = [t.decode("utf-8", errors="replace") for t in longest_tokens(tok, 10)]
@@ -122,16 +111,11 @@ def _tokenizer_info(args: argparse.Namespace) -> int:
 
 
 def _tokenizer_export_hf(args: argparse.Namespace) -> int:
-    from scratchlm.tokenizer import load_tokenizer
-    from scratchlm.tokenizer.hf import save_hf_tokenizer
-
     print(save_hf_tokenizer(load_tokenizer(args.tokenizer), args.out_dir, force=args.force))
     return 0
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    """Add ``tokenizer`` and its actions to the top-level subparsers."""
-    tok = sub.add_parser("tokenizer", help="train, apply and inspect tokenizers")
+def tokenizer_parser(tok: argparse.ArgumentParser) -> None:
     tsub = tok.add_subparsers(dest="tokenizer_command", required=True, metavar="ACTION")
 
     p = tsub.add_parser(
@@ -205,3 +189,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("out_dir", help="output directory")
     p.add_argument("--force", action="store_true", help="replace an existing output directory")
     p.set_defaults(func=_tokenizer_export_hf)
+
+
+PARSERS = {"tokenizer": tokenizer_parser}

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from scratchlm.config import PRESETS, ModelConfig, _known_fields, preset
+from scratchlm.config import PRESETS, ModelConfig, _known_fields, flag_info, preset, setting
 from scratchlm.errors import ConfigError
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -31,6 +31,7 @@ DEFAULT_PROMPTS = ("The", "Water", "In the")
 # and prompts that are questions.
 SFT_DEFAULTS: dict[str, Any] = {
     "phase": "sft",
+    "out": "runs/sft",
     "steps": 300,
     "lr": 3e-4,
     "batch_size": 16,
@@ -71,49 +72,69 @@ class TrainConfig:
     ``eval_every`` and ``checkpoint_every`` of None derive from ``steps``.
     """
 
-    data: str = ""
-    out: str = "runs/train"
-    tokenizer: str = ""  # default: DATA_DIR/tokenizer.json
-    preset: str = "small"
+    data: str = setting("", "prepared data directory (train.bin, val.bin, meta.json)")
+    out: str = setting("runs/train", "run directory")
+    tokenizer: str = setting("", "tokenizer directory (default: DATA_DIR/tokenizer.json)")
+    preset: str = setting("small", "model preset: " + ", ".join(PRESETS))
     model: dict[str, Any] = field(default_factory=dict)  # overrides of the preset's fields
-    init_from: str = ""  # a checkpoint to start from (instruction tuning) instead of random
+    init_from: str = setting("", "start from this checkpoint's weights instead of random ones")
     phase: str = "pretrain"
-    conversations: list[str] = field(default_factory=list)  # sft: conversation files
-    val_fraction: float = 0.1  # sft: conversations held out for validation
-    skip_bad: bool = False  # sft: skip malformed records instead of stopping
+    conversations: list[str] = field(
+        default_factory=list,
+        metadata=flag_info(
+            "conversation files (or builtin:chat)", flag="--data", nargs="+", metavar="FILE"
+        ),
+    )
+    val_fraction: float = setting(0.1, "share of the conversations held out for validation")
+    skip_bad: bool = setting(False, "skip malformed records, with a count")
 
-    steps: int = 1000
-    tokens: int = 0
-    batch_size: int = 8
-    grad_accum: int = 1
-    context_length: int = 0  # 0: the preset's
+    steps: int = setting(1000, "optimizer updates")
+    tokens: int = setting(0, "train on this many tokens instead of --steps (0 = use --steps)")
+    batch_size: int = setting(8, "windows per micro-batch per process")
+    grad_accum: int = setting(1, "micro-batches per update")
+    context_length: int = setting(0, "tokens per window (0 = the preset's)")
 
-    optimizer: str = "adamw"
-    lr: float = 1e-3
-    min_lr: float | None = None  # default: lr / 10
-    schedule: str = "cosine"
-    warmup_steps: int | None = None
+    optimizer: str = setting("adamw", "adamw or sgd")
+    lr: float = setting(1e-3, "peak learning rate")
+    min_lr: float | None = setting(None, "final learning rate (default: lr / 10)")
+    schedule: str = setting("cosine", "cosine, linear or constant, after a linear warmup")
+    warmup_steps: int | None = setting(
+        None, "warmup updates (default: a tenth of the run, at most 100)"
+    )
     betas: tuple[float, float] = (0.9, 0.95)
     eps: float = 1e-8
-    weight_decay: float = 0.1
-    grad_clip: float = 1.0
+    weight_decay: float = setting(0.1, "decoupled weight decay of matrices")
+    grad_clip: float = setting(1.0, "clip the gradient's global norm to this (0 = off)")
     fused: bool | None = None  # torch's fused AdamW where it exists (None: auto)
 
-    device: str = "auto"
-    precision: str = "auto"
-    compile: bool = False
-    fsdp: bool = False
-    seed: int = 1337
+    device: str = setting("auto", "auto, cpu, cuda, cuda:N or mps")
+    precision: str = setting(
+        "auto", "auto (bf16 on GPUs that have it, else fp32), fp32, bf16, fp16"
+    )
+    compile: bool = setting(False, "torch.compile the training model")
+    fsdp: bool = setting(False, "shard the model across processes")
+    seed: int = setting(1337, "seed of initialisation and data order")
 
-    eval_every: int | None = None
-    eval_windows: int = 32
-    sample_prompts: list[str] = field(default_factory=lambda: list(DEFAULT_PROMPTS))
-    sample_tokens: int = 32
-    checkpoint_every: int | None = None
-    keep_last: int = 3
-    log_every: int = 10
-    progress: bool = True
-    tensorboard: bool = False
+    eval_every: int | None = setting(
+        None, "updates between evaluations (default: a tenth of the run)"
+    )
+    eval_windows: int = setting(32, "validation windows per evaluation")
+    sample_prompts: list[str] = field(
+        default_factory=lambda: list(DEFAULT_PROMPTS),
+        metadata=flag_info(
+            "a prompt to sample from at each evaluation (repeatable)",
+            flag="--sample-prompt",
+            metavar="TEXT",
+        ),
+    )
+    sample_tokens: int = setting(32, "tokens per sample at each evaluation (0 = none)")
+    checkpoint_every: int | None = setting(
+        None, "updates between checkpoints (default: a fifth of the run)"
+    )
+    keep_last: int = setting(3, "checkpoints kept besides the best")
+    log_every: int = setting(10, "updates between metric records")
+    progress: bool = setting(True, "no progress bars", flag="--quiet")
+    tensorboard: bool = setting(False, "also log to TensorBoard")
 
     # Divergence handling: a step whose loss is not finite, or whose gradient norm is
     # more than spike_factor times its running average, is skipped; max_skips skips in

@@ -86,6 +86,10 @@ def test_version_as_a_module(tmp_path):
     [
         [],
         ["train"],
+        ["sft"],
+        ["chat"],
+        ["generate"],
+        ["eval", "facts"],
         ["tokenizer"],
         ["tokenizer", "train"],
         ["tokenizer", "encode"],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import json
 import os
 import re
 import subprocess
@@ -152,3 +153,10 @@ def test_config_dataclasses_round_trip_with_their_flag_metadata():
     for config in (SampleConfig(stop=["a"]), TrainConfig(sample_prompts=["x"])):
         assert type(config).from_dict(config.to_dict()) == config
         assert all(isinstance(f.metadata.get("help", ""), str) for f in dataclasses.fields(config))
+
+
+def test_model_info_shows_derived_values_as_numbers(capsys):
+    assert main(["model", "info", "gpt2-small", "--json"]) == 0
+    config = json.loads(capsys.readouterr().out)["config"]
+    # gpt2-small leaves both unset: 12 key/value heads, 8/3 * 768 = 2048 exactly
+    assert (config["n_kv_heads"], config["d_ff"]) == (12, 2048)

@@ -23,7 +23,7 @@ def _model_info(args: argparse.Namespace) -> int:
         "parameters": model.num_parameters(),
         "non_embedding_parameters": model.num_parameters(non_embedding=True),
         "training_flops_per_token": model.flops_per_token(training=True),
-        "config": config.to_dict(),
+        "config": config.resolved().to_dict(),  # derived values as numbers
     }
     if args.json:
         print(json.dumps(info, indent=2))
@@ -36,7 +36,7 @@ def _model_info(args: argparse.Namespace) -> int:
         f"training FLOPs per token (context {config.context_length}): "
         f"{info['training_flops_per_token'] / 1e6:.1f}M"
     )
-    for key, value in config.to_dict().items():
+    for key, value in info["config"].items():
         print(f"  {key}: {value}")
     return 0
 

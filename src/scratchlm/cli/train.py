@@ -80,7 +80,8 @@ def _flags(args: argparse.Namespace) -> dict[str, Any]:
 def _run(
     args: argparse.Namespace, flags: dict[str, Any], defaults: dict[str, Any], command: str
 ) -> int:
-    from scratchlm.train.config import load_run_config, nothing_to_resume, resolve_config
+    from scratchlm.train.assembly import nothing_to_resume
+    from scratchlm.train.config import load_run_config, resolve_config
     from scratchlm.train.trainer import Trainer
 
     base = None

@@ -130,9 +130,10 @@ class TransformerLM(nn.Module):
         segment_ids: Tensor | None = None,
         reduction: str = "mean",
     ) -> Tensor:
-        """Mean (or, with ``reduction="sum"``, summed) next-token cross-entropy: ids (B, T), targets (B, T) with -100 where no
-        loss is wanted. Uses the fused projection + loss (``linear_cross_entropy``), which
-        never holds all (B, T, V) logits; equal to cross_entropy(self(ids), targets).
+        """Mean next-token cross-entropy: ids (B, T), targets (B, T) with -100 where no
+        loss is wanted (``reduction="sum"``: their sum). Uses the fused projection + loss
+        (``linear_cross_entropy``), which never holds all (B, T, V) logits; equal to
+        cross_entropy(self(ids), targets).
         segment_ids (B, T): packed rows, as in ``forward``; the loss is then the mean over
         the target tokens of all segments."""
         hidden = self.hidden_states(

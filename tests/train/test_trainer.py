@@ -13,6 +13,7 @@ from train_helpers import TINY
 
 from scratchlm.errors import ConfigError
 from scratchlm.train.config import TrainConfig, resolve_config
+from scratchlm.train.state import TrainState
 from scratchlm.train.trainer import LossModule, Trainer, TrainingDiverged
 
 
@@ -265,3 +266,15 @@ def test_a_token_budget_sets_the_number_of_steps(tiny_config):
     # 4 windows of 32 tokens = 128 tokens per step: 1,000 tokens take 8 steps.
     result = Trainer(tiny_config.replace(tokens=1000, eval_every=0)).run()
     assert result.step == 8 and result.tokens == 8 * 128
+
+
+def test_train_state_round_trips_with_the_keys_checkpoints_have_always_had():
+    # Checkpoints store these counters at the top level of trainer_state/state.json (so
+    # those written before TrainState existed still resume).
+    state = TrainState(3, 96, 1.5, 0.5, 1, best_val=2.0, last_val=2.5, last_loss=2.25)
+    saved = json.loads(json.dumps({**state.state_dict(), "guard": {}, "phase": "pretrain"}))
+    keys = {"step", "tokens", "elapsed", "lr_scale", "rollbacks", "best_val", "last_val"}
+    assert set(state.state_dict()) == keys | {"last_loss"}
+    restored = TrainState()
+    restored.load_state_dict(saved)
+    assert restored == state

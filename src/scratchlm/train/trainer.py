@@ -239,12 +239,10 @@ class Trainer:
         )
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        # The step's loss is the mean over its target tokens on all processes, as for
-        # the same batch in one piece: each micro-batch adds its summed loss divided by
-        # that count, so one with few answer tokens weighs no more than its tokens do.
-        # The batches are drawn first to count them; DDP averages the gradients over
-        # the processes, hence the world size.
-        # Each batch: x, y (and segment_ids when sft), (B, T) each.
+        # The loss is the mean over the step's target tokens on all processes, as for the
+        # batch in one piece: each micro-batch adds its summed loss over that count, so
+        # one with few answer tokens weighs no more than its tokens do. DDP averages the
+        # gradients over the processes, hence the world size. Batches: x, y (, segment_ids).
         batches = [self.sampler.next(self.device) for _ in range(c.grad_accum)]
         targets = torch.stack([(batch[1] != IGNORE_INDEX).sum() for batch in batches]).sum()
         targets = self.dist.sum(targets).clamp(min=1)  # 0-dim, on the device: no host sync
@@ -350,18 +348,13 @@ class Trainer:
         self._record(kind="val", **result)
         bpb = f", {result['val_bpb']:.3f} bits/byte" if "val_bpb" in result else ""
         self._say(bar, f"step {self.state.step}: validation loss {self.state.last_val:.4f}{bpb}")
-        texts = (
-            []
-            if c.fsdp
-            else draw_samples(  # generation would need every shard
-                self.model,
-                self.tokenizer,
-                c.sample_prompts,
-                max_new_tokens=c.sample_tokens,
-                seed=c.seed,
-                chat=c.phase == "sft",
+        texts = []  # none from a sharded model: generation would need every shard
+        if not c.fsdp:
+            prompts, n = c.sample_prompts, c.sample_tokens
+            chat = c.phase == "sft"
+            texts = draw_samples(
+                self.model, self.tokenizer, prompts, max_new_tokens=n, seed=c.seed, chat=chat
             )
-        )
         for prompt, text in zip(c.sample_prompts[: len(texts)], texts, strict=True):
             self._record(kind="sample", prompt=prompt, text=text)
             shown = text if c.phase == "sft" else prompt + text  # an answer, or a continuation
@@ -396,11 +389,7 @@ class Trainer:
         return self.state.elapsed + (time.perf_counter() - self.started)
 
     def _result(self, interrupted: str | None = None) -> TrainResult:
+        s = self.state
         return TrainResult(
-            step=self.state.step,
-            tokens=self.state.tokens,
-            loss=self.state.last_loss,
-            val_loss=self.state.last_val,
-            checkpoint=self.last_checkpoint,
-            interrupted=interrupted,
+            s.step, s.tokens, s.last_loss, s.last_val, self.last_checkpoint, interrupted
         )

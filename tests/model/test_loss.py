@@ -107,6 +107,8 @@ def test_model_loss_equals_cross_entropy_of_its_logits(tie):
     torch.testing.assert_close(got, expected)
     for g, e in zip(got_grads, expected_grads, strict=True):
         torch.testing.assert_close(g, e, atol=1e-6, rtol=1e-4)
+    summed = model.loss(ids, targets, reduction="sum")  # 2 rows x 15 targets
+    torch.testing.assert_close(summed, expected * 30, rtol=1e-5, atol=1e-4)
 
 
 def test_bits_per_byte_of_a_uniform_byte_model_is_eight():

@@ -148,7 +148,7 @@ def sft_speed(
     sides: dict[str, dict] = {}
     for name in SIDES:
         net = copy.deepcopy(base)
-        optimizer = build_optimizer(net, lr=SFT_DEFAULTS["lr"])
+        optimizer = build_optimizer(net, TrainConfig(lr=SFT_DEFAULTS["lr"]))
         sides[name] = {"model": net, "optimizer": optimizer, "sampler": samplers[name]}
         sides[name].update(step_s=[], useful=[], loss_tokens=[], computed=[], blocks=[])
 

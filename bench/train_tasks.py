@@ -29,8 +29,8 @@ BATCH = 8
 
 
 def _trainer(data: str, out: Path, compile: bool = False):
-    """A set-up Trainer of the preset on ``data`` (fp32, CPU, no eval/checkpoints/logging
-    in the steps), ready for ``_train_step()``."""
+    """A Trainer of the preset on ``data`` (fp32, CPU, no eval/checkpoints/logging in the
+    steps), ready for ``_train_step()`` (the constructor builds everything)."""
     from scratchlm.train.config import TrainConfig
     from scratchlm.train.trainer import Trainer
 
@@ -48,10 +48,7 @@ def _trainer(data: str, out: Path, compile: bool = False):
         sample_tokens=0,
         compile=compile,
     )
-    trainer = Trainer(config, echo=lambda line: None)
-    trainer._setup()
-    trainer.started = time.perf_counter()  # run() sets it; _event() reads it on a skip
-    return trainer
+    return Trainer(config, echo=lambda line: None)
 
 
 class _OptimizerClock:

@@ -66,7 +66,8 @@ def left_pad(rows: Sequence[Sequence[int]], device: torch.device) -> tuple[Tenso
 
 
 @contextmanager
-def _eval_mode(model: torch.nn.Module):
+def eval_mode(model: torch.nn.Module):
+    """Eval mode (no dropout) inside the block; the module's own mode restored after."""
     was_training = model.training
     model.eval()
     try:
@@ -106,7 +107,7 @@ def generate_ids(
 
     keep = max(1, context // 2)  # tokens a row keeps when its window slides
     starts = [0] * len(rows)  # where each row's window begins
-    with torch.inference_mode(), _eval_mode(model):
+    with torch.inference_mode(), eval_mode(model):
         cache = KVCache.for_model(model.config, len(rows), device=device, dtype=param.dtype)
         logits, positions = _prefill(model, rows, cache if use_cache else None)
         # Every token each row has seen, for the penalties: (B, L), -1 = padding. All

@@ -14,6 +14,7 @@ from scratchlm.config import preset
 from scratchlm.errors import ConfigError
 from scratchlm.model import Linear, TransformerLM
 from scratchlm.train import optim
+from scratchlm.train.config import TrainConfig
 from scratchlm.train.optim import (
     SGD,
     AdamW,
@@ -217,7 +218,7 @@ def three_implementations(make_model, lr: float):
         if fused == "torch-default":
             opt = torch.optim.AdamW(param_groups(model, 0.1), lr=lr, betas=(0.9, 0.95))
         else:
-            opt = build_optimizer(model, lr=lr, weight_decay=0.1, fused=fused)
+            opt = build_optimizer(model, TrainConfig(lr=lr, weight_decay=0.1, fused=fused))
         opt.param_groups[1]["lr"] = lr / 3
         out.append((model, opt))
     return out
@@ -252,7 +253,7 @@ def test_fused_step_is_right_for_gradients_laid_out_unlike_their_parameter():
     results = []
     for fused in (False, True):
         model = Regression(0)
-        opt = build_optimizer(model, lr=1e-2, fused=fused)
+        opt = build_optimizer(model, TrainConfig(lr=1e-2, fused=fused))
         gen = torch.Generator().manual_seed(3)
         for _ in range(3):
             for p in model.parameters():
@@ -266,19 +267,19 @@ def test_fused_step_is_right_for_gradients_laid_out_unlike_their_parameter():
 def test_build_optimizer_choices(monkeypatch):
     model = Regression(0)
     assert fused_adamw_supported(model.parameters())  # CPU fused AdamW exists since 2.4
-    auto = build_optimizer(model, lr=1e-3)
+    auto = build_optimizer(model, TrainConfig(lr=1e-3))
     assert isinstance(auto, torch.optim.AdamW) and auto.defaults["fused"]
     assert auto.defaults["betas"] == (0.9, 0.95)
     assert [g["weight_decay"] for g in auto.param_groups] == [0.1, 0.0]
-    assert isinstance(build_optimizer(model, lr=1e-3, fused=False), AdamW)
-    sgd = build_optimizer(model, name="sgd", lr=1e-3, weight_decay=0.01)
+    assert isinstance(build_optimizer(model, TrainConfig(lr=1e-3, fused=False)), AdamW)
+    sgd = build_optimizer(model, TrainConfig(optimizer="sgd", lr=1e-3, weight_decay=0.01))
     assert isinstance(sgd, SGD) and [g["weight_decay"] for g in sgd.param_groups] == [0.01, 0.0]
 
     # Where torch has no fused kernel, auto falls back to ours and fused=True refuses.
     monkeypatch.setattr(optim, "fused_adamw_supported", lambda params: False)
-    assert isinstance(build_optimizer(model, lr=1e-3), AdamW)
+    assert isinstance(build_optimizer(model, TrainConfig(lr=1e-3)), AdamW)
     with pytest.raises(ConfigError, match="fused"):
-        build_optimizer(model, lr=1e-3, fused=True)
+        build_optimizer(model, TrainConfig(lr=1e-3, fused=True))
 
 
 def test_fused_support_detection_refuses_what_has_no_kernel():
@@ -289,8 +290,8 @@ def test_fused_support_detection_refuses_what_has_no_kernel():
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        ({"name": "adam"}, "adam"),
-        ({"name": "sgd", "fused": True}, "fused"),
+        ({"optimizer": "adam"}, "adam"),
+        ({"optimizer": "sgd", "fused": True}, "fused"),
         ({"lr": -1.0}, "lr"),
         ({"lr": -1.0, "fused": True}, "lr"),  # checked before torch's optimizer is built
         ({"betas": (0.9, 1.5)}, "betas"),
@@ -299,7 +300,7 @@ def test_fused_support_detection_refuses_what_has_no_kernel():
 )
 def test_build_optimizer_validates(kwargs, match):
     with pytest.raises(ConfigError, match=match):
-        build_optimizer(Regression(0), **{"lr": 1e-3, **kwargs})
+        build_optimizer(Regression(0), TrainConfig(**{"lr": 1e-3, **kwargs}))
 
 
 # ----------------------------------------------------------------------------- SGD

@@ -184,7 +184,7 @@ def test_a_packed_sft_run_resumes_to_the_same_losses(pretrained, tmp_path, monke
 
     def interrupted_at_step_4(self):
         out = step(self)
-        if self.step == 4:
+        if self.state.step == 4:
             signal.raise_signal(signal.SIGINT)  # as Ctrl-C: save a checkpoint and stop
         return out
 

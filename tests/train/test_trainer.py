@@ -13,6 +13,7 @@ from train_helpers import TINY
 
 from scratchlm.errors import ConfigError
 from scratchlm.train.config import TrainConfig, resolve_config
+from scratchlm.train.state import TrainState
 from scratchlm.train.trainer import LossModule, Trainer, TrainingDiverged
 
 
@@ -95,9 +96,9 @@ def _poison(monkeypatch, bad_calls):
     calls = {"n": 0}
     forward = LossModule.forward
 
-    def poisoned(self, x, y):
+    def poisoned(self, *args, **kwargs):
         calls["n"] += 1
-        loss = forward(self, x, y)
+        loss = forward(self, *args, **kwargs)
         return loss * float("nan") if calls["n"] in bad_calls else loss
 
     monkeypatch.setattr(LossModule, "forward", poisoned)
@@ -112,7 +113,7 @@ def test_a_nan_step_is_skipped_and_leaves_the_weights_alone(tiny_config, monkeyp
     def spy(self):
         before = [p.detach().clone() for p in self.model.parameters()]
         out = step(self)
-        seen[self.step] = all(
+        seen[self.state.step] = all(
             torch.equal(a, b) for a, b in zip(before, self.model.parameters(), strict=True)
         )
         return out
@@ -133,8 +134,8 @@ def test_bad_steps_in_a_row_roll_back_with_a_lower_learning_rate(tiny_config, mo
     result = trainer.run()
     events = [r["message"] for r in _records(Path(config.out), "event")]
     assert any("rolled back to step_00000010" in m for m in events)
-    assert trainer.lr_scale == pytest.approx(config.rollback_lr)
-    assert result.step == 16 and trainer.rollbacks == 1
+    assert trainer.state.lr_scale == pytest.approx(config.rollback_lr)
+    assert result.step == 16 and trainer.state.rollbacks == 1
     train = _records(Path(config.out), "train")
     assert [r["step"] for r in train] == list(range(1, 17))  # steps 11-14 were redone
 
@@ -194,7 +195,7 @@ def test_a_crashed_run_resumes_to_the_same_losses(tiny_config, tmp_path, monkeyp
     step = Trainer._train_step
 
     def crash(self):
-        if self.step == 7:
+        if self.state.step == 7:
             raise RuntimeError("power cut")
         return step(self)
 
@@ -265,3 +266,15 @@ def test_a_token_budget_sets_the_number_of_steps(tiny_config):
     # 4 windows of 32 tokens = 128 tokens per step: 1,000 tokens take 8 steps.
     result = Trainer(tiny_config.replace(tokens=1000, eval_every=0)).run()
     assert result.step == 8 and result.tokens == 8 * 128
+
+
+def test_train_state_round_trips_with_the_keys_checkpoints_have_always_had():
+    # Checkpoints store these counters at the top level of trainer_state/state.json (so
+    # those written before TrainState existed still resume).
+    state = TrainState(3, 96, 1.5, 0.5, 1, best_val=2.0, last_val=2.5, last_loss=2.25)
+    saved = json.loads(json.dumps({**state.state_dict(), "guard": {}, "phase": "pretrain"}))
+    keys = {"step", "tokens", "elapsed", "lr_scale", "rollbacks", "best_val", "last_val"}
+    assert set(state.state_dict()) == keys | {"last_loss"}
+    restored = TrainState()
+    restored.load_state_dict(saved)
+    assert restored == state

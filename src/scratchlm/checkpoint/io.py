@@ -58,6 +58,7 @@ from scratchlm.checkpoint.state import (
 from scratchlm.config import ModelConfig
 from scratchlm.errors import CheckpointError, ConfigError
 from scratchlm.model.quantize import refuse_quantized
+from scratchlm.tokenizer.files import save_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -112,8 +113,6 @@ def save_checkpoint(
         save_file(weights, tmp / WEIGHTS, metadata=weights_metadata(aliases))
         write_json(tmp / CONFIG, config)
         if tokenizer is not None:
-            from scratchlm.tokenizer.files import save_tokenizer
-
             save_tokenizer(tokenizer, tmp / TOKENIZER)
         if opt is not None:
             (tmp / OPTIMIZER_TENSORS).parent.mkdir(exist_ok=True)

@@ -19,6 +19,7 @@ from scratchlm.checkpoint.state import load_weights
 from scratchlm.config import ModelConfig
 from scratchlm.errors import CheckpointError
 from scratchlm.model import TransformerLM
+from scratchlm.tokenizer.files import load_tokenizer
 
 
 def load_model(
@@ -39,8 +40,6 @@ def load_model(
     model_config = ModelConfig.from_dict(config["model"])
     tokenizer = None
     if (folder / TOKENIZER).is_file():
-        from scratchlm.tokenizer.files import load_tokenizer
-
         tokenizer = load_tokenizer(folder / TOKENIZER)
         if tokenizer.vocab_size > model_config.vocab_size:
             raise CheckpointError(

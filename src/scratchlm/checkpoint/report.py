@@ -20,6 +20,7 @@ from scratchlm.checkpoint.files import OPTIMIZER_JSON, TOKENIZER, WEIGHTS, read_
 from scratchlm.checkpoint.io import read_config, read_train_state
 from scratchlm.checkpoint.manager import resolve_checkpoint
 from scratchlm.checkpoint.state import TENSOR_TAG, TUPLE_TAG, read_aliases
+from scratchlm.tokenizer.files import load_tokenizer
 
 
 def tensor_stats(t: Tensor) -> dict[str, Any]:
@@ -86,8 +87,6 @@ def inspect_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         "optimizer": None,
     }
     if (folder / TOKENIZER).is_file():
-        from scratchlm.tokenizer.files import load_tokenizer
-
         tok = load_tokenizer(folder / TOKENIZER)
         info["tokenizer"] = {
             "type": type(tok).__name__,

@@ -11,6 +11,7 @@ import json
 import logging
 import random
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -39,8 +40,6 @@ def capture_rng_state() -> dict[str, Tensor]:
     """Every global RNG state we know of, as ``{"rng.<name>": uint8 tensor (N,)}``:
     torch's CPU generator, each CUDA device's generator when CUDA is available, Python's
     ``random`` and numpy's global generator."""
-    import numpy as np
-
     states = {TORCH_CPU: torch.get_rng_state()}
     if torch.cuda.is_available():
         for i in range(torch.cuda.device_count()):
@@ -56,8 +55,6 @@ def restore_rng_state(tensors: dict[str, Tensor]) -> None:
     """Set the global RNGs from ``capture_rng_state``'s output. Keys not starting with
     ``rng.`` are ignored, so a checkpoint's whole tensor dict can be passed; CUDA states
     for devices this machine lacks are skipped with a warning."""
-    import numpy as np
-
     if TORCH_CPU in tensors:
         torch.set_rng_state(tensors[TORCH_CPU].to("cpu", torch.uint8))
     cuda = {k: t for k, t in tensors.items() if k.startswith(TORCH_CUDA)}

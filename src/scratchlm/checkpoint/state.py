@@ -23,7 +23,6 @@ from safetensors.torch import load_file, safe_open
 from torch import Tensor, nn
 
 from scratchlm.errors import CheckpointError
-from scratchlm.train.optim import lay_out_state_like_params
 
 ALIASES_KEY = "scratchlm.aliases"
 TENSOR_TAG = "__tensor__"
@@ -205,6 +204,10 @@ def load_optimizer(
         }
         optimizer.load_state_dict(state_dict)
         # Any optimizer, not only build_optimizer's (which also does this after a load).
+        # Imported here only in the trainer branch, until the model branch deletes this
+        # layout repair (checkpoint/ must not import train/ at module top: a cycle).
+        from scratchlm.train.optim import lay_out_state_like_params
+
         lay_out_state_like_params(optimizer)
     except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise CheckpointError(

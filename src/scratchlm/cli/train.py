@@ -12,13 +12,8 @@ from scratchlm import pipeline
 from scratchlm.cli.config_flags import add_config_flags, given_settings
 from scratchlm.config import ModelConfig
 from scratchlm.errors import ConfigError
-from scratchlm.train.config import (
-    SFT_DEFAULTS,
-    TrainConfig,
-    load_run_config,
-    nothing_to_resume,
-    resolve_config,
-)
+from scratchlm.train.assembly import nothing_to_resume
+from scratchlm.train.config import SFT_DEFAULTS, TrainConfig, load_run_config, resolve_config
 from scratchlm.train.trainer import Trainer
 
 EPILOG = """examples:

@@ -1,13 +1,13 @@
 """Training: losses, optimizers, schedules, metrics and the loop (``Trainer``)."""
 
+from scratchlm.model.loss import bits_per_byte, cross_entropy, linear_cross_entropy
 from scratchlm.train.config import TrainConfig
-from scratchlm.train.loss import bits_per_byte, cross_entropy, linear_cross_entropy
 from scratchlm.train.metrics import MetricsLog, read_metrics
 from scratchlm.train.optim import SGD, AdamW, build_optimizer, clip_grad_norm, param_groups
 from scratchlm.train.plot import plot_run
 from scratchlm.train.progress import Progress, Throughput, mfu, peak_flops
 from scratchlm.train.schedule import get_lr_cosine_schedule, lr_schedule
-from scratchlm.train.state import TrainResult
+from scratchlm.train.state import TrainResult, TrainState
 from scratchlm.train.trainer import Trainer, TrainingDiverged
 
 __all__ = [
@@ -18,6 +18,7 @@ __all__ = [
     "Throughput",
     "TrainConfig",
     "TrainResult",
+    "TrainState",
     "Trainer",
     "TrainingDiverged",
     "bits_per_byte",

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from scratchlm.atomic import atomic_write_text
 from scratchlm.config import PRESETS, ModelConfig, _known_fields, flag_info, preset, setting
 from scratchlm.errors import ConfigError
 
@@ -252,8 +253,6 @@ class TrainConfig:
             raise ConfigError(f"bad training settings: {e}") from None
 
     def save(self, path: str | os.PathLike) -> None:
-        from scratchlm.atomic import atomic_write_text
-
         atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
 
     def replace(self, **changes: Any) -> TrainConfig:
@@ -311,95 +310,6 @@ def load_run_config(run_dir: str | os.PathLike) -> TrainConfig | None:
     return TrainConfig.from_dict(data)
 
 
-def check_resumable(saved: TrainConfig, wanted: TrainConfig) -> None:
-    """ConfigError unless ``wanted`` only changes settings a resumed run may change."""
-    a, b = saved.to_dict(), wanted.to_dict()
-    changed = sorted(k for k in a if k not in RESUMABLE_CHANGES and a[k] != b[k])
-    if changed:
-        detail = ", ".join(f"{k}: {a[k]!r} -> {b[k]!r}" for k in changed[:3])
-        raise ConfigError(
-            f"the run in {saved.out} was started with other settings ({detail}); "
-            "resume it with the same settings or choose a new --out"
-        )
-
-
-def run_tokenizer(config: TrainConfig) -> Any:
-    """The run's tokenizer: ``config.tokenizer``, else the copy in the data directory (for
-    instruction tuning: the starting checkpoint's, with the chat tokens added)."""
-    from scratchlm.tokenizer import load_tokenizer
-
-    if config.phase == "sft" and not config.tokenizer:
-        from scratchlm.checkpoint import resolve_checkpoint
-        from scratchlm.data.chat import chat_tokenizer
-
-        path = resolve_checkpoint(config.init_from) / "tokenizer.json"
-        if not path.exists():
-            raise ConfigError(f"the checkpoint {path.parent} holds no tokenizer.json")
-        return chat_tokenizer(load_tokenizer(path))
-    path = Path(config.tokenizer) if config.tokenizer else Path(config.data) / "tokenizer.json"
-    if not path.exists():
-        raise ConfigError(
-            f"no tokenizer at {path}: pass --tokenizer DIR (the one `scratchlm prepare` used)"
-        )
-    return load_tokenizer(path)
-
-
-def build_model(config: TrainConfig, tokenizer: Any) -> Any:
-    """A new TransformerLM for the run, or the one in ``config.init_from``."""
-    from scratchlm.model import TransformerLM
-
-    if config.init_from:
-        from scratchlm.checkpoint import load_model
-
-        model, _ = load_model(config.init_from)
-        model.train()
-        if model.config.vocab_size < tokenizer.vocab_size:  # new (chat) tokens: new rows
-            from scratchlm.model.resize import grow_vocab
-
-            grow_vocab(model, tokenizer.vocab_size)
-        if model.config.vocab_size != tokenizer.vocab_size:
-            raise ConfigError(
-                f"the model in {config.init_from} has a vocabulary of "
-                f"{model.config.vocab_size}, the tokenizer {tokenizer.vocab_size}"
-            )
-        return model
-    return TransformerLM(config.model_config(tokenizer.vocab_size))
-
-
 def sft_config(**settings: Any) -> TrainConfig:
     """The settings of an instruction-tuning run: the defaults, SFT_DEFAULTS, ``settings``."""
     return resolve_config(flags=settings, defaults=SFT_DEFAULTS)
-
-
-def build_optimizer_for(config: TrainConfig, model: Any) -> Any:
-    """The run's optimizer over ``model``'s parameters (``train.optim.build_optimizer``)."""
-    from scratchlm.train.optim import build_optimizer
-
-    return build_optimizer(
-        model,
-        name=config.optimizer,
-        lr=config.lr,
-        betas=config.betas,
-        eps=config.eps,
-        weight_decay=config.weight_decay,
-        fused=config.fused,
-    )
-
-
-def is_resuming(config: TrainConfig, run_dir: Path) -> bool:
-    """True when ``run_dir`` holds a run started with compatible settings (ConfigError
-    when they differ); False for a new run (ConfigError if ``resume`` was asked for)."""
-    saved = load_run_config(run_dir)
-    if saved is not None:
-        check_resumable(saved, config)
-        return True
-    if config.resume:
-        raise nothing_to_resume(run_dir)
-    return False
-
-
-def nothing_to_resume(run_dir: str | os.PathLike) -> ConfigError:
-    return ConfigError(
-        f"nothing to resume in {run_dir}: it holds no {CONFIG_FILE}; "
-        "start a new run without --resume"
-    )

@@ -16,8 +16,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from scratchlm.chat import reply
+from scratchlm.generate import eval_mode
 from scratchlm.model import TransformerLM
-from scratchlm.train.loss import bits_per_byte
+from scratchlm.model.loss import IGNORE_INDEX, bits_per_byte
+from scratchlm.textgen import generate
 
 
 @torch.no_grad()
@@ -29,26 +32,21 @@ def evaluate(
     batch_size: int,
     bytes_per_token: float | None = None,
     autocast: contextlib.AbstractContextManager | None = None,
-    loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
+    loss_fn: Callable[..., Tensor] | None = None,
 ) -> dict[str, float]:
     """Mean next-token loss over the windows x, y (N, T) (targets -100 are ignored), with
-    perplexity and, given the text's bytes per token, bits per byte. ``loss_fn(x, y)``
-    replaces ``model.loss`` (a sharded model is called through its wrapper)."""
-    was_training = model.training
-    model.eval()
+    perplexity and, given the text's bytes per token, bits per byte. ``loss_fn(x, y,
+    reduction=...)`` replaces ``model.loss`` (a sharded model is called through its
+    wrapper)."""
     device = next(model.parameters()).device
     total, count = 0.0, 0
-    try:
+    with eval_mode(model):
         for start in range(0, len(x), batch_size):
             xb = x[start : start + batch_size].to(device)
             yb = y[start : start + batch_size].to(device)
-            n = int((yb != -100).sum())
             with autocast or contextlib.nullcontext():
-                loss = (loss_fn or model.loss)(xb, yb)
-            total += float(loss) * n
-            count += n
-    finally:
-        model.train(was_training)
+                total += float((loss_fn or model.loss)(xb, yb, reduction="sum"))
+            count += int((yb != IGNORE_INDEX).sum())
     loss = total / max(count, 1)
     result = {"val_loss": loss, "val_ppl": math.exp(min(loss, 50.0))}
     if bytes_per_token:
@@ -68,8 +66,6 @@ def draw_samples(
     """Each prompt's continuation, sampled at temperature 0.8 (top-k 50) from a
     generator of its own seeded with ``seed``, all prompts in one batch. With ``chat``,
     each prompt is a user message and the text is the model's answer."""
-    from scratchlm.textgen import generate
-
     if not prompts or max_new_tokens == 0:
         return []
     if chat:
@@ -91,7 +87,5 @@ def draw_samples(
 def answer(model: TransformerLM, tokenizer: Any, question: str, **settings: Any) -> str:
     """The model's answer to one user message, up to its end of turn (``chat.reply``).
     Settings are SampleConfig fields (default here: temperature 0.8, top-k 50)."""
-    from scratchlm.chat import reply
-
     messages = [{"role": "user", "content": question}]
     return reply(model, tokenizer, messages, **{"temperature": 0.8, "top_k": 50, **settings})

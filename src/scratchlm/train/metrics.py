@@ -176,7 +176,7 @@ class MetricsLog:
 
 
 def _summary_writer(log_dir: str | os.PathLike, purge_step: int | None = None) -> Any:
-    try:
+    try:  # deferred: tensorboard is an optional extra, imported only when asked for
         from torch.utils.tensorboard import SummaryWriter
     except ImportError as e:
         raise ConfigError(

@@ -1,5 +1,6 @@
 """Optimizers, written out: AdamW and SGD, the weight-decay parameter groups, gradient
-clipping, and ``build_optimizer``, which picks PyTorch's fused AdamW when it can.
+clipping, and ``build_optimizer(model, config)``, which picks PyTorch's fused AdamW
+when it can.
 
 AdamW (Loshchilov & Hutter, 2019, Algorithm 2) is Adam (Kingma & Ba, 2015) with the
 weight decay taken out of the gradient: the parameters shrink by lr * wd directly, so the
@@ -22,8 +23,7 @@ from torch import Tensor, nn
 from scratchlm.errors import ConfigError
 from scratchlm.model.layers import Embedding as ScratchEmbedding
 from scratchlm.model.layers import Linear as ScratchLinear
-
-OPTIMIZERS = ("adamw", "sgd")
+from scratchlm.train.config import OPTIMIZERS, TrainConfig
 
 
 def _check_nonnegative(name: str, value: float) -> None:
@@ -264,31 +264,22 @@ def lay_out_state_like_params(optimizer: torch.optim.Optimizer) -> None:
                 state[key] = torch.empty_like(p, dtype=value.dtype).copy_(value)
 
 
-def build_optimizer(
-    model: nn.Module,
-    *,
-    name: str = "adamw",
-    lr: float,
-    betas: tuple[float, float] = (0.9, 0.95),
-    eps: float = 1e-8,
-    weight_decay: float = 0.1,
-    fused: bool | None = None,
-) -> torch.optim.Optimizer:
-    """The optimizer for ``model`` over ``param_groups(model, weight_decay)``.
+def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """The run's optimizer over ``param_groups(model, config.weight_decay)``.
 
-    name: "adamw" or "sgd" (plain SGD at ``lr`` with L2 ``weight_decay``; betas and eps
-    are not used). For "adamw", ``fused`` picks the implementation: None (default) uses
-    ``torch.optim.AdamW(fused=True)`` when ``fused_adamw_supported`` says the kernel
-    exists for the parameters' devices and dtypes, else ``AdamW`` from this module; False
-    forces ours; True forces torch's fused one (ConfigError if it is not available).
-    All compute the same parameters (tests/train/test_optim.py). On a CPU the fused kernel
-    is the fastest: one step of the "small" preset (23M parameters, 2 threads, torch 2.13)
-    took ~30-39 ms fused, ~35-50 ms with torch's default AdamW (on a CPU its single-tensor
-    loop, not foreach) and ~85 ms with ours.
+    ``config.optimizer``: "adamw" or "sgd" (plain SGD at ``lr`` with L2 ``weight_decay``;
+    betas and eps are not used). For "adamw", ``config.fused`` picks the implementation:
+    None (default) uses ``torch.optim.AdamW(fused=True)`` when ``fused_adamw_supported``
+    says the kernel exists for the parameters' devices and dtypes, else ``AdamW`` from this
+    module; False forces ours; True forces torch's fused one (ConfigError if it is not
+    available). All compute the same parameters (tests/train/test_optim.py); on a CPU the
+    fused kernel is the fastest (docs/benchmarks.md).
 
     Note: a state_dict carries its group options, so loading one saved by ours or by a
     non-fused torch AdamW into a fused optimizer turns ``fused`` back off (torch's rule).
     """
+    name, lr, fused, weight_decay = config.optimizer, config.lr, config.fused, config.weight_decay
+    betas, eps = tuple(config.betas), config.eps
     if name not in OPTIMIZERS:
         raise ConfigError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
     groups = param_groups(model, weight_decay)

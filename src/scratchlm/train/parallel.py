@@ -11,6 +11,9 @@ Launch, one node with 8 GPUs:
 Several nodes (run on each node; NODE_RANK 0..N-1, MASTER the address of node 0):
     torchrun --nnodes=N --node_rank=NODE_RANK --nproc_per_node=8 \\
         --rdzv_backend=c10d --rdzv_endpoint=MASTER:29500 -m scratchlm train --fsdp ...
+
+torch's FSDP and distributed-checkpoint modules are imported inside the functions that
+use them: a slow import that only --fsdp runs need.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from scratchlm.errors import ConfigError
 from scratchlm.train.runtime import Distributed
@@ -32,8 +36,6 @@ def wrap_for_training(
     if fsdp:
         module = shard_model(module, device)
     elif dist.enabled:
-        from torch.nn.parallel import DistributedDataParallel
-
         ids = [device.index] if device.type == "cuda" else None
         module = DistributedDataParallel(module, device_ids=ids)
     if compile:

@@ -47,7 +47,7 @@ def smoothing_beta(n_points: int) -> float | None:
 
 
 def _matplotlib() -> tuple[Any, Any, Any]:
-    try:
+    try:  # deferred: matplotlib is an optional extra, and a slow import
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
         from matplotlib.ticker import EngFormatter

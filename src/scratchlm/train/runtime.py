@@ -84,12 +84,12 @@ class Distributed:
         if self.enabled:
             torch.distributed.barrier()
 
-    def mean(self, value: torch.Tensor) -> torch.Tensor:
-        """The average of a tensor over all processes (itself without torchrun)."""
+    def sum(self, value: torch.Tensor) -> torch.Tensor:
+        """The sum of a tensor over all processes (itself without torchrun)."""
         if not self.enabled:
             return value
         value = value.clone()
-        torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.AVG)
+        torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.SUM)
         return value
 
     def any(self, flag: bool, device: torch.device) -> bool:
@@ -134,9 +134,12 @@ class LossModule(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, x: Tensor, y: Tensor, segment_ids: Tensor | None = None) -> Tensor:
-        """x, y (B, T) and, for packed rows, segment_ids (B, T) -> the scalar loss."""
-        return self.model.loss(x, y, segment_ids=segment_ids)
+    def forward(
+        self, x: Tensor, y: Tensor, segment_ids: Tensor | None = None, reduction: str = "mean"
+    ) -> Tensor:
+        """x, y (B, T) and, for packed rows, segment_ids (B, T) -> the scalar loss (the
+        mean over target tokens, or their sum)."""
+        return self.model.loss(x, y, segment_ids=segment_ids, reduction=reduction)
 
 
 class SignalFlag:

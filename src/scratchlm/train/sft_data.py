@@ -41,10 +41,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from scratchlm.builtin import resolve_builtin
 from scratchlm.data.batches import RankedDraws
 from scratchlm.data.chat import ConversationTooLongError, render_conversation
+from scratchlm.data.chat_sources import read_conversations
 from scratchlm.errors import DataError
-from scratchlm.train.loss import IGNORE_INDEX
+from scratchlm.model.loss import IGNORE_INDEX
 
 log = logging.getLogger(__name__)
 
@@ -205,9 +207,6 @@ def load_sft_data(
     """The training sampler (packed rows) and the validation rows ``(val_x, val_y)``
     (one conversation per row) of conversation files (any format ``read_conversations``
     reads; ``builtin:chat`` names the built-in set)."""
-    from scratchlm.builtin import resolve_builtin
-    from scratchlm.data.chat_sources import read_conversations
-
     paths = [str(resolve_builtin(f)) for f in files]
     if not paths:
         raise DataError("instruction tuning needs conversations: pass --data FILE ...")

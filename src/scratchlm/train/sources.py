@@ -7,7 +7,9 @@ from typing import Any
 
 from torch import Tensor
 
+from scratchlm.data import BatchSampler, fixed_windows, open_tokens, read_meta
 from scratchlm.train.config import TrainConfig
+from scratchlm.train.sft_data import load_sft_data
 
 
 def training_data(
@@ -19,8 +21,6 @@ def training_data(
     conversations, whose loss counts only the answers)."""
     c, T = config, context_length
     if c.phase == "sft":
-        from scratchlm.train.sft_data import load_sft_data
-
         sampler, val_x, val_y = load_sft_data(
             c.conversations,
             tokenizer,
@@ -33,8 +33,6 @@ def training_data(
             world_size=world_size,
         )
         return sampler, val_x, val_y, None
-    from scratchlm.data import BatchSampler, fixed_windows, open_tokens, read_meta
-
     bytes_per_token = read_meta(c.data)["splits"]["val"]["bytes_per_token"]
     train_tokens = open_tokens(c.data, "train", tokenizer)
     val_tokens = open_tokens(c.data, "val")  # same meta.json: the tokenizer is checked

@@ -3,6 +3,7 @@ how a run ended, and the split of state dicts into JSON and tensors for checkpoi
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,17 +23,28 @@ class TrainResult:
     interrupted: str | None = None  # "SIGINT" / "SIGTERM" when a signal stopped the run
 
 
-# The trainer's counters, saved with each checkpoint and restored on resume.
-COUNTERS = (
-    "step",
-    "tokens",
-    "elapsed",
-    "lr_scale",
-    "rollbacks",
-    "best_val",
-    "last_val",
-    "last_loss",
-)
+@dataclass
+class TrainState:
+    """The trainer's counters: saved with each checkpoint (``state_dict``, plain JSON
+    values) and restored on resume (``load_state_dict``)."""
+
+    step: int = 0  # optimizer updates done (skipped ones count)
+    tokens: int = 0  # tokens trained on
+    elapsed: float = 0.0  # wall seconds of training before this process started
+    lr_scale: float = 1.0  # lowered by each rollback
+    rollbacks: int = 0
+    best_val: float | None = None
+    last_val: float | None = None
+    last_loss: float | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Take every counter from ``state`` (a checkpoint's state.json, which also holds
+        other keys: the guard's, the sampler's...)."""
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, state[f.name])
 
 
 def split_tensors(state: dict[str, Any], prefix: str) -> tuple[dict[str, Any], dict[str, Tensor]]:

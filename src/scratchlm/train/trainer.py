@@ -13,6 +13,7 @@ uninterrupted run's losses exactly. SIGINT and SIGTERM save a checkpoint and sto
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import sys
@@ -22,29 +23,36 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from scratchlm.errors import ConfigError, ScratchLMError
-from scratchlm.train.config import (
-    CONFIG_FILE,
-    TrainConfig,
-    build_model,
-    build_optimizer_for,
-    is_resuming,
-    run_tokenizer,
+from scratchlm.checkpoint import (
+    CheckpointManager,
+    capture_rng_state,
+    load_checkpoint,
+    read_train_state,
+    restore_rng_state,
 )
+from scratchlm.errors import ConfigError, ScratchLMError
+from scratchlm.model.loss import IGNORE_INDEX
+from scratchlm.train.assembly import build_model, is_resuming, run_tokenizer
+from scratchlm.train.config import CONFIG_FILE, TrainConfig
+from scratchlm.train.evaluate import draw_samples, evaluate
 from scratchlm.train.guard import DivergenceGuard
+from scratchlm.train.metrics import MetricsLog
+from scratchlm.train.optim import build_optimizer, clip_grad_norm
 from scratchlm.train.parallel import gather_to_cpu, scatter_from_cpu, wrap_for_training
-from scratchlm.train.progress import Progress
+from scratchlm.train.progress import Progress, mfu, peak_flops
 from scratchlm.train.runtime import (
     LossModule,
     SignalFlag,
     autocast,
     init_distributed,
     pick_precision,
+    shutdown_distributed,
 )
+from scratchlm.train.schedule import lr_schedule
 from scratchlm.train.sources import training_data
-from scratchlm.train.state import COUNTERS, TrainResult, join_tensors, split_tensors
+from scratchlm.train.state import TrainResult, TrainState, join_tensors, split_tensors
 
 log = logging.getLogger(__name__)
 
@@ -57,17 +65,10 @@ class Trainer:
     """Runs (or resumes) the training run described by a ``TrainConfig``."""
 
     def __init__(self, config: TrainConfig, *, echo: Callable[[str], None] | None = None) -> None:
-        self.config = config
+        """Build everything the run needs (checking the settings, the data and the
+        tokenizer on the way), without writing anything; ``run`` then trains."""
+        self.config = c = config
         self.echo = echo or log.info
-
-    # ----------------------------------------------------------------------------------
-    # Set-up
-    def _setup(self) -> None:
-        from scratchlm.checkpoint import CheckpointManager
-        from scratchlm.train.metrics import MetricsLog
-        from scratchlm.train.progress import peak_flops
-
-        c = self.config
         self.dist, self.device = init_distributed(c.device)
         self.precision = pick_precision(c.precision, self.device)
         self.run_dir = Path(c.out)
@@ -83,7 +84,8 @@ class Trainer:
         self.train_step_model = wrap_for_training(
             self.loss_module, self.dist, self.device, fsdp=c.fsdp, compile=c.compile
         )
-        self.optimizer = self._make_optimizer(self.model)
+        self.make_optimizer = functools.partial(build_optimizer, config=c)
+        self.optimizer = self.make_optimizer(self.model)
         self.sampler, self.val_x, self.val_y, self.bytes_per_token = training_data(
             c, self.tokenizer, T, rank=self.dist.rank, world_size=self.dist.world_size
         )
@@ -97,35 +99,20 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         self.guard = DivergenceGuard(c.spike_factor, c.max_skips)
         self.checkpoints = CheckpointManager(self.run_dir, keep_last=c.keep_last)
-        main = self.dist.is_main
-        self.metrics = MetricsLog(self.run_dir, tensorboard=c.tensorboard) if main else None
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision, torch.float32)
         self.peak = peak_flops(self.device, dtype)
         self.flops_per_token = self.model.flops_per_token(training=True)
-
+        self.state = TrainState()  # the counters that checkpoints carry
+        self.metrics: MetricsLog | None = None  # opened by run (rank 0)
         self.started = time.perf_counter()  # wall clock of this process's training
-        # State that checkpoints carry.
-        self.step = 0
-        self.tokens = 0
-        self.elapsed = 0.0  # wall seconds of training before this process started
-        self.lr_scale = 1.0
-        self.rollbacks = 0
-        self.best_val: float | None = None
-        self.last_val: float | None = None
-        self.last_loss: float | None = None
         self.last_checkpoint: Path | None = None
-
-    def _make_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
-        return build_optimizer_for(self.config, model)
 
     # ----------------------------------------------------------------------------------
     # Checkpoints
     def _train_state(self) -> tuple[dict[str, Any], dict[str, Tensor]]:
         """Everything the next steps depend on, as JSON and as tensors."""
-        from scratchlm.checkpoint import capture_rng_state
-
         sampler, tensors = split_tensors(self.sampler.state_dict(), "sampler.")
-        state = {name: getattr(self, name) for name in COUNTERS}
+        state = self.state.state_dict()
         state.update(
             elapsed=self._wall_time(),
             guard=self.guard.state_dict(),
@@ -141,13 +128,13 @@ class Trainer:
         path = None
         model, optimizer = self.model, self.optimizer
         if self.config.fsdp:  # every process takes part in gathering the shards
-            model, optimizer = gather_to_cpu(model, optimizer, self._make_optimizer)
+            model, optimizer = gather_to_cpu(model, optimizer, self.make_optimizer)
         if self.dist.is_main:
             state, tensors = self._train_state()
             path = self.checkpoints.save(
                 model,
                 optimizer,
-                self.step,
+                self.state.step,
                 tokenizer=self.tokenizer,
                 train_state=state,
                 tensors=tensors,
@@ -160,20 +147,17 @@ class Trainer:
     def _restore(self, path: Path, *, data_and_rng: bool) -> None:
         """Load a checkpoint's weights, optimizer and counters; with ``data_and_rng``
         also the sampler and RNG states, so the next steps repeat exactly."""
-        from scratchlm.checkpoint import load_checkpoint, read_train_state, restore_rng_state
-
         if self.config.fsdp:
             copy = type(self.model)(self.model.config)
-            copy_optimizer = self._make_optimizer(copy)
+            copy_optimizer = self.make_optimizer(copy)
             load_checkpoint(path, copy, copy_optimizer)
             scatter_from_cpu(self.model, self.optimizer, copy, copy_optimizer)
         else:
             load_checkpoint(path, self.model, self.optimizer)
         state, tensors = read_train_state(path)
-        rollbacks = self.rollbacks
-        for name in COUNTERS:
-            setattr(self, name, state[name])
-        self.rollbacks = max(rollbacks, self.rollbacks)
+        rollbacks = self.state.rollbacks
+        self.state.load_state_dict(state)
+        self.state.rollbacks = max(rollbacks, self.state.rollbacks)  # rollbacks never undo
         self.guard.load_state_dict(state["guard"])
         if state.get("scaler") and self.scaler.is_enabled():
             self.scaler.load_state_dict(state["scaler"])
@@ -182,23 +166,24 @@ class Trainer:
             restore_rng_state(tensors)
         self.last_checkpoint = path
         if self.metrics is not None:
-            self.metrics.truncate_after(self.step)
+            self.metrics.truncate_after(self.state.step)
 
     # ----------------------------------------------------------------------------------
     # The loop
     def run(self) -> TrainResult:
         """Train until the configured number of steps (resuming when the run directory
         holds a checkpoint); returns how the run ended."""
-        self._setup()
+        c = self.config
         if self.dist.is_main:  # only once everything checked out: a failed start leaves none
-            self.config.save(self.run_dir / CONFIG_FILE)
+            self.metrics = MetricsLog(self.run_dir, tensorboard=c.tensorboard)
+            c.save(self.run_dir / CONFIG_FILE)
         self.started = time.perf_counter()
         try:
             if self.resuming:
                 latest = self.checkpoints.latest_valid()
                 if latest is not None:
                     self._restore(latest, data_and_rng=True)
-                    self._event(f"resumed from {latest.name} (step {self.step})")
+                    self._event(f"resumed from {latest.name} (step {self.state.step})")
                 elif self.metrics is not None:  # it stopped before its first checkpoint
                     self.metrics.truncate_after(0)
             with SignalFlag() as stop:
@@ -206,8 +191,6 @@ class Trainer:
         finally:
             if self.metrics is not None:
                 self.metrics.close()
-            from scratchlm.train.runtime import shutdown_distributed
-
             shutdown_distributed(self.dist)
 
     def _loop(self, stop: SignalFlag) -> TrainResult:
@@ -215,10 +198,10 @@ class Trainer:
         eval_every = c.resolved_eval_every(self.total)
         ckpt_every = c.resolved_checkpoint_every(self.total)
         self._announce()
-        bar = Progress(self.total, initial_step=self.step, enabled=self._bar_enabled)
+        bar = Progress(self.total, initial_step=self.state.step, enabled=self._bar_enabled)
         window_tokens, window_time = 0, 0.0
         with bar:
-            while self.step < self.total:
+            while self.state.step < self.total:
                 t0 = time.perf_counter()
                 done = self._train_step()
                 if done is None:  # rolled back to a checkpoint: nothing to report
@@ -226,31 +209,28 @@ class Trainer:
                 loss, grad_norm, lr = done
                 window_time += time.perf_counter() - t0
                 window_tokens += self.tokens_per_step
-                if self.step % c.log_every == 0 or self.step == self.total:
+                if self.state.step % c.log_every == 0 or self.state.step == self.total:
                     tps = window_tokens / max(window_time, 1e-9)
                     self._log_train(bar, loss, grad_norm, lr, tps)
                     window_tokens, window_time = 0, 0.0
-                at_end = self.step == self.total
+                at_end = self.state.step == self.total
                 val = None
-                if (eval_every and self.step % eval_every == 0) or at_end:
+                if (eval_every and self.state.step % eval_every == 0) or at_end:
                     val = self._evaluate(bar)
                 signalled = self.dist.any(stop.name is not None, self.device)
-                if (ckpt_every and self.step % ckpt_every == 0) or at_end or signalled:
+                if (ckpt_every and self.state.step % ckpt_every == 0) or at_end or signalled:
                     self.save_checkpoint(val_loss=val)
                 if signalled:
-                    self._event(f"stopped by {stop.name or 'a signal'} at step {self.step}")
+                    self._event(f"stopped by {stop.name or 'a signal'} at step {self.state.step}")
                     return self._result(interrupted=stop.name or "signal")
         return self._result()
 
     def _train_step(self) -> tuple[float, float, float] | None:
         """One optimizer update (or a skipped one); returns loss, grad norm and lr, or
         None when bad steps made it roll back to the last checkpoint."""
-        from scratchlm.train.optim import clip_grad_norm
-        from scratchlm.train.schedule import lr_schedule
-
         c = self.config
-        lr = self.lr_scale * lr_schedule(
-            self.step,
+        lr = self.state.lr_scale * lr_schedule(
+            self.state.step,
             max_lr=c.lr,
             min_lr=c.resolved_min_lr(),
             warmup_steps=c.resolved_warmup(self.total),
@@ -259,23 +239,30 @@ class Trainer:
         )
         for group in self.optimizer.param_groups:
             group["lr"] = lr
+        # The loss is the mean over the step's target tokens on all processes, as for the
+        # batch in one piece: each micro-batch adds its summed loss over that count, so
+        # one with few answer tokens weighs no more than its tokens do. DDP averages the
+        # gradients over the processes, hence the world size. Batches: x, y (, segment_ids).
+        batches = [self.sampler.next(self.device) for _ in range(c.grad_accum)]
+        targets = torch.stack([(batch[1] != IGNORE_INDEX).sum() for batch in batches]).sum()
+        targets = self.dist.sum(targets).clamp(min=1)  # 0-dim, on the device: no host sync
+        scale = self.dist.world_size / targets
         loss_sum = torch.zeros((), device=self.device)
-        for micro in range(c.grad_accum):
-            batch = self.sampler.next(self.device)  # x, y (and segment_ids when sft)
+        for micro, batch in enumerate(batches):
             last = micro == c.grad_accum - 1
             # DDP averages gradients across processes on the last micro-step only.
             no_sync = getattr(self.train_step_model, "no_sync", None)
             with no_sync() if (no_sync and not last) else contextlib.nullcontext():
                 with autocast(self.device, self.precision):
-                    loss = self.train_step_model(*batch)
-                self.scaler.scale(loss / c.grad_accum).backward()
+                    loss = self.train_step_model(*batch, reduction="sum")
+                self.scaler.scale(loss * scale).backward()
             loss_sum += loss.detach()
         self.scaler.unscale_(self.optimizer)
         norm = clip_grad_norm(self.model.parameters(), c.grad_clip or float("inf"))
-        loss_value = float(self.dist.mean(loss_sum / c.grad_accum))  # one host sync
+        loss_value = float(self.dist.sum(loss_sum) / targets)  # the mean per target token
         grad_norm = float(norm)
-        self.step += 1
-        self.tokens += self.tokens_per_step
+        self.state.step += 1
+        self.state.tokens += self.tokens_per_step
         # fp16's loss scaler finds overflowing gradients itself, skips that update and
         # lowers its scale: routine, not divergence.
         overflow = self.scaler.is_enabled() and math.isfinite(loss_value)
@@ -285,9 +272,9 @@ class Trainer:
             self.scaler.step(self.optimizer)
             self.scaler.update()
         else:
-            self._event(f"skipped the update of step {self.step}: {reason}")
+            self._event(f"skipped the update of step {self.state.step}: {reason}")
         self.optimizer.zero_grad(set_to_none=True)
-        self.last_loss = loss_value
+        self.state.last_loss = loss_value
         if self.guard.should_roll_back:
             self._roll_back(reason)
             return None
@@ -299,21 +286,22 @@ class Trainer:
         what = f"{self.guard.skips_in_row} bad steps in a row (last: {reason})"
         if latest is None:
             raise TrainingDiverged(
-                f"training diverged at step {self.step} before the first checkpoint: {what}; "
+                f"training diverged at step {self.state.step} before the first checkpoint: {what}; "
                 f"try a lower --lr (now {c.lr:g}) or a longer warmup"
             )
-        if self.rollbacks >= c.max_rollbacks:
+        rollbacks = self.state.rollbacks
+        if rollbacks >= c.max_rollbacks:
             raise TrainingDiverged(
-                f"training diverged at step {self.step} after {self.rollbacks} rollbacks: "
+                f"training diverged at step {self.state.step} after {rollbacks} rollbacks: "
                 f"{what}; the last good checkpoint is {latest}; try a lower --lr "
                 f"(now {c.lr:g}), a smaller --grad-clip or a larger batch"
             )
-        self.rollbacks += 1
+        self.state.rollbacks += 1
         self._restore(latest, data_and_rng=False)  # new data: the same would fail again
-        self.lr_scale *= c.rollback_lr
+        self.state.lr_scale *= c.rollback_lr
         self.guard.skips_in_row = 0
         self._event(
-            f"rolled back to {latest.name} after {what}; learning rate now x{self.lr_scale:g}"
+            f"rolled back to {latest.name} after {what}; learning rate now x{self.state.lr_scale:g}"
         )
 
     # ----------------------------------------------------------------------------------
@@ -325,23 +313,21 @@ class Trainer:
         self.echo(
             f"training {m.num_parameters() / 1e6:.2f}M parameters on {self.device} "
             f"({self.precision}, {self.dist.world_size} process(es)): {self.total} steps of "
-            f"{self.tokens_per_step:,} tokens, from step {self.step}"
+            f"{self.tokens_per_step:,} tokens, from step {self.state.step}"
         )
 
     def _log_train(self, bar: Any, loss: float, grad_norm: float, lr: float, tps: float) -> None:
-        from scratchlm.train.progress import mfu
-
         util = mfu(tps / self.dist.world_size, self.flops_per_token, self.peak)
-        bar.update(self.step, loss=loss, lr=lr, grad_norm=grad_norm, tokens_per_s=tps, mfu=util)
+        bar.update(
+            self.state.step, loss=loss, lr=lr, grad_norm=grad_norm, tokens_per_s=tps, mfu=util
+        )
         self._record(
             kind="train", loss=loss, lr=lr, grad_norm=grad_norm, tokens_per_s=tps, mfu=util
         )
         if not self._bar_enabled and self.dist.is_main:
-            log.info("step %d/%d loss %.4f lr %.2e", self.step, self.total, loss, lr)
+            log.info("step %d/%d loss %.4f lr %.2e", self.state.step, self.total, loss, lr)
 
     def _evaluate(self, bar: Any) -> float | None:
-        from scratchlm.train.evaluate import draw_samples, evaluate
-
         c = self.config
         if not (self.dist.is_main or c.fsdp):  # a sharded model evaluates on every process
             return None
@@ -356,29 +342,24 @@ class Trainer:
         )
         if not self.dist.is_main:
             return None
-        self.last_val = result["val_loss"]
-        if self.best_val is None or self.last_val < self.best_val:
-            self.best_val = self.last_val
+        self.state.last_val = result["val_loss"]
+        if self.state.best_val is None or self.state.last_val < self.state.best_val:
+            self.state.best_val = self.state.last_val
         self._record(kind="val", **result)
         bpb = f", {result['val_bpb']:.3f} bits/byte" if "val_bpb" in result else ""
-        self._say(bar, f"step {self.step}: validation loss {self.last_val:.4f}{bpb}")
-        texts = (
-            []
-            if c.fsdp
-            else draw_samples(  # generation would need every shard
-                self.model,
-                self.tokenizer,
-                c.sample_prompts,
-                max_new_tokens=c.sample_tokens,
-                seed=c.seed,
-                chat=c.phase == "sft",
+        self._say(bar, f"step {self.state.step}: validation loss {self.state.last_val:.4f}{bpb}")
+        texts = []  # none from a sharded model: generation would need every shard
+        if not c.fsdp:
+            prompts, n = c.sample_prompts, c.sample_tokens
+            chat = c.phase == "sft"
+            texts = draw_samples(
+                self.model, self.tokenizer, prompts, max_new_tokens=n, seed=c.seed, chat=chat
             )
-        )
         for prompt, text in zip(c.sample_prompts[: len(texts)], texts, strict=True):
             self._record(kind="sample", prompt=prompt, text=text)
             shown = text if c.phase == "sft" else prompt + text  # an answer, or a continuation
             self._say(bar, f"  {prompt!r} -> {shown[:120]!r}")
-        return self.last_val
+        return self.state.last_val
 
     @property
     def _bar_enabled(self) -> bool:
@@ -400,19 +381,15 @@ class Trainer:
     def _record(self, **fields: Any) -> None:
         if self.metrics is None:
             return
-        record = {"step": self.step, "tokens": self.tokens, "time": self._wall_time()}
+        record = {"step": self.state.step, "tokens": self.state.tokens, "time": self._wall_time()}
         self.metrics.log({**record, **fields})
 
     def _wall_time(self) -> float:
         """Seconds of training so far, across resumes."""
-        return self.elapsed + (time.perf_counter() - self.started)
+        return self.state.elapsed + (time.perf_counter() - self.started)
 
     def _result(self, interrupted: str | None = None) -> TrainResult:
+        s = self.state
         return TrainResult(
-            step=self.step,
-            tokens=self.tokens,
-            loss=self.last_loss,
-            val_loss=self.last_val,
-            checkpoint=self.last_checkpoint,
-            interrupted=interrupted,
+            s.step, s.tokens, s.last_loss, s.last_val, self.last_checkpoint, interrupted
         )

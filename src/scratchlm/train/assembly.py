@@ -1,0 +1,86 @@
+"""Run assembly: the pieces a ``TrainConfig`` names, built before the first step.
+
+The tokenizer (the data's, or for instruction tuning the starting checkpoint's with the
+chat tokens added), the model (new, or loaded from ``init_from``), and the decision
+whether a run directory is resumed. The optimizer is ``train.optim.build_optimizer``.
+Kept apart from the config so that ``TrainConfig`` stays plain settings and the trainer
+reads as a loop.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from scratchlm.checkpoint import load_model, resolve_checkpoint
+from scratchlm.data.chat import chat_tokenizer
+from scratchlm.errors import ConfigError
+from scratchlm.model import TransformerLM
+from scratchlm.model.resize import grow_vocab
+from scratchlm.tokenizer import load_tokenizer
+from scratchlm.train.config import CONFIG_FILE, RESUMABLE_CHANGES, TrainConfig, load_run_config
+
+
+def run_tokenizer(config: TrainConfig) -> Any:
+    """The run's tokenizer: ``config.tokenizer``, else the copy in the data directory (for
+    instruction tuning: the starting checkpoint's, with the chat tokens added)."""
+    if config.phase == "sft" and not config.tokenizer:
+        path = resolve_checkpoint(config.init_from) / "tokenizer.json"
+        if not path.exists():
+            raise ConfigError(f"the checkpoint {path.parent} holds no tokenizer.json")
+        return chat_tokenizer(load_tokenizer(path))
+    path = Path(config.tokenizer) if config.tokenizer else Path(config.data) / "tokenizer.json"
+    if not path.exists():
+        raise ConfigError(
+            f"no tokenizer at {path}: pass --tokenizer DIR (the one `scratchlm prepare` used)"
+        )
+    return load_tokenizer(path)
+
+
+def build_model(config: TrainConfig, tokenizer: Any) -> TransformerLM:
+    """A new TransformerLM for the run, or the one in ``config.init_from`` (with rows
+    added for tokens the tokenizer has and the checkpoint lacks, e.g. the chat tokens)."""
+    if not config.init_from:
+        return TransformerLM(config.model_config(tokenizer.vocab_size))
+    model, _ = load_model(config.init_from)
+    model.train()
+    if model.config.vocab_size < tokenizer.vocab_size:  # new (chat) tokens: new rows
+        grow_vocab(model, tokenizer.vocab_size)
+    if model.config.vocab_size != tokenizer.vocab_size:
+        raise ConfigError(
+            f"the model in {config.init_from} has a vocabulary of "
+            f"{model.config.vocab_size}, the tokenizer {tokenizer.vocab_size}"
+        )
+    return model
+
+
+def check_resumable(saved: TrainConfig, wanted: TrainConfig) -> None:
+    """ConfigError unless ``wanted`` only changes settings a resumed run may change."""
+    a, b = saved.to_dict(), wanted.to_dict()
+    changed = sorted(k for k in a if k not in RESUMABLE_CHANGES and a[k] != b[k])
+    if changed:
+        detail = ", ".join(f"{k}: {a[k]!r} -> {b[k]!r}" for k in changed[:3])
+        raise ConfigError(
+            f"the run in {saved.out} was started with other settings ({detail}); "
+            "resume it with the same settings or choose a new --out"
+        )
+
+
+def is_resuming(config: TrainConfig, run_dir: Path) -> bool:
+    """True when ``run_dir`` holds a run started with compatible settings (ConfigError
+    when they differ); False for a new run (ConfigError if ``resume`` was asked for)."""
+    saved = load_run_config(run_dir)
+    if saved is not None:
+        check_resumable(saved, config)
+        return True
+    if config.resume:
+        raise nothing_to_resume(run_dir)
+    return False
+
+
+def nothing_to_resume(run_dir: str | os.PathLike) -> ConfigError:
+    return ConfigError(
+        f"nothing to resume in {run_dir}: it holds no {CONFIG_FILE}; "
+        "start a new run without --resume"
+    )

@@ -98,7 +98,7 @@ class _Refused(argparse.Action):
     """A flag that means nothing to this command: recorded, then refused in one line."""
 
     def __call__(self, parser: Any, namespace: Any, values: Any, option: Any = None) -> None:
-        namespace.refused = option
+        setattr(namespace, self.dest, option)
 
 
 def _add_training_flags(

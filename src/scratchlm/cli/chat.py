@@ -152,7 +152,7 @@ def generate_parser(p: argparse.ArgumentParser) -> None:
         metavar="TEXT",
         help="text to continue (default: empty, start a new document)",
     )
-    p.add_argument("--n", type=int, default=1, help="number of samples (default: 1)")
+    p.add_argument("--n", type=int, default=1, help="number of samples (default: %(default)s)")
     _add_sampling(p)
     p.set_defaults(func=_generate)
 

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
 import types
 import typing
+from collections.abc import Callable
 from typing import Any
 
 
@@ -58,6 +60,12 @@ def add_config_flags(
             options["metavar"] = f.metadata["metavar"]
         options["help"] = _help(f.metadata["help"], default, kind)
         parser.add_argument(flag_name(f), **options)
+
+
+def keyword_default(func: Callable[..., Any], name: str) -> Any:
+    """The default of ``func``'s argument ``name``: a flag that passes its value to a
+    library function shows the default written once, in that function's signature."""
+    return inspect.signature(func).parameters[name].default
 
 
 def given_settings(args: argparse.Namespace, cls: type) -> dict[str, Any]:

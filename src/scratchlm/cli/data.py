@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import inspect
 import time
 from pathlib import Path
-from typing import Any
 
+from scratchlm.cli.config_flags import keyword_default
 from scratchlm.data.encode import prepare
 from scratchlm.tokenizer import load_tokenizer
 
@@ -66,11 +65,6 @@ def _prepare(args: argparse.Namespace) -> int:
     return 0
 
 
-def _default(name: str) -> Any:
-    """``prepare``'s default for one of its settings: written once, in its signature."""
-    return inspect.signature(prepare).parameters[name].default
-
-
 def prepare_parser(p: argparse.ArgumentParser) -> None:
     p.description = (
         "Encode text with a tokenizer into DATA_DIR/train.bin and val.bin (uint16 or uint32 "
@@ -89,7 +83,7 @@ def prepare_parser(p: argparse.ArgumentParser) -> None:
         default=None,
         metavar="F",
         help="share of documents for validation, by content hash "
-        f"(default: {_default('val_fraction')})",
+        f"(default: {keyword_default(prepare, 'val_fraction')})",
     )
     split.add_argument(
         "--val-docs",
@@ -100,7 +94,7 @@ def prepare_parser(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--text-field",
-        default=_default("text_field"),
+        default=keyword_default(prepare, "text_field"),
         help="field of JSON/JSONL/Parquet/HF records (default: %(default)s)",
     )
     p.add_argument(

@@ -7,6 +7,7 @@ import json
 
 from scratchlm.chat import default_chat_checkpoint, require_chat_tokens
 from scratchlm.cli.chat import add_chat_checkpoint, add_model_options, load_chat_model
+from scratchlm.cli.config_flags import keyword_default
 from scratchlm.evals import check_facts, read_fact_questions
 from scratchlm.pipeline import DefaultRun
 
@@ -61,7 +62,12 @@ def eval_parser(evals: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="question files (default: the built-in trained and reworded questions)",
     )
-    p.add_argument("--max-new-tokens", type=int, default=64, help="answer budget (default: 64)")
+    p.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=keyword_default(check_facts, "max_new_tokens"),
+        help="answer budget (default: %(default)s)",
+    )
     p.add_argument("--show-misses", action="store_true", help="print every wrong answer")
     p.add_argument("--json", action="store_true", help="print every answer as JSON")
     add_model_options(p)

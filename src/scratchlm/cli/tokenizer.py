@@ -128,7 +128,7 @@ def tokenizer_parser(tok: argparse.ArgumentParser) -> None:
     p.add_argument(
         "inputs", nargs="+", help="text files, directories, builtin:science or builtin:python"
     )
-    p.add_argument("--vocab-size", type=int, default=10_000, help="default: 10000")
+    p.add_argument("--vocab-size", type=int, default=10_000, help="default: %(default)s")
     p.add_argument(
         "--special-token",
         action="append",

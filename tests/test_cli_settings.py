@@ -68,7 +68,7 @@ def test_every_flag_field_is_in_the_help_with_its_default(capsys, command, setti
         text = helps[flag_name(f)]
         assert f.metadata["help"] in text
         value = getattr(config, f.name)
-        if value is None or isinstance(value, bool) or value == []:
+        if value is None or isinstance(value, bool) or value in ("", []):
             assert "(default: " not in text.replace(f.metadata["help"], "")
         else:
             assert f"(default: {shown(value)})" in text, (f.name, text)

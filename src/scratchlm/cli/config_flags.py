@@ -82,10 +82,10 @@ def _without_none(hint: Any) -> Any:
 
 
 def _help(text: str, default: Any, kind: Any) -> str:
-    """The help text, plus the default where it is a value (a None default is described
-    by the text itself; a switch's default is that it is off)."""
+    """The help text, plus the default where it is a value (an empty or None default is
+    described by the text itself; a switch's default is that it is off)."""
     text = text.replace("%", "%%")  # argparse %-formats help texts
-    if default is None or kind is bool or default == []:
+    if kind is bool or default is None or default in ("", []):
         return text
     shown = ", ".join(map(repr, default)) if isinstance(default, list) else default
     return f"{text} (default: {shown})"

@@ -24,6 +24,7 @@ from scratchlm.errors import ScratchLMError
 from scratchlm.model.attention import IMPLS, MultiHeadSelfAttention, causal_mask
 from scratchlm.model.kv_cache import KVCache
 from scratchlm.model.layers import Embedding, GeluMLP, Linear, SwiGLU, make_norm
+from scratchlm.model.loss import linear_cross_entropy
 from scratchlm.model.rope import RotaryEmbedding
 
 
@@ -127,18 +128,17 @@ class TransformerLM(nn.Module):
         targets: Tensor,
         attention_mask: Tensor | None = None,
         segment_ids: Tensor | None = None,
+        reduction: str = "mean",
     ) -> Tensor:
-        """Mean next-token cross-entropy: ids (B, T), targets (B, T) with -100 where no
+        """Mean (or, with ``reduction="sum"``, summed) next-token cross-entropy: ids (B, T), targets (B, T) with -100 where no
         loss is wanted. Uses the fused projection + loss (``linear_cross_entropy``), which
         never holds all (B, T, V) logits; equal to cross_entropy(self(ids), targets).
         segment_ids (B, T): packed rows, as in ``forward``; the loss is then the mean over
         the target tokens of all segments."""
-        from scratchlm.train.loss import linear_cross_entropy
-
         hidden = self.hidden_states(
             ids, attention_mask=attention_mask, segment_ids=segment_ids
         )  # (B, T, d_model)
-        return linear_cross_entropy(hidden, self.lm_head.weight, targets)
+        return linear_cross_entropy(hidden, self.lm_head.weight, targets, reduction=reduction)
 
     def hidden_states(
         self,

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from scratchlm.model import TransformerLM
-from scratchlm.train.loss import bits_per_byte
+from scratchlm.model.loss import bits_per_byte
 
 
 @torch.no_grad()

@@ -44,7 +44,7 @@ from torch import Tensor
 from scratchlm.data.batches import RankedDraws
 from scratchlm.data.chat import ConversationTooLongError, render_conversation
 from scratchlm.errors import DataError
-from scratchlm.train.loss import IGNORE_INDEX
+from scratchlm.model.loss import IGNORE_INDEX
 
 log = logging.getLogger(__name__)
 

@@ -9,8 +9,7 @@ import torch.nn.functional as F
 from scratchlm.config import preset
 from scratchlm.errors import DataError
 from scratchlm.model import TransformerLM
-from scratchlm.train import cross_entropy, linear_cross_entropy
-from scratchlm.train.loss import bits_per_byte
+from scratchlm.model.loss import bits_per_byte, cross_entropy, linear_cross_entropy
 
 
 def test_cross_entropy_matches_torch_and_ignores_targets():
@@ -63,6 +62,27 @@ def test_linear_cross_entropy_matches_the_unfused_loss(n, chunk, ignore):
     torch.testing.assert_close(got, expected)
     torch.testing.assert_close(got_h, grad_h)
     torch.testing.assert_close(got_w, grad_w)
+
+
+@pytest.mark.parametrize("chunk", [3, 64])
+def test_sum_reduction_is_the_mean_times_the_kept_targets(chunk):
+    gen = torch.Generator().manual_seed(chunk)
+    h = torch.randn(12, 5, generator=gen, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(7, 5, generator=gen, dtype=torch.float64, requires_grad=True)
+    targets = torch.randint(0, 7, (12,), generator=gen)
+    targets[1::4] = -100  # 9 targets kept
+    expected = F.cross_entropy(h @ w.t(), targets, ignore_index=-100, reduction="sum")
+    grad_h, grad_w = torch.autograd.grad(expected, (h, w))
+    got = linear_cross_entropy(h, w, targets, chunk_size=chunk, reduction="sum")
+    got_h, got_w = torch.autograd.grad(got, (h, w))
+    torch.testing.assert_close(got, expected)
+    torch.testing.assert_close(got_h, grad_h)
+    torch.testing.assert_close(got_w, grad_w)
+    logits = (h @ w.t()).detach()
+    torch.testing.assert_close(cross_entropy(logits, targets, reduction="sum"), expected.detach())
+    torch.testing.assert_close(
+        cross_entropy(logits, targets, reduction="sum") / 9, cross_entropy(logits, targets)
+    )
 
 
 def test_linear_cross_entropy_without_gradients_still_gives_the_loss():

@@ -1,18 +1,19 @@
 """Cross-entropy, written out, and a fused fast path that never holds all the logits.
 
-The language-model loss is the mean over positions of -log softmax(logits)[target].
+The language-model loss is the mean over positions of -log softmax(logits)[target]
+(``reduction="sum"`` gives the sum, for a caller that divides by a count of its own: the
+trainer divides by the target tokens of the whole step, across micro-batches and ranks).
 ``cross_entropy`` is that formula, computed stably: log softmax(z)_t = z_t - logsumexp(z),
 and logsumexp subtracts the max before exponentiating, so huge logits do not overflow.
 
 ``linear_cross_entropy`` fuses the output projection with the loss. For N positions and
 a vocabulary of V it never builds the (N, V) logits at once: it works through chunks of
 rows, and while a chunk's logits are at hand it also computes their gradient, which for
-cross-entropy is simply (softmax - one_hot) / N. Backward then only scales the gradients
-it saved. Same numbers as ``cross_entropy(hidden @ weight.T)`` (a test proves it). What
-it saves is memory: GPT-2's vocabulary at batch 8 x 1024 makes 1.6 GB of float32 logits
-and as much again for their gradient; here only one chunk's worth exists at a time. On
-a CPU with the ``small`` preset it runs at the same speed as logits + cross-entropy
-(bench/bench_model.py, table 2).
+cross-entropy is simply (softmax - one_hot) / N (without the / N for a sum). Backward
+then only scales the gradients it saved. Same numbers as ``cross_entropy(hidden @
+weight.T)`` (a test proves it). What it saves is memory: only one chunk's logits and
+their gradient exist at a time, never the (N, V) of a whole batch; the figures are in
+docs/benchmarks.md (bench/bench_model.py, table 2).
 """
 
 from __future__ import annotations
@@ -25,14 +26,23 @@ from torch import Tensor
 from scratchlm.errors import DataError
 
 IGNORE_INDEX = -100
+REDUCTIONS = ("mean", "sum")
 
 
-def cross_entropy(logits: Tensor, targets: Tensor, ignore_index: int = IGNORE_INDEX) -> Tensor:
-    """Mean of -log softmax(logits)[target] over targets that are not ``ignore_index``.
+def _check_reduction(reduction: str) -> None:
+    assert reduction in REDUCTIONS, f"reduction must be one of {REDUCTIONS}, got {reduction!r}"
+
+
+def cross_entropy(
+    logits: Tensor, targets: Tensor, ignore_index: int = IGNORE_INDEX, reduction: str = "mean"
+) -> Tensor:
+    """Mean (or, with ``reduction="sum"``, sum) of -log softmax(logits)[target] over
+    targets that are not ``ignore_index``.
 
     logits (..., V), targets (...) long. Returns a scalar; 0 when every target is
     ignored (a batch with nothing to learn adds nothing).
     """
+    _check_reduction(reduction)
     logits = logits.reshape(-1, logits.shape[-1])  # (N, V)
     logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # bf16 -> f32
     targets = targets.reshape(-1)  # (N,)
@@ -43,7 +53,8 @@ def cross_entropy(logits: Tensor, targets: Tensor, ignore_index: int = IGNORE_IN
     m = logits.amax(dim=-1, keepdim=True)  # (N, 1): subtracted so exp() cannot overflow
     logsumexp = m.squeeze(-1) + torch.log(torch.exp(logits - m).sum(dim=-1))  # (N,)
     picked = logits.gather(-1, targets[:, None]).squeeze(-1)  # (N,)
-    return (logsumexp - picked).mean()
+    losses = logsumexp - picked  # (N,)
+    return losses.sum() if reduction == "sum" else losses.mean()
 
 
 def linear_cross_entropy(
@@ -52,23 +63,31 @@ def linear_cross_entropy(
     targets: Tensor,
     ignore_index: int = IGNORE_INDEX,
     chunk_size: int = 1024,
+    reduction: str = "mean",
 ) -> Tensor:
-    """``cross_entropy(hidden @ weight.T, targets)`` without materialising all logits.
+    """``cross_entropy(hidden @ weight.T, targets, reduction=...)`` without materialising
+    all logits.
 
     hidden (..., d), weight (V, d) (the output projection), targets (...) long.
-    Returns a scalar, differentiable with respect to ``hidden`` and ``weight``.
+    reduction: "mean" over the kept targets, or "sum". Returns a scalar, differentiable
+    with respect to ``hidden`` and ``weight``.
     """
+    _check_reduction(reduction)
     h = hidden.reshape(-1, hidden.shape[-1])  # (N, d)
-    return _LinearCrossEntropy.apply(h, weight, targets.reshape(-1), ignore_index, chunk_size)
+    targets = targets.reshape(-1)  # (N,)
+    return _LinearCrossEntropy.apply(h, weight, targets, ignore_index, chunk_size, reduction)
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
     """Loss and its gradients in one chunked pass (gradients computed in forward)."""
 
     @staticmethod
-    def forward(ctx, h: Tensor, weight: Tensor, targets: Tensor, ignore_index: int, chunk: int):
+    def forward(
+        ctx, h: Tensor, weight: Tensor, targets: Tensor, ignore_index: int, chunk: int, reduction
+    ):
         ctx.weight_dtype = weight.dtype
         n_valid = int((targets != ignore_index).sum())  # one host sync per call
+        divisor = max(n_valid, 1) if reduction == "mean" else 1
         want_h, want_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         grad_h = torch.zeros_like(h) if want_h else None
         grad_w = None
@@ -94,10 +113,10 @@ class _LinearCrossEntropy(torch.autograd.Function):
             total += (logsumexp - picked).sum()
             if not (want_h or want_w):
                 continue
-            # d(mean loss)/d(logits) = (softmax - one_hot) / n_valid, built in place.
+            # d(loss)/d(logits) = (softmax - one_hot) / divisor, built in place.
             grad = logits.sub_(logsumexp[:, None]).exp_()
             grad.scatter_add_(1, tc[:, None], torch.full_like(picked, -1.0)[:, None])
-            grad = grad.div_(n_valid).to(hc.dtype)  # (C, V)
+            grad = grad.div_(divisor).to(hc.dtype)  # (C, V)
             if want_h:
                 grad_h[start : start + chunk][rows] = (grad @ weight).to(h.dtype)
             if want_w and grad.dtype == grad_w.dtype:
@@ -105,14 +124,14 @@ class _LinearCrossEntropy(torch.autograd.Function):
             elif want_w:
                 grad_w += (grad.t() @ hc).to(grad_w.dtype)
         ctx.save_for_backward(grad_h, grad_w)
-        return total / max(n_valid, 1)
+        return total / divisor
 
     @staticmethod
     def backward(ctx, grad_loss: Tensor):
         grad_h, grad_w = ctx.saved_tensors
         dh = grad_h * grad_loss if grad_h is not None else None
         dw = (grad_w * grad_loss).to(ctx.weight_dtype) if grad_w is not None else None
-        return dh, dw, None, None, None
+        return dh, dw, None, None, None, None
 
 
 def bits_per_byte(loss: float, bytes_per_token: float) -> float:

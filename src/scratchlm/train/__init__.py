@@ -1,7 +1,7 @@
 """Training: losses, optimizers, schedules, metrics and the loop (``Trainer``)."""
 
-from scratchlm.train.config import TrainConfig
 from scratchlm.model.loss import bits_per_byte, cross_entropy, linear_cross_entropy
+from scratchlm.train.config import TrainConfig
 from scratchlm.train.metrics import MetricsLog, read_metrics
 from scratchlm.train.optim import SGD, AdamW, build_optimizer, clip_grad_norm, param_groups
 from scratchlm.train.plot import plot_run

@@ -109,7 +109,7 @@ def read_weights(file: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
 
 def load_weights(model: nn.Module, file: Path) -> dict[str, Tensor]:
     """Copy the weights of ``file`` into ``model``'s existing tensors (keeping their
-    layout, device, dtype and ties); returns the tensors as stored. Strict:
+    device, dtype and ties); returns the tensors as stored. Strict:
     CheckpointError naming the first missing or unexpected key, or a key whose shape
     differs (with both shapes)."""
     stored, aliases = read_weights(file)

@@ -237,6 +237,24 @@ def test_reset_starts_over():
         assert_close(model(other[:, t : t + 1], cache=cache), full[:, t : t + 1], **TOL)
 
 
+def test_the_model_only_reads_padding_from_the_cache():
+    # The mask is a function of what the caller gave: the model writes no padding into
+    # the cache, and with a cache the padding must be recorded on it, not passed.
+    model = make_model()
+    ids, attention_mask, pads, _ = padded_batch(model.config.vocab_size)
+    cache = KVCache.for_model(model.config, batch_size=ids.shape[0])
+    with pytest.raises(AssertionError, match="set_padding"):
+        model(ids, cache, row_positions(0, ids.shape[1], pads), attention_mask)
+    model(ids, cache, row_positions(0, ids.shape[1], pads))
+    assert cache.key_mask is None and cache.keys_valid(ids.shape[1]) is None
+    cache.reset()
+    cache.set_padding(attention_mask)
+    assert torch.equal(cache.keys_valid(ids.shape[1]), attention_mask)
+    before = cache.key_mask.clone()
+    model(ids, cache, row_positions(0, ids.shape[1], pads))
+    assert torch.equal(cache.key_mask, before)
+
+
 def test_reset_forgets_padding():
     model = make_model()
     ids, attention_mask, pads, _ = padded_batch(model.config.vocab_size)

@@ -68,13 +68,6 @@ def make_norm(kind: str, d: int, eps: float, bias: bool = True) -> nn.Module:
 # ------------------------------------------------------------------ rope
 
 
-def rope_frequencies(head_dim: int, theta: float = 10_000.0) -> Tensor:
-    """Angular speed of each channel pair i: theta^(-2i/head_dim), (head_dim/2,), float32
-    computed exactly as Hugging Face's Llama does, so imported and exported models get
-    bit-identical angles."""
-    return 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim)
-
-
 def rotate_half(x: Tensor) -> Tensor:
     """(x1, x2) -> (-x2, x1) on the two halves of the last dimension."""
     x1, x2 = x.chunk(2, dim=-1)
@@ -94,9 +87,12 @@ class RotaryEmbedding(nn.Module):
 
     def __init__(self, head_dim: int, max_seq_len: int, theta: float = 10_000.0) -> None:
         super().__init__()
-        self.head_dim, self.max_seq_len, self.theta = head_dim, max_seq_len, theta
+        # Channel pair i turns at theta^(-2i/head_dim) per position, in float32 computed
+        # exactly as Hugging Face's Llama does, so imported models get identical angles.
+        pair = torch.arange(0, head_dim, 2, dtype=torch.int64).float()  # (D/2,)
+        speed = 1.0 / theta ** (pair / head_dim)  # (D/2,)
         positions = torch.arange(max_seq_len, dtype=torch.int64).float()
-        angles = positions[:, None] * rope_frequencies(head_dim, theta)  # (max_seq_len, D/2)
+        angles = positions[:, None] * speed  # (max_seq_len, D/2)
         angles = torch.cat((angles, angles), dim=-1)  # (max_seq_len, D)
         # Not saved with the weights: they are a function of the config.
         self.register_buffer("cos", angles.cos(), persistent=False)
@@ -277,11 +273,8 @@ class TransformerLM(nn.Module):
         self.embed_positions = (
             Embedding(c.context_length, c.d_model, c.init_std) if c.position == "learned" else None
         )
-        self.rotary = (
-            RotaryEmbedding(c.head_dim, c.context_length, c.rope_theta)
-            if c.position == "rope"
-            else None
-        )
+        rope = c.position == "rope"
+        self.rotary = RotaryEmbedding(c.head_dim, c.context_length, c.rope_theta) if rope else None
         self.dropout = nn.Dropout(c.dropout)
         self.layers = nn.ModuleList(TransformerBlock(c) for _ in range(c.n_layers))
         # Recursive depth: block i is applied shared_depth times, application r adding
@@ -303,13 +296,11 @@ class TransformerLM(nn.Module):
     ) -> Tensor:
         """ids (B, T) -> logits (B, T, V), or (B, 1, V) if ``last_only``.
 
-        cache: a KVCache holding earlier positions; this call appends to it. Its padding
-        is recorded on it (``KVCache.set_padding``) by whoever left-pads the batch.
-        positions: (B, T) position of each token (default: cache length + 0..T-1, or the
-        position within its segment when ``segment_ids`` is given).
-        attention_mask: (B, T) bool, False for padding tokens nothing may attend to
-        (without a cache). segment_ids: (B, T) packed rows, without a cache.
-        Ids and lengths are validated where they enter (prompt fitting, token files).
+        cache: a KVCache of earlier positions (padding recorded on it by whoever pads,
+        ``set_padding``); this call appends to it. positions: (B, T) (default: cache
+        length + 0..T-1, or the position within its segment). attention_mask: (B, T)
+        bool, False at padding, without a cache. segment_ids: (B, T) packed rows, without
+        a cache. Ids and lengths are validated where they enter (prompts, token files).
         """
         x = self.hidden_states(ids, cache, positions, attention_mask, segment_ids)
         if last_only:

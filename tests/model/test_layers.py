@@ -228,9 +228,11 @@ def test_dyt_formula(gen):
 # ------------------------------------------------------------------ MLPs
 
 
+@pytest.mark.parametrize("impl", ["fast", "reference"])
 @pytest.mark.parametrize("bias", [False, True])
-def test_swiglu_matches_formula(gen, bias):
+def test_swiglu_matches_formula(gen, bias, impl):
     mlp = SwiGLU(8, 12, bias=bias)
+    mlp.impl = impl  # F.silu, or silu written out
     assert mlp.gate_proj.weight.shape == (12, 8)
     assert mlp.up_proj.weight.shape == (12, 8)
     assert mlp.down_proj.weight.shape == (8, 12)
@@ -246,8 +248,10 @@ def test_swiglu_matches_formula(gen, bias):
     assert_close(mlp(x), expected)
 
 
-def test_gelu_mlp_matches_formula(gen):
+@pytest.mark.parametrize("impl", ["fast", "reference"])
+def test_gelu_mlp_matches_formula(gen, impl):
     mlp = GeluMLP(8, 32, bias=True)
+    mlp.impl = impl  # F.gelu, or gelu written out
     randomize(mlp, gen)
     x = torch.randn(2, 3, 8, generator=gen)
     h = x @ mlp.up_proj.weight.T + mlp.up_proj.bias

@@ -144,7 +144,6 @@ def sft_speed(
     torch.manual_seed(SEED)
     config = model_preset(preset, **model, context_length=T, vocab_size=tok.vocab_size)
     base = TransformerLM(config).train()
-    base.check_inputs = False  # as in the trainer: the ids come from our own tokenizer
     sides: dict[str, dict] = {}
     for name in SIDES:
         net = copy.deepcopy(base)

@@ -18,6 +18,7 @@ from typing import Any
 from scratchlm.atomic import atomic_write_text
 from scratchlm.builtin import END_OF_TEXT, builtin_corpus
 from scratchlm.evals import FactReport
+from scratchlm.model import prepare_for_inference
 from scratchlm.tokenizer import BPETokenizer, train_bpe
 from scratchlm.tokenizer.files import FILENAME, write_tokenizer_dir
 from scratchlm.tokenizer.report import compression, longest_tokens, show_split
@@ -195,6 +196,7 @@ def conversation_stage(run: DefaultRun, checkpoint: Path, echo: Callable[[str], 
     from scratchlm.train.evaluate import answer
 
     model, tok = load_model(checkpoint)
+    model = prepare_for_inference(model)
     echo(f"[5/{STAGES}] three conversations with the tuned model (greedy):")
     for question in QUESTIONS:
         text = answer(model, tok, question, temperature=0, max_new_tokens=64)

@@ -87,19 +87,17 @@ def _sample_config(args: argparse.Namespace) -> Any:
 
 
 def load_chat_model(path: Any, device: str, int8: bool = False) -> tuple[Any, Any]:
-    """The model and its tokenizer from a checkpoint or run directory; ``int8``
-    quantizes its weights (scratchlm.model.quantize)."""
+    """The model, prepared for generation (``int8``: with int8 weights), and its
+    tokenizer from a checkpoint or run directory."""
     from scratchlm.checkpoint import load_model
     from scratchlm.errors import TokenizerError
-    from scratchlm.model import quantize_int8
+    from scratchlm.model import prepare_for_inference
     from scratchlm.train.runtime import pick_device
 
     model, tokenizer = load_model(path, device=pick_device(device))
     if tokenizer is None:
         raise TokenizerError(f"checkpoint {path} has no tokenizer.json: save it with one")
-    if int8:
-        quantize_int8(model)
-    return model, tokenizer
+    return prepare_for_inference(model, int8=int8), tokenizer
 
 
 def _write_stream(pieces: Any) -> None:

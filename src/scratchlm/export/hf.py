@@ -34,7 +34,7 @@ from scratchlm.errors import ConfigError, OutputExistsError, ScratchLMError, Tok
 from scratchlm.export import hf_gpt2, hf_llama
 from scratchlm.export.keymap import from_hf_tensors, to_hf_tensors
 from scratchlm.model import TransformerLM
-from scratchlm.model.quantize import refuse_quantized
+from scratchlm.model.inference import refuse_prepared
 from scratchlm.tokenizer.hf import (
     EOS_CANDIDATES,
     PAD_CANDIDATES,
@@ -86,7 +86,7 @@ def to_hf(
     complete.
     """
     c = model.config
-    refuse_quantized(model, "exported")
+    refuse_prepared(model, "exported")
     arch = architecture_for(c)  # refuse before anything is written
     out = Path(out_dir)
     if out.exists() and not force:

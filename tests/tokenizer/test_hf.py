@@ -14,19 +14,17 @@ from hypothesis import strategies as st
 
 from scratchlm.cli import main
 from scratchlm.errors import OutputExistsError, TokenizerError
+from scratchlm.export.hf_tokenizer import save_hf_tokenizer
 from scratchlm.tokenizer import (
     GPT2_PATTERN,
     BPETokenizer,
     CharTokenizer,
     load_tokenizer,
+    save_tokenizer,
     train_bpe,
 )
 from scratchlm.tokenizer.gpt2 import bytes_to_unicode, load_gpt2_files
-from scratchlm.tokenizer.hf import (
-    from_hf_tokenizer_json,
-    save_hf_tokenizer,
-    to_hf_tokenizer_json,
-)
+from scratchlm.tokenizer.hf import from_hf_tokenizer_json, to_hf_tokenizer_json
 from scratchlm.tokenizer.train_bpe import build_vocab
 
 SPECIALS = ["<|endoftext|>", "<|user|>", "<|日本|>", "<|a b|>"]
@@ -223,7 +221,7 @@ def restore_logging():
 
 @pytest.mark.usefixtures("restore_logging")
 def test_cli_export_hf(trained: BPETokenizer, tmp_path: Path, capsys: pytest.CaptureFixture):
-    trained.save(tmp_path / "tok")
+    save_tokenizer(trained, tmp_path / "tok")
     assert main(["tokenizer", "export-hf", str(tmp_path / "tok"), str(tmp_path / "hf")]) == 0
     assert capsys.readouterr().out.strip() == str(tmp_path / "hf")
     assert load_tokenizer(tmp_path / "hf").encode(TEXTS[5]) == trained.encode(TEXTS[5])

@@ -26,6 +26,8 @@ from typing import Any
 import numpy as np
 
 from scratchlm.errors import DataError
+from scratchlm.tokenizer import Tokenizer
+from scratchlm.tokenizer.files import tokenizer_to_dict
 
 FORMAT = "scratchlm-tokens"
 VERSION = 1
@@ -38,11 +40,9 @@ def token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype("<u2") if vocab_size <= 1 << 16 else np.dtype("<u4")
 
 
-def tokenizer_fingerprint(tok: Any) -> str:
+def tokenizer_fingerprint(tok: Tokenizer) -> str:
     """SHA-256 (hex) of the tokenizer's canonical JSON: vocab, merges, special tokens and
     pattern. Free-form metadata is left out: it does not change any id."""
-    from scratchlm.tokenizer.files import tokenizer_to_dict
-
     data = {k: v for k, v in tokenizer_to_dict(tok).items() if k != "metadata"}
     canonical = json.dumps(data, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()

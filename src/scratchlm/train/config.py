@@ -308,8 +308,8 @@ def run_tokenizer(config: TrainConfig) -> Any:
     from scratchlm.tokenizer import load_tokenizer
 
     if config.phase == "sft" and not config.tokenizer:
+        from scratchlm.chat_format import chat_tokenizer
         from scratchlm.checkpoint import resolve_checkpoint
-        from scratchlm.data.chat import chat_tokenizer
 
         path = resolve_checkpoint(config.init_from) / "tokenizer.json"
         if not path.exists():

@@ -41,8 +41,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from scratchlm.chat_format import ConversationTooLongError, render_conversation
 from scratchlm.data.batches import RankedDraws
-from scratchlm.data.chat import ConversationTooLongError, render_conversation
 from scratchlm.errors import DataError
 from scratchlm.train.loss import IGNORE_INDEX
 

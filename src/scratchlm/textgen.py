@@ -127,13 +127,11 @@ def stream_rows(
         for tokens in steps:
             pieces = [""] * len(texts)
             for i, token in enumerate(tokens):
-                if ended[i]:
-                    continue
-                if token is None:  # a stop id: the engine ended this row
+                if token is None:  # a stop id: the engine has ended this row
                     ended[i] = True
-                    continue
-                pieces[i] = texts[i].push(token)
-                ended[i] = texts[i].stopped
+                elif not ended[i]:
+                    pieces[i] = texts[i].push(token)
+                    ended[i] = texts[i].stopped  # a stop string
             yield pieces
             if all(ended):
                 break

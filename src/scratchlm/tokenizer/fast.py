@@ -84,7 +84,7 @@ class TiktokenEncoder:
 @functools.cache
 def _unassigned_or_surrogate() -> np.ndarray:
     """bool (0x110000,): code points that Python's Unicode tables call unassigned (Cn)
-    or that are surrogates (Cs). Built once per process, in about 0.3 s."""
+    or that are surrogates (Cs). Built once per process: it visits every code point."""
     category = unicodedata.category
     return np.fromiter(
         (category(chr(cp)) in ("Cn", "Cs") for cp in range(0x110000)),

@@ -266,6 +266,14 @@ def test_gpt2_files_hand_checked(tmp_path: Path):
     assert tok.encode("hello world<|endoftext|>hell") == expected
     assert tok.decode(expected) == "hello world<|endoftext|>hell"
     assert load_tokenizer(folder).encode("hello world") == expected[:6]
+    # Hugging Face names the same two files vocab.json and merges.txt.
+    hf_names = tmp_path / "hf-names"
+    hf_names.mkdir()
+    (folder / "encoder.json").rename(hf_names / "vocab.json")
+    (folder / "vocab.bpe").rename(hf_names / "merges.txt")
+    assert load_tokenizer(hf_names).encode("hello world<|endoftext|>hell") == expected
+    with pytest.raises(TokenizerError, match="no tokenizer.json"):
+        load_tokenizer(folder)  # now empty
 
 
 def test_gpt2_files_with_permuted_ids(trained: BPETokenizer, tmp_path: Path):

@@ -18,6 +18,10 @@ renderers; both go through ``_render`` so they can never drift apart. The loss m
 True on what the model must learn to say: an assistant message's content and its
 ``<|end|>`` (so it learns to stop), never the role tokens, the system or user messages.
 See docs/chat_format.md for the truncation rule and a worked example.
+
+It sits just above the tokenizer (which it imports, never the other way round) and below
+everything that renders a conversation: SFT data, chat, the fact checks and the Hugging
+Face tokenizer export (``export.hf_tokenizer`` writes ``CHAT_TEMPLATE``).
 """
 
 from __future__ import annotations

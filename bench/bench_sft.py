@@ -92,9 +92,9 @@ def sft_speed(
     import torch
 
     from scratchlm.builtin import END_OF_TEXT, builtin_chat, builtin_corpus
+    from scratchlm.chat_format import chat_tokenizer
     from scratchlm.config import preset as model_preset
     from scratchlm.data.batches import RankedDraws
-    from scratchlm.data.chat import chat_tokenizer
     from scratchlm.data.chat_sources import read_conversations
     from scratchlm.model import TransformerLM
     from scratchlm.tokenizer import BPETokenizer, train_bpe

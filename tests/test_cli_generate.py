@@ -22,11 +22,11 @@ import torch
 
 import scratchlm
 from scratchlm.chat import reply
+from scratchlm.chat_format import chat_tokenizer
 from scratchlm.chat_repl import ChatSession
 from scratchlm.checkpoint import CheckpointManager, save_checkpoint
 from scratchlm.cli import main
 from scratchlm.config import SampleConfig, preset
-from scratchlm.data.chat import chat_tokenizer
 from scratchlm.model import TransformerLM, prepare_for_inference
 from scratchlm.textgen import generate
 from scratchlm.tokenizer import CharTokenizer

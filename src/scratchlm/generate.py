@@ -26,7 +26,7 @@ from scratchlm.config import SampleConfig
 from scratchlm.errors import ScratchLMError
 from scratchlm.model import KVCache, TransformerLM
 from scratchlm.model.inference import is_prepared, prepare_for_inference
-from scratchlm.sampling import sample_next
+from scratchlm.sampling import penalties_active, sample_next
 
 log = logging.getLogger(__name__)
 
@@ -111,11 +111,7 @@ def generate_ids(
     device = param.device
     stop = torch.tensor(sorted(set(stop_ids)), dtype=torch.long, device=device)
     finished = torch.zeros(len(rows), dtype=torch.bool, device=device)
-    penalties = (
-        sample.repetition_penalty != 1.0
-        or sample.presence_penalty != 0.0
-        or sample.frequency_penalty != 0.0
-    )
+    penalties = penalties_active(sample)
 
     keep = max(1, context // 2)  # tokens a row keeps when its window slides
     starts = [0] * len(rows)  # where each row's window begins

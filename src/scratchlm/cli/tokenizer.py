@@ -122,8 +122,8 @@ def _tokenizer_info(args: argparse.Namespace) -> int:
 
 
 def _tokenizer_export_hf(args: argparse.Namespace) -> int:
+    from scratchlm.export.hf_tokenizer import save_hf_tokenizer
     from scratchlm.tokenizer import load_tokenizer
-    from scratchlm.tokenizer.hf import save_hf_tokenizer
 
     print(save_hf_tokenizer(load_tokenizer(args.tokenizer), args.out_dir, force=args.force))
     return 0

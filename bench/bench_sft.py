@@ -92,9 +92,9 @@ def sft_speed(
     import torch
 
     from scratchlm.builtin import END_OF_TEXT, builtin_chat, builtin_corpus
+    from scratchlm.chat_format import chat_tokenizer
     from scratchlm.config import preset as model_preset
     from scratchlm.data.batches import RankedDraws
-    from scratchlm.data.chat import chat_tokenizer
     from scratchlm.data.chat_sources import read_conversations
     from scratchlm.model import TransformerLM
     from scratchlm.tokenizer import BPETokenizer, train_bpe
@@ -144,7 +144,6 @@ def sft_speed(
     torch.manual_seed(SEED)
     config = model_preset(preset, **model, context_length=T, vocab_size=tok.vocab_size)
     base = TransformerLM(config).train()
-    base.check_inputs = False  # as in the trainer: the ids come from our own tokenizer
     sides: dict[str, dict] = {}
     for name in SIDES:
         net = copy.deepcopy(base)

@@ -163,11 +163,11 @@ def training_table(args, peak: dict | None) -> Table:
         "fp32 matmul (bf16 rows: the bf16 matmul)."
         if fpt
         else "GFLOP/s from model.flops_per_token(training=True).",
-        "ours: model.check_inputs left on (one id-range check per step). bf16 rows: "
+        "bf16 rows: "
         'torch.autocast("cpu", dtype=torch.bfloat16) around the forward; float32 weights '
         "and optimizer.",
         "loss step 1: same weights and data, so the float32 rows should agree to ~1e-5.",
-        "fused loss rows: model.loss(ids, targets) = scratchlm.train.linear_cross_entropy on "
+        "fused loss rows: model.loss(ids, targets) = scratchlm.model.loss.linear_cross_entropy on "
         "the final hidden states (the output projection and the loss in row chunks, "
         "gradients computed in the same pass) instead of logits + F.cross_entropy.",
     ]
@@ -196,17 +196,14 @@ HF_F32 = "HF generate, cache on"
 HF_BF16 = "HF generate, cache on, bf16 weights"
 OURS = "ours generate_ids, cached"
 OURS_INT8 = "ours generate_ids, cached, int8 weights"
-OURS_CHECKED = "ours generate_ids, cached, check_inputs on"
 OURS_UNCACHED = "ours generate_ids, uncached"
 _CACHED = dict(use_cache=True, repeats="decode_repeats", weights="float32")
 DECODE_CONTENDERS = {
-    HF_F32: _CACHED | dict(impl="hf", check_inputs=True),
-    HF_BF16: _CACHED | dict(impl="hf", check_inputs=True, weights="bfloat16"),
-    OURS: _CACHED | dict(impl="ours", check_inputs=False),
-    OURS_INT8: _CACHED | dict(impl="ours", check_inputs=False, weights="int8"),
-    OURS_CHECKED: _CACHED | dict(impl="ours", check_inputs=True),
-    OURS_UNCACHED: _CACHED
-    | dict(impl="ours", check_inputs=False, use_cache=False, repeats="uncached_repeats"),
+    HF_F32: _CACHED | dict(impl="hf"),
+    HF_BF16: _CACHED | dict(impl="hf", weights="bfloat16"),
+    OURS: _CACHED | dict(impl="ours"),
+    OURS_INT8: _CACHED | dict(impl="ours", weights="int8"),
+    OURS_UNCACHED: _CACHED | dict(impl="ours", use_cache=False, repeats="uncached_repeats"),
 }
 
 
@@ -273,9 +270,9 @@ def decode_table(args, peak: dict | None) -> Table:
         f"generate(do_sample=False, max_new_tokens={n}, min_new_tokens={n}) with its default "
         "dynamic cache.",
         "ours: generate_ids(model, [prompt], SampleConfig(temperature=0), stop_ids=()); "
-        "model.check_inputs=False (the id-range check syncs once per step) except where "
-        "the row says so; uncached = use_cache=False (recomputes the whole sequence); "
-        "int8 weights = quantize_int8(model) (weight-only int8, float32 activations; the "
+        "model = prepare_for_inference(model) first, as chat and generate do; uncached = "
+        "use_cache=False (recomputes the whole sequence); int8 weights = "
+        "prepare_for_inference(model, int8=True) (weight-only int8, float32 activations; the "
         "matrix products take bf16 activations).",
         "Rows with other weights than float32 compute a slightly different function, so "
         "their greedy tokens may part from the float32 ones on a random model, whose "
@@ -375,8 +372,9 @@ def batched_table(args) -> Table:
         "model so no row stops early: both modes produce the same number of tokens.",
         "batched = one generate_ids call with all 8 prompts (left-padded, one forward per "
         "step); one at a time = 8 generate_ids calls in a row. Wall time of the whole "
-        f"mode, mean of {args.batch_repeats} repeat(s) after a warm-up; model.check_inputs=False. "
-        "int8 rows: quantize_int8(model), compared with one at a time on the same weights.",
+        f"mode, mean of {args.batch_repeats} repeat(s) after a warm-up; the model "
+        "prepared for inference. int8 rows: prepare_for_inference(model, int8=True), "
+        "compared with one at a time on the same weights.",
         target_line("target: batched / one at a time", ratios.get("float32"), TARGETS["batched"]),
         target_line(
             "target: batched / one at a time, int8 weights", ratios.get("int8"), TARGETS["batched"]
@@ -388,7 +386,7 @@ def batched_table(args) -> Table:
 def profile_table(args) -> Table:
     run = measure_torch(profile_decode, threads=args.threads, prompt_len=args.prompt_len, steps=32)
     table = Table(
-        "5. Profile of our cached decode step (batch 1, generate_ids, check_inputs off)",
+        "5. Profile of our cached decode step (batch 1, generate_ids, prepared model)",
         ["measure", "ms per step"],
     )
     if run.error:

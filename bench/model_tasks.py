@@ -197,7 +197,6 @@ class _Stamps:
 def decode(
     impl: str,
     use_cache: bool,
-    check_inputs: bool,
     prompt_len: int,
     new_tokens: int,
     repeats: int,
@@ -206,14 +205,14 @@ def decode(
     """Batch-1 greedy decode of ``new_tokens`` after a random prompt, ``repeats`` times
     after a short warm-up. The context is raised to fit prompt + new tokens, so neither
     side needs a sliding window. ``weights``: "float32"; "bfloat16" (HF: loaded in
-    bf16); "int8" (ours: quantize_int8)."""
+    bf16); "int8" (ours: prepare_for_inference(int8=True)). Ours is prepared for
+    inference as chat and generate prepare it."""
     import torch
 
-    from scratchlm.model import quantize_int8
+    from scratchlm.model import prepare_for_inference
 
     context = max(256, prompt_len + new_tokens)
     ours = _ours(context_length=context)
-    ours.check_inputs = check_inputs
     ours.eval()
     flops = ours.flops_per_token(training=False, seq_len=prompt_len + new_tokens)
     prompt = _random_ids(prompt_len, ours.config.vocab_size, seed=2)
@@ -240,8 +239,7 @@ def decode(
             gaps = [b - a for a, b in itertools.pairwise(t)]
             return [out[0, prompt_len:].tolist()], t[0] - start, gaps, total
     else:
-        if weights == "int8":
-            quantize_int8(ours)
+        ours = prepare_for_inference(ours, int8=weights == "int8")
         weight_mb = _weight_mb(ours)
 
         def run(n: int):
@@ -266,14 +264,10 @@ def batched(
 ) -> dict:
     """All prompts in one generate_ids call (``mode="batched"``) or one call per prompt
     (``"one-at-a-time"``); ``new_tokens`` each, no stop ids, so no row ends early.
-    ``weights="int8"`` quantizes the model first."""
-    from scratchlm.model import quantize_int8
+    The model is prepared for inference first (``weights="int8"``: with int8 weights)."""
+    from scratchlm.model import prepare_for_inference
 
-    ours = _ours()
-    ours.check_inputs = False
-    ours.eval()
-    if weights == "int8":
-        quantize_int8(ours)
+    ours = prepare_for_inference(_ours(), int8=weights == "int8")
     vocab = ours.config.vocab_size
     prompts = [_random_ids(n, vocab, seed=10 + i) for i, n in enumerate(prompt_lens)]
 
@@ -305,9 +299,9 @@ def profile_decode(prompt_len: int, steps: int) -> dict:
 
     from scratchlm.config import SampleConfig
     from scratchlm.generate import generate_ids
+    from scratchlm.model import prepare_for_inference
 
-    ours = _ours(context_length=max(256, prompt_len + 4 * steps + 8))
-    ours.check_inputs = False
+    ours = prepare_for_inference(_ours(context_length=max(256, prompt_len + 4 * steps + 8)))
     prompt = _random_ids(prompt_len, ours.config.vocab_size, seed=2)
     sample = SampleConfig(temperature=0.0, max_new_tokens=4 * steps + 4)
     gen = generate_ids(ours, [prompt], sample, stop_ids=())

@@ -40,12 +40,12 @@ def split_keep_special(text: str) -> list[str]:
 
 
 def train_ours(clock: Clock, path: str, vocab_size: int, save_dir: str | None = None) -> dict:
-    from scratchlm.tokenizer import BPETokenizer, train_bpe
+    from scratchlm.tokenizer import BPETokenizer, save_tokenizer, train_bpe
 
     with clock("train"):  # includes reading the file: train_bpe streams it
         vocab, merges = train_bpe(path, vocab_size, [EOT])
     if save_dir:
-        BPETokenizer(vocab, merges, [EOT], use_tiktoken=False).save(save_dir)
+        save_tokenizer(BPETokenizer(vocab, merges, [EOT], use_tiktoken=False), save_dir)
     return {"tokens": [(a + b).hex() for a, b in merges]}
 
 

@@ -23,10 +23,10 @@ from torch import nn
 
 from scratchlm import chat_repl
 from scratchlm.chat import default_chat_checkpoint, prompt_budget, reply, stream_reply
+from scratchlm.chat_format import END_OF_TURN, ROLE_TOKENS, chat_tokenizer
 from scratchlm.chat_repl import ChatSession, run_repl
 from scratchlm.checkpoint import CheckpointManager
 from scratchlm.config import SampleConfig, preset
-from scratchlm.data.chat import END_OF_TURN, ROLE_TOKENS, chat_tokenizer
 from scratchlm.errors import CheckpointError, DataError, TokenizerError
 from scratchlm.model import TransformerLM
 from scratchlm.tokenizer import BPETokenizer, CharTokenizer

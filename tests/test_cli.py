@@ -14,7 +14,7 @@ import pytest
 import scratchlm
 from scratchlm.cli import main
 from scratchlm.errors import DataError, OutputExistsError
-from scratchlm.tokenizer import BPETokenizer, CharTokenizer
+from scratchlm.tokenizer import load_tokenizer
 
 EOT = "<|endoftext|>"
 
@@ -128,7 +128,7 @@ def test_train_writes_a_tokenizer(tmp_path, mixed_corpus, capsys):
     printed = capsys.readouterr().out
     assert str(out / "tokenizer.json") in printed
     assert "vocab size: 400" in printed
-    tok = BPETokenizer.load(out)
+    tok = load_tokenizer(out)
     assert len(tok.vocab) == 400 and tok.special_tokens == {EOT: 399}
     assert tok.metadata["vocab_size"] == 400 and tok.metadata["pattern"] == "gpt4"
     from scratchlm.tokenizer import GPT4_PATTERN, train_bpe
@@ -144,7 +144,7 @@ def test_train_char(tmp_path, capsys):
     out = tmp_path / "char"
     assert main(["tokenizer", "train", str(corpus), "--char", "--special-token", EOT,
                  "--out", str(out), "--quiet"]) == 0  # fmt: skip
-    tok = CharTokenizer.load(out)
+    tok = load_tokenizer(out)
     assert tok.chars == list(" dehlorw") and tok.special_tokens == {EOT: 8}
 
 
@@ -155,14 +155,14 @@ def test_train_char_keeps_carriage_returns(tmp_path, capsys):
     corpus.write_bytes(b"ab\r\ncd\rz\n")
     out = tmp_path / "char"
     assert main(["tokenizer", "train", str(corpus), "--char", "--out", str(out), "--quiet"]) == 0
-    tok = CharTokenizer.load(out)
+    tok = load_tokenizer(out)
     assert tok.chars == sorted("ab\r\ncdz")
     assert tok.decode(tok.encode("ab\r\ncd\rz\n")) == "ab\r\ncd\rz\n"
 
 
 def test_encode_decode(trained, capsys):
     text = "Hello, 日本語 world! " + EOT + " 😀"
-    tok = BPETokenizer.load(trained)
+    tok = load_tokenizer(trained)
     expected = tok.encode(text)
     assert main(["tokenizer", "encode", str(trained), text]) == 0
     out = capsys.readouterr().out
@@ -179,14 +179,14 @@ def test_encode_show(trained, capsys):
     assert main(["tokenizer", "encode", str(trained / "tokenizer.json"), "the cat", "--show"]) == 0
     shown = capsys.readouterr().out.rstrip("\n")
     assert shown.replace("|", "") == "the cat"
-    assert len(shown.split("|")) == len(BPETokenizer.load(trained).encode("the cat"))
+    assert len(shown.split("|")) == len(load_tokenizer(trained).encode("the cat"))
 
 
 def test_encode_file_and_stdin(trained, tmp_path, capsys, monkeypatch):
     text = "line one\r\nline two\n"
     path = tmp_path / "in.txt"
     path.write_bytes(text.encode())
-    expected = BPETokenizer.load(trained).encode(text)
+    expected = load_tokenizer(trained).encode(text)
     assert main(["tokenizer", "encode", str(trained), "--file", str(path), "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == expected
     monkeypatch.setattr(sys, "stdin", io.StringIO(text))
@@ -208,7 +208,7 @@ def test_decode_bad_ids(trained, capsys):
 def test_info(trained, mixed_corpus, capsys):
     assert main(["tokenizer", "info", str(trained), "--file", str(mixed_corpus), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
-    tok = BPETokenizer.load(trained)
+    tok = load_tokenizer(trained)
     assert info["vocab_size"] == 400
     assert info["merges"] == 399 - 256
     assert info["special_tokens"] == {EOT: 399}
@@ -232,7 +232,7 @@ def test_existing_out_is_refused(trained, mixed_corpus, capsys):
     assert "--force" in one_error_line(captured.err)
     assert (trained / "tokenizer.json").read_bytes() == before
     assert main([*argv, "--quiet", "--force"]) == 0
-    assert len(BPETokenizer.load(trained).vocab) == 300
+    assert len(load_tokenizer(trained).vocab) == 300
 
 
 def test_missing_input(tmp_path, capsys):

@@ -22,12 +22,12 @@ import torch
 
 import scratchlm
 from scratchlm.chat import reply
+from scratchlm.chat_format import chat_tokenizer
 from scratchlm.chat_repl import ChatSession
 from scratchlm.checkpoint import CheckpointManager, save_checkpoint
 from scratchlm.cli import main
 from scratchlm.config import SampleConfig, preset
-from scratchlm.data.chat import chat_tokenizer
-from scratchlm.model import TransformerLM, quantize_int8
+from scratchlm.model import TransformerLM, prepare_for_inference
 from scratchlm.textgen import generate
 from scratchlm.tokenizer import CharTokenizer
 
@@ -116,7 +116,7 @@ def test_chat_prompt_answers_once(models, capsys):
 
 def test_int8_flag_answers_with_the_quantized_model(models, capsys):
     path, model, tok = models["chat"]
-    quantized = quantize_int8(copy.deepcopy(model))
+    quantized = prepare_for_inference(copy.deepcopy(model), int8=True)
     code, out, err = run(
         capsys, "chat", str(path), "--prompt", "why?", "--int8", "--temperature", "0"
     )
@@ -127,7 +127,9 @@ def test_int8_flag_answers_with_the_quantized_model(models, capsys):
     code, out, _ = run(
         capsys, "generate", str(path), "--prompt", "hi", "--int8", "--temperature", "0"
     )
-    expected = generate(quantize_int8(copy.deepcopy(model)), tok, "hi", temperature=0)
+    expected = generate(
+        prepare_for_inference(copy.deepcopy(model), int8=True), tok, "hi", temperature=0
+    )
     assert code == 0 and out == "hi" + expected + "\n"
 
 

@@ -8,7 +8,7 @@ import json
 from scratchlm.builtin import END_OF_TEXT, builtin_chat_eval, builtin_chat_heldout, builtin_corpus
 from scratchlm.evals import read_fact_questions
 from scratchlm.pipeline import QUESTIONS, SAMPLE_SENTENCE, DefaultRun, run_default
-from scratchlm.tokenizer import BPETokenizer, train_bpe
+from scratchlm.tokenizer import load_tokenizer, train_bpe
 
 
 def test_default_run_trains_then_reuses(tmp_path):
@@ -57,11 +57,11 @@ def test_default_run_trains_then_reuses(tmp_path):
 
     # What was saved is what train_bpe gives on the built-in corpus.
     vocab, merges = train_bpe(builtin_corpus(), 1024, [END_OF_TEXT])
-    base = BPETokenizer.load(file)
+    base = load_tokenizer(file)
     assert base.merges == merges and base.vocab == vocab
     assert len(base.vocab) == 1024 and base.special_tokens == {END_OF_TEXT: 1023}
     assert tok.merges == merges and tok.special_tokens[END_OF_TEXT] == 1023
-    assert BPETokenizer.load(file).merges == merges
+    assert load_tokenizer(file).merges == merges
     assert tok.decode(tok.encode(SAMPLE_SENTENCE)) == SAMPLE_SENTENCE
     # The sentence is echoed split into its tokens.
     split = "|".join(tok.decode([i]) for i in tok.encode(SAMPLE_SENTENCE))
@@ -77,4 +77,4 @@ def test_default_run_trains_then_reuses(tmp_path):
     assert not any(line.endswith(" ...") for line in again)  # no stage started work
     assert file.read_bytes() == saved and file.stat().st_mtime_ns == mtime
     assert (checkpoint / "model.safetensors").stat().st_mtime_ns == weights
-    assert BPETokenizer.load(file).vocab == base.vocab
+    assert load_tokenizer(file).vocab == base.vocab

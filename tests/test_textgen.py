@@ -343,6 +343,35 @@ def test_list_of_prompts_equals_each_alone(model, bpe) -> None:
     assert any(e == a for e, a in zip(expected, alone, strict=True))  # some row went on
 
 
+def test_stream_rows_yields_every_row_each_step_and_closes_the_engine(
+    model, bpe, monkeypatch
+) -> None:
+    eot = bpe.special_tokens[EOT]
+    settings = SampleConfig(temperature=0, max_new_tokens=12)
+    prompts = [bpe.encode(p) for p in PROMPTS]
+    engines = []
+
+    def engine(*args, **kwargs):
+        engines.append(generate_ids(*args, **kwargs))
+        return engines[-1]
+
+    monkeypatch.setattr(textgen, "generate_ids", engine)
+    steps = list(textgen.stream_rows(model, bpe, prompts, settings, stop_ids=[eot]))
+    # One list of B pieces per engine step (at most the budget), then the held-back rests.
+    assert 2 <= len(steps) <= settings.max_new_tokens + 1
+    assert all(len(pieces) == len(PROMPTS) for pieces in steps)
+    for row, ids in zip(zip(*steps, strict=True), prompts, strict=True):
+        assert "".join(row) == bpe.decode(reference_greedy_ids(model, ids, 12, eot))
+
+    # Abandoned after one step, the loop closes the engine at once (its KV cache goes
+    # and the model leaves inference mode), not when the generator is collected.
+    rows = textgen.stream_rows(model, bpe, prompts, settings, stop_ids=[eot])
+    next(rows)
+    assert engines[-1].gi_frame is not None
+    rows.close()
+    assert engines[-1].gi_frame is None
+
+
 def test_sample_config_and_overrides(model, bpe) -> None:
     eot = bpe.special_tokens[EOT]
     expected = bpe.decode(reference_greedy_ids(model, bpe.encode("the dog"), 3, eot))

@@ -1,7 +1,7 @@
 """Answering a conversation: the chat layer over the id-only engine in ``generate``.
 
 ``stream_reply(model, tokenizer, messages)`` renders the conversation with the one chat
-renderer (``scratchlm.data.chat.render_prompt``), lets the engine continue it, and streams
+renderer (``scratchlm.chat_format.render_prompt``), lets the engine continue it, and streams
 the assistant's answer as text pieces that never split a UTF-8 character (textgen's
 ``TextStream``). The interactive REPL around it lives in ``scratchlm.chat_repl``.
 
@@ -23,19 +23,20 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from scratchlm.chat_format import CHAT_SPECIAL_TOKENS, render_prompt
 from scratchlm.checkpoint.manager import CHECKPOINTS, CheckpointManager
 from scratchlm.config import SampleConfig
-from scratchlm.data.chat import CHAT_SPECIAL_TOKENS, render_prompt
 from scratchlm.errors import CheckpointError, TokenizerError
 from scratchlm.model import TransformerLM
 from scratchlm.textgen import resolve_settings, stream_ids
+from scratchlm.tokenizer import Tokenizer
 
 # The instruction-tuned model of the default run (``scratchlm train``), preferred by
 # ``default_chat_checkpoint`` over any newer run.
 DEFAULT_SFT_RUN = Path("default") / "sft"
 
 
-def require_chat_tokens(tokenizer: Any) -> None:
+def require_chat_tokens(tokenizer: Tokenizer | None) -> None:
     """TokenizerError unless ``tokenizer`` has the four chat tokens (an instruction-tuned
     model's tokenizer does; a base model's does not)."""
     if tokenizer is None:
@@ -54,7 +55,7 @@ def prompt_budget(context_length: int, max_new_tokens: int) -> int:
     return max(context_length - max_new_tokens, context_length // 2, 1)
 
 
-def reply_stop_ids(tokenizer: Any) -> list[int]:
+def reply_stop_ids(tokenizer: Tokenizer) -> list[int]:
     """Every special token id: ``<|end|>`` ends an answer normally; any other special
     token in an answer means the model left the chat format."""
     return sorted(set(tokenizer.special_tokens.values()))
@@ -62,7 +63,7 @@ def reply_stop_ids(tokenizer: Any) -> list[int]:
 
 def chat_prompt_ids(
     model: TransformerLM,
-    tokenizer: Any,
+    tokenizer: Tokenizer,
     messages: Sequence[Mapping[str, str]],
     max_new_tokens: int,
 ) -> list[int]:
@@ -75,7 +76,7 @@ def chat_prompt_ids(
 
 def stream_reply(
     model: TransformerLM,
-    tokenizer: Any,
+    tokenizer: Tokenizer,
     messages: list[dict],
     sample: SampleConfig | None = None,
     **overrides: Any,
@@ -98,7 +99,7 @@ def stream_reply(
 
 def reply(
     model: TransformerLM,
-    tokenizer: Any,
+    tokenizer: Tokenizer,
     messages: list[dict],
     sample: SampleConfig | None = None,
     **overrides: Any,

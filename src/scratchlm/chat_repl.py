@@ -19,10 +19,11 @@ from typing import Any, TextIO
 
 from scratchlm.atomic import atomic_write_text
 from scratchlm.chat import require_chat_tokens, stream_reply
+from scratchlm.chat_format import conversation_problem
 from scratchlm.config import SampleConfig
-from scratchlm.data.chat import conversation_problem
 from scratchlm.errors import ConfigError, DataError, ScratchLMError
 from scratchlm.model import TransformerLM
+from scratchlm.tokenizer import Tokenizer
 
 PROMPT = "you> "
 
@@ -66,7 +67,7 @@ class ChatSession:
     def __init__(
         self,
         model: TransformerLM,
-        tokenizer: Any,
+        tokenizer: Tokenizer,
         sample: SampleConfig,
         system: str | None = None,
         *,

@@ -25,17 +25,27 @@ from torch import Tensor
 from scratchlm.config import SampleConfig
 from scratchlm.errors import ScratchLMError
 from scratchlm.model import KVCache, TransformerLM
-from scratchlm.sampling import sample_next
+from scratchlm.model.inference import is_prepared, prepare_for_inference
+from scratchlm.sampling import penalties_active, sample_next
 
 log = logging.getLogger(__name__)
 
 
-def fit_prompt(ids: Sequence[int], context_length: int, truncate: bool = True) -> list[int]:
+def fit_prompt(
+    ids: Sequence[int], context_length: int, truncate: bool = True, vocab_size: int | None = None
+) -> list[int]:
     """A prompt that fits the context: longer ones lose their oldest tokens (with a
-    warning), or raise when ``truncate`` is False."""
+    warning), or raise when ``truncate`` is False. Ids outside ``vocab_size`` raise: the
+    model itself does not check them (that would sync with the device every step)."""
     ids = list(ids)
     if not ids:
         raise ScratchLMError("the prompt is empty: give at least one token")
+    bad = next((i for i in ids if not 0 <= i < vocab_size), None) if vocab_size else None
+    if bad is not None:
+        raise ScratchLMError(
+            f"token id {bad} is outside the model's vocabulary of {vocab_size}; "
+            "was the text encoded with this model's tokenizer?"
+        )
     if len(ids) <= context_length:
         return ids
     if not truncate:
@@ -94,16 +104,14 @@ def generate_ids(
     """
     sample = sample or SampleConfig()
     context = model.config.context_length
-    rows = [fit_prompt(p, context, truncate) for p in prompts]
+    rows = [fit_prompt(p, context, truncate, model.config.vocab_size) for p in prompts]
+    if not is_prepared(model):  # e.g. a model in training: left as it is
+        model = prepare_for_inference(model, in_place=False)
     param = next(model.parameters())
     device = param.device
     stop = torch.tensor(sorted(set(stop_ids)), dtype=torch.long, device=device)
     finished = torch.zeros(len(rows), dtype=torch.bool, device=device)
-    penalties = (
-        sample.repetition_penalty != 1.0
-        or sample.presence_penalty != 0.0
-        or sample.frequency_penalty != 0.0
-    )
+    penalties = penalties_active(sample)
 
     keep = max(1, context // 2)  # tokens a row keeps when its window slides
     starts = [0] * len(rows)  # where each row's window begins
@@ -151,5 +159,8 @@ def _prefill(
     """Run the prompts; returns the last logits (B, 1, V) and each row's last position (B,)."""
     ids, mask, positions = left_pad(rows, next(model.parameters()).device)
     padded = not bool(mask.all())
-    logits = model(ids, cache, positions, attention_mask=mask if padded else None, last_only=True)
+    if padded and cache is not None:
+        cache.set_padding(mask)  # the cache records which slots are padding
+    mask = mask if padded and cache is None else None
+    logits = model(ids, cache, positions, attention_mask=mask, last_only=True)
     return logits, positions[:, -1]

@@ -17,10 +17,17 @@ from typing import Any
 
 from scratchlm.atomic import atomic_write_text
 from scratchlm.builtin import END_OF_TEXT, builtin_corpus
-from scratchlm.evals import FactReport
-from scratchlm.tokenizer import BPETokenizer, train_bpe
+from scratchlm.chat import reply
+from scratchlm.checkpoint import CheckpointManager, load_model, read_config
+from scratchlm.data import prepare
+from scratchlm.errors import TokenizerError
+from scratchlm.evals import FactReport, check_facts, read_fact_questions
+from scratchlm.model import TransformerLM, prepare_for_inference
+from scratchlm.tokenizer import BPETokenizer, Tokenizer, load_tokenizer, train_bpe
 from scratchlm.tokenizer.files import FILENAME, write_tokenizer_dir
 from scratchlm.tokenizer.report import compression, longest_tokens, show_split
+from scratchlm.train import TrainConfig, Trainer
+from scratchlm.train.config import sft_config
 
 SAMPLE_SENTENCE = (
     "Water boils at 100 degrees Celsius, and the sky looks blue because air scatters light."
@@ -78,7 +85,12 @@ def tokenizer_stage(run: DefaultRun, progress: bool, echo: Callable[[str], None]
     corpus = builtin_corpus()
     tok_dir = run.out_dir / "tokenizer"
     if (tok_dir / FILENAME).exists():
-        tok = BPETokenizer.load(tok_dir)
+        tok = load_tokenizer(tok_dir)
+        if not isinstance(tok, BPETokenizer):
+            raise TokenizerError(
+                f"{tok_dir} holds a {type(tok).__name__}, not the run's BPE tokenizer: "
+                "delete it to train again"
+            )
         echo(f"[1/{STAGES}] tokenizer: reusing {tok_dir} (delete it to train again)")
     else:
         echo(f"[1/{STAGES}] tokenizer: training byte-level BPE on {corpus.name} ...")
@@ -108,8 +120,6 @@ def data_stage(
     run: DefaultRun, tok: BPETokenizer, progress: bool, echo: Callable[[str], None]
 ) -> Path:
     """[2] The corpus as token files, a tenth of the documents held out for validation."""
-    from scratchlm.data import prepare
-
     data_dir = run.out_dir / "data"
     echo(f"[2/{STAGES}] data: encoding the corpus into token files in {data_dir}")
     meta = prepare(["builtin:science"], tok, data_dir, val_fraction=0.1, workers=1, progress=False)
@@ -125,8 +135,6 @@ def pretrain_stage(
     run: DefaultRun, data_dir: Path, progress: bool, echo: Callable[[str], None]
 ) -> Path:
     """[3] A small Transformer pretrained on the token files; resumes an unfinished run."""
-    from scratchlm.train import TrainConfig
-
     config = TrainConfig(
         data=str(data_dir),
         out=str(run.out_dir / "pretrain"),
@@ -149,8 +157,6 @@ def sft_stage(
     run: DefaultRun, pretrained: Path, progress: bool, echo: Callable[[str], None]
 ) -> Path:
     """[4] Instruction tuning on the built-in conversations (loss on the answers only)."""
-    from scratchlm.train.config import sft_config
-
     config = sft_config(
         init_from=str(pretrained),
         conversations=list(run.conversations),
@@ -169,9 +175,6 @@ def sft_stage(
 
 def _training_stage(number: int, what: str, config: Any, echo: Callable[[str], None]) -> Path:
     """Run ``config`` to its end, or reuse its finished run; the last checkpoint."""
-    from scratchlm.checkpoint import CheckpointManager, read_config
-    from scratchlm.train import Trainer
-
     latest = CheckpointManager(config.out).latest_valid()
     if latest is not None and read_config(latest)["step"] >= config.steps:
         echo(f"[{number}/{STAGES}] {what}: reusing {latest} (delete {config.out} to redo it)")
@@ -191,13 +194,12 @@ def _training_stage(number: int, what: str, config: Any, echo: Callable[[str], N
 def conversation_stage(run: DefaultRun, checkpoint: Path, echo: Callable[[str], None]) -> None:
     """[5] Three questions to the tuned model (greedy), the way `scratchlm chat` asks, then
     its score on the built-in fact questions, saved to ``facts.json`` in the run."""
-    from scratchlm.checkpoint import load_model
-    from scratchlm.train.evaluate import answer
-
     model, tok = load_model(checkpoint)
+    model = prepare_for_inference(model)
     echo(f"[5/{STAGES}] three conversations with the tuned model (greedy):")
     for question in QUESTIONS:
-        text = answer(model, tok, question, temperature=0, max_new_tokens=64)
+        messages = [{"role": "user", "content": question}]
+        text = reply(model, tok, messages, temperature=0, max_new_tokens=64)
         echo(f"      you> {question}")
         echo(f"      model> {_printable(text)}")
     trained, reworded = fact_scores(model, tok, run)
@@ -215,12 +217,12 @@ def conversation_stage(run: DefaultRun, checkpoint: Path, echo: Callable[[str], 
     echo(f"      talk to it: scratchlm chat {checkpoint.parent.parent}")
 
 
-def fact_scores(model: Any, tokenizer: Any, run: DefaultRun) -> tuple[FactReport, FactReport]:
+def fact_scores(
+    model: TransformerLM, tokenizer: Tokenizer, run: DefaultRun
+) -> tuple[FactReport, FactReport]:
     """Greedy answers to the run's fact questions, checked for their facts: the questions
     taught in the conversations (built in: ``chat_eval.jsonl``) and reworded ones held
     out of them (``chat_heldout.jsonl``)."""
-    from scratchlm.evals import check_facts, read_fact_questions
-
     trained, reworded = (
         check_facts(model, tokenizer, read_fact_questions(name))
         for name in (run.trained_questions, run.reworded_questions)

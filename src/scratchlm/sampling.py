@@ -122,7 +122,8 @@ def min_p_filter(logits: Tensor, min_p: float) -> Tensor:
     return logits.masked_fill(probs < threshold, float("-inf"))
 
 
-def _penalties_active(config: SampleConfig) -> bool:
+def penalties_active(config: SampleConfig) -> bool:
+    """True when a penalty changes the logits, so the caller must keep a token history."""
     return (
         config.repetition_penalty != 1.0
         or config.presence_penalty != 0.0
@@ -141,7 +142,7 @@ def process_logits(logits: Tensor, config: SampleConfig, history: Tensor | None 
     """
     assert logits.dim() == 2, f"logits must be (B, V), got shape {tuple(logits.shape)}"
     logits = logits.float()  # the math in float32, whatever the model's dtype
-    if history is not None and _penalties_active(config):
+    if history is not None and penalties_active(config):
         assert history.shape[0] == logits.shape[0], (
             f"history has {history.shape[0]} rows, logits {logits.shape[0]}"
         )

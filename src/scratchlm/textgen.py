@@ -5,6 +5,10 @@ strings even when they are spread over several tokens (and leaves them out of th
 output), and streams text pieces that never split a UTF-8 character: a token may end in
 the middle of a character's bytes, so bytes are decoded incrementally and held back
 until the character is complete.
+
+One loop does it, ``stream_rows``: a batch of prompts (token ids) through the engine,
+each row's text piece by piece. ``stream`` / ``stream_ids`` are its one-row case,
+``generate`` / ``generate_rows`` join its pieces; chat (``scratchlm.chat``) sits above.
 """
 
 from __future__ import annotations
@@ -13,12 +17,12 @@ import codecs
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+from scratchlm.builtin import END_OF_TEXT
 from scratchlm.config import SampleConfig
 from scratchlm.generate import generate_ids
 from scratchlm.model import TransformerLM
 from scratchlm.sampling import make_generator
-
-END_OF_TEXT = "<|endoftext|>"
+from scratchlm.tokenizer import Tokenizer
 
 
 class TextStream:
@@ -28,7 +32,7 @@ class TextStream:
     tail that could still turn out to be the start of a stop string.
     """
 
-    def __init__(self, tokenizer: Any, stop: Sequence[str] = ()) -> None:
+    def __init__(self, tokenizer: Tokenizer, stop: Sequence[str] = ()) -> None:
         self.tokenizer = tokenizer
         self.stop = [s for s in stop if s]
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
@@ -73,7 +77,7 @@ class TextStream:
         return longest
 
 
-def _prompt_ids(tokenizer: Any, prompt: str) -> list[int]:
+def _prompt_ids(tokenizer: Tokenizer, prompt: str) -> list[int]:
     ids = tokenizer.encode(prompt)
     if not ids and END_OF_TEXT in tokenizer.special_tokens:
         ids = [tokenizer.special_tokens[END_OF_TEXT]]  # an empty prompt: start a document
@@ -86,36 +90,80 @@ def resolve_settings(sample: SampleConfig | None, overrides: dict[str, Any]) -> 
     return SampleConfig.from_dict({**base, **overrides})
 
 
-def _default_stop_ids(tokenizer: Any, stop_ids: Sequence[int] | None) -> list[int]:
+def _default_stop_ids(tokenizer: Tokenizer, stop_ids: Sequence[int] | None) -> list[int]:
     if stop_ids is not None:
         return list(stop_ids)
     special = tokenizer.special_tokens
     return [special[END_OF_TEXT]] if END_OF_TEXT in special else []
 
 
-def _engine(
+def stream_rows(
     model: TransformerLM,
-    tokenizer: Any,
-    prompts: Sequence[str],
+    tokenizer: Tokenizer,
+    prompts: Sequence[Sequence[int]],
     settings: SampleConfig,
-    stop_ids: Sequence[int] | None,
-    truncate: bool,
-) -> Iterator[list[int | None]]:
-    """The id-only engine started on encoded prompts, with the default stop ids and a
-    generator seeded from the settings."""
-    return generate_ids(
+    *,
+    stop_ids: Sequence[int],
+    truncate: bool = True,
+) -> Iterator[list[str]]:
+    """The one text-generation loop: the continuations of several prompts (token ids),
+    run by the engine as one batch. Yields, once per step, the new text of every row
+    ("" for a row with nothing new or already ended), then each row's held-back rest.
+
+    A row ends at a stop id, a stop string (left out of its text) or the budget; the
+    loop ends when every row has. Joined, a row's pieces are its whole text.
+    """
+    steps = generate_ids(
         model,
-        [_prompt_ids(tokenizer, p) for p in prompts],
+        [list(p) for p in prompts],
         settings,
-        stop_ids=_default_stop_ids(tokenizer, stop_ids),
+        stop_ids=stop_ids,
         generator=make_generator(settings.seed, next(model.parameters()).device),
         truncate=truncate,
     )
+    texts = [TextStream(tokenizer, settings.stop) for _ in prompts]
+    ended = [False] * len(texts)
+    try:
+        for tokens in steps:
+            pieces = [""] * len(texts)
+            for i, token in enumerate(tokens):
+                if token is None:  # a stop id: the engine has ended this row
+                    ended[i] = True
+                elif not ended[i]:
+                    pieces[i] = texts[i].push(token)
+                    ended[i] = texts[i].stopped  # a stop string
+            yield pieces
+            if all(ended):
+                break
+    finally:
+        # Also on Ctrl-C or an abandoned stream: the engine leaves its inference mode and
+        # frees its KV cache now, not whenever the generator is collected.
+        steps.close()
+    yield [text.finish() for text in texts]
+
+
+def stream_ids(
+    model: TransformerLM,
+    tokenizer: Tokenizer,
+    prompt_ids: Sequence[int],
+    settings: SampleConfig,
+    *,
+    stop_ids: Sequence[int],
+    truncate: bool = True,
+) -> Iterator[str]:
+    """The text of the continuation of ``prompt_ids``, piece by piece: ``stream_rows``
+    with one row, so never half a UTF-8 character, stop strings left out."""
+    rows = stream_rows(
+        model, tokenizer, [prompt_ids], settings, stop_ids=stop_ids, truncate=truncate
+    )
+    for (piece,) in rows:
+        if piece:
+            yield piece
 
 
 def stream(
     model: TransformerLM,
-    tokenizer: Any,
+    tokenizer: Tokenizer,
     prompt: str,
     sample: SampleConfig | None = None,
     *,
@@ -140,47 +188,9 @@ def stream(
     )
 
 
-def stream_ids(
-    model: TransformerLM,
-    tokenizer: Any,
-    prompt_ids: Sequence[int],
-    settings: SampleConfig,
-    *,
-    stop_ids: Sequence[int],
-    truncate: bool = True,
-) -> Iterator[str]:
-    """The text of the continuation of ``prompt_ids`` (one row of the engine), piece by
-    piece: never half a UTF-8 character, stop strings left out."""
-    steps = generate_ids(
-        model,
-        [list(prompt_ids)],
-        settings,
-        stop_ids=stop_ids,
-        generator=make_generator(settings.seed, next(model.parameters()).device),
-        truncate=truncate,
-    )
-    text = TextStream(tokenizer, settings.stop)
-    try:
-        for (token,) in steps:
-            if token is None:
-                break
-            piece = text.push(token)
-            if piece:
-                yield piece
-            if text.stopped:
-                break
-    finally:
-        # Also on Ctrl-C or an abandoned stream: the engine leaves its inference mode and
-        # frees its KV cache now, not whenever the generator is collected.
-        steps.close()
-    rest = text.finish()
-    if rest:
-        yield rest
-
-
 def generate(
     model: TransformerLM,
-    tokenizer: Any,
+    tokenizer: Tokenizer,
     prompt: str | Sequence[str],
     sample: SampleConfig | None = None,
     *,
@@ -190,26 +200,33 @@ def generate(
 ) -> str | list[str]:
     """The continuation of one prompt, or of each of several prompts, which then run
     together as one batch (one forward pass per step for all of them)."""
-    if isinstance(prompt, str):
-        return "".join(
-            stream(
-                model, tokenizer, prompt, sample, stop_ids=stop_ids, truncate=truncate, **overrides
-            )
-        )
     settings = resolve_settings(sample, overrides)
-    streams = [TextStream(tokenizer, settings.stop) for _ in prompt]
-    steps = _engine(model, tokenizer, prompt, settings, stop_ids, truncate)
-    done = [False] * len(streams)
-    for tokens in steps:
-        for i, token in enumerate(tokens):
-            if token is None:
-                done[i] = True
-            elif not done[i]:
-                streams[i].push(token)
-                done[i] = streams[i].stopped
-        if all(done):
-            break
-    steps.close()
-    for s in streams:
-        s.finish()
-    return [s.text for s in streams]
+    prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+    texts = generate_rows(
+        model,
+        tokenizer,
+        [_prompt_ids(tokenizer, p) for p in prompts],
+        settings,
+        stop_ids=_default_stop_ids(tokenizer, stop_ids),
+        truncate=truncate,
+    )
+    return texts[0] if isinstance(prompt, str) else texts
+
+
+def generate_rows(
+    model: TransformerLM,
+    tokenizer: Tokenizer,
+    prompts: Sequence[Sequence[int]],
+    settings: SampleConfig,
+    *,
+    stop_ids: Sequence[int],
+    truncate: bool = True,
+) -> list[str]:
+    """The whole text of each row of ``stream_rows``."""
+    parts: list[list[str]] = [[] for _ in prompts]
+    for pieces in stream_rows(
+        model, tokenizer, prompts, settings, stop_ids=stop_ids, truncate=truncate
+    ):
+        for row, piece in zip(parts, pieces, strict=True):
+            row.append(piece)
+    return ["".join(row) for row in parts]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from scratchlm.tokenizer import BPETokenizer, save_tokenizer, train_bpe
+
 EOT = "<|endoftext|>"
 
 TRAINING_TEXT = (
@@ -17,8 +19,6 @@ TRAINING_TEXT = (
 @pytest.fixture(scope="package")
 def tok(tmp_path_factory):
     """A byte-level BPE (vocab 300) with the end-of-text special token, trained once."""
-    from scratchlm.tokenizer import BPETokenizer, train_bpe
-
     path = tmp_path_factory.mktemp("tok") / "train.txt"
     path.write_text(TRAINING_TEXT * 8, encoding="utf-8")
     vocab, merges = train_bpe(path, 300, [EOT], num_workers=1)
@@ -29,5 +29,5 @@ def tok(tmp_path_factory):
 def tok_dir(tok, tmp_path_factory):
     """The same tokenizer saved as a folder."""
     folder = tmp_path_factory.mktemp("tokdir")
-    tok.save(folder)
+    save_tokenizer(tok, folder)
     return folder

@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from scratchlm.data.chat import END_OF_TURN, chat_tokenizer, render_conversation
+from scratchlm.chat_format import END_OF_TURN, chat_tokenizer, render_conversation
 from scratchlm.data.chat_sources import read_conversations
 from scratchlm.errors import DataError
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from scratchlm.chat import reply
+from scratchlm.chat_format import chat_tokenizer
 from scratchlm.config import preset
-from scratchlm.data.chat import chat_tokenizer
 from scratchlm.errors import DataError
 from scratchlm.evals import (
     FactQuestion,

@@ -21,9 +21,9 @@ from safetensors.torch import load_file, save_file  # noqa: E402
 from scratchlm.config import ModelConfig, preset  # noqa: E402
 from scratchlm.errors import ConfigError, OutputExistsError, ScratchLMError  # noqa: E402
 from scratchlm.export import from_hf, to_hf  # noqa: E402
+from scratchlm.export.hf_tokenizer import save_hf_tokenizer  # noqa: E402
 from scratchlm.model import KVCache, TransformerLM  # noqa: E402
 from scratchlm.tokenizer import BPETokenizer, train_bpe  # noqa: E402
-from scratchlm.tokenizer.hf import save_hf_tokenizer  # noqa: E402
 
 EOT = "<|endoftext|>"
 VOCAB = 300  # 256 bytes + 43 merges + <|endoftext|>
@@ -450,8 +450,8 @@ def test_a_chat_model_stops_at_the_end_of_its_turn_in_transformers(tmp_path, tok
     ``generate`` ends an answer where ``scratchlm chat`` does."""
     import transformers
 
+    from scratchlm.chat_format import END_OF_TURN, chat_tokenizer, render_prompt
     from scratchlm.config import preset
-    from scratchlm.data.chat import END_OF_TURN, chat_tokenizer, render_prompt
     from scratchlm.model import TransformerLM
 
     tok = chat_tokenizer(tokenizer)

@@ -226,12 +226,12 @@ def test_layer_sdpa_matches_reference_and_per_head_loop(gen, overrides, use_rope
         valid = torch.arange(T)[None] >= pads[:, None]
         mask = padding_mask(valid)
         positions = (torch.arange(T)[None] - pads[:, None]).clamp(min=0)
-    rotary = RotaryEmbedding(config.head_dim, 16).angles(positions, x.dtype) if use_rope else None
+    rotary = RotaryEmbedding(config.head_dim, 16)(positions, x.dtype) if use_rope else None
     grad_out = torch.randn(B, T, config.d_model, generator=gen)
 
     grads = {}
     outs = {}
-    for impl in ("sdpa", "reference"):
+    for impl in ("fast", "reference"):
         attn.impl = impl
         attn.zero_grad()
         xi = x.clone().requires_grad_(True)
@@ -240,22 +240,22 @@ def test_layer_sdpa_matches_reference_and_per_head_loop(gen, overrides, use_rope
         outs[impl] = y.detach()
         grads[impl] = {"x": xi.grad, **{n: p.grad.clone() for n, p in attn.named_parameters()}}
 
-    assert_close(outs["sdpa"], outs["reference"], **TOL)
-    for name in grads["sdpa"]:
-        assert_close_scaled(grads["sdpa"][name], grads["reference"][name], name)
+    assert_close(outs["fast"], outs["reference"], **TOL)
+    for name in grads["fast"]:
+        assert_close_scaled(grads["fast"][name], grads["reference"][name], name)
 
     # And both equal the per-head loop written above (autograd through it, too).
     attn.zero_grad()
     xr = x.clone().requires_grad_(True)
     expected = mhsa_reference(attn, xr, rotary, mask)
     (expected * grad_out).sum().backward()
-    assert_close(outs["sdpa"], expected.detach(), **TOL)
-    assert_close_scaled(grads["sdpa"]["x"], xr.grad, "x")
+    assert_close(outs["fast"], expected.detach(), **TOL)
+    assert_close_scaled(grads["fast"]["x"], xr.grad, "x")
     for name, p in attn.named_parameters():
-        assert_close_scaled(grads["sdpa"][name], p.grad, name)
+        assert_close_scaled(grads["fast"][name], p.grad, name)
 
 
-@pytest.mark.parametrize("impl", ["sdpa", "reference"])
+@pytest.mark.parametrize("impl", ["fast", "reference"])
 @pytest.mark.parametrize("n_kv_heads", [1, 2])
 def test_gqa_equals_mha_with_repeated_kv_heads(gen, impl, n_kv_heads):
     config = tiny_config(n_kv_heads=n_kv_heads)
@@ -273,11 +273,11 @@ def test_gqa_equals_mha_with_repeated_kv_heads(gen, impl, n_kv_heads):
             getattr(mha, name).weight.copy_(repeated)
     gqa.impl = mha.impl = impl
     x = torch.randn(2, 6, d, generator=gen)
-    rotary = RotaryEmbedding(D, 16).angles(torch.arange(6).expand(2, 6), x.dtype)
+    rotary = RotaryEmbedding(D, 16)(torch.arange(6).expand(2, 6), x.dtype)
     assert_close(gqa(x, rotary), mha(x, rotary), **TOL)
 
 
-@pytest.mark.parametrize("impl", ["sdpa", "reference"])
+@pytest.mark.parametrize("impl", ["fast", "reference"])
 @pytest.mark.parametrize("position", ["rope", "none", "cope"])
 def test_layer_is_causal(gen, impl, position):
     config = tiny_config(position=position)
@@ -286,7 +286,7 @@ def test_layer_is_causal(gen, impl, position):
     T = 8
     x = torch.randn(1, T, config.d_model, generator=gen)
     rotary = (
-        RotaryEmbedding(config.head_dim, 16).angles(torch.arange(T)[None], x.dtype)
+        RotaryEmbedding(config.head_dim, 16)(torch.arange(T)[None], x.dtype)
         if position == "rope"
         else None
     )
@@ -306,17 +306,17 @@ def test_layer_with_cache_matches_full_pass_for_both_impls(gen, overrides):
     T = 9
     x = torch.randn(2, T, config.d_model, generator=gen)
     table = RotaryEmbedding(config.head_dim, 16)
-    full_rotary = table.angles(torch.arange(T).expand(2, T), x.dtype)
+    full_rotary = table(torch.arange(T).expand(2, T), x.dtype)
     attn.impl = "reference"
     full = attn(x, full_rotary)
-    for impl in ("sdpa", "reference"):
+    for impl in ("fast", "reference"):
         attn.impl = impl
         cache = KVCache.for_model(config, batch_size=2)
         outs = []
         # Prefill 4, decode 1, then a chunk of 3 with 5 positions already cached, then 1.
         for start, end in [(0, 4), (4, 5), (5, 8), (8, 9)]:
             past = cache.length
-            rotary = table.angles(torch.arange(start, end).expand(2, end - start), x.dtype)
+            rotary = table(torch.arange(start, end).expand(2, end - start), x.dtype)
             chunk_mask = None
             if past and end - start > 1:
                 chunk_mask = causal_mask(end - start, end)[None, None]

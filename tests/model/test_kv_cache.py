@@ -10,8 +10,8 @@ from torch.testing import assert_close
 
 from scratchlm.config import ModelConfig, preset
 from scratchlm.errors import ScratchLMError
-from scratchlm.model import KVCache, TransformerLM, layers
-from scratchlm.model.layers import split_linear as split
+from scratchlm.model import KVCache, TransformerLM, inference, prepare_for_inference
+from scratchlm.model.inference import split_linear as split
 
 TOL = {"rtol": 1e-5, "atol": 1e-5}
 # init_std 0.1 instead of 0.02: peaked attention and logits of order 1, so a cache that
@@ -54,12 +54,12 @@ SCHEDULES = {
 }
 
 
-@pytest.mark.parametrize("impl", ["sdpa", "reference"])
+@pytest.mark.parametrize("impl", ["fast", "reference"])
 @pytest.mark.parametrize("schedule", list(SCHEDULES))
 @pytest.mark.parametrize("case", list(CASES))
 def test_cached_equals_uncached_at_every_step(case, schedule, impl):
     model = make_model(**CASES[case])
-    model.set_attention_impl(impl)
+    model.set_impl(impl)
     chunks = SCHEDULES[schedule]
     ids = random_ids(model.config.vocab_size, 2, sum(chunks))
     full = model(ids)  # causal: position t's logits are those of the prefix ids[:, :t+1]
@@ -85,21 +85,24 @@ def test_cached_equals_uncached_for_the_tiny_preset():
         assert_close(model(ids[:, t : t + 1], cache=cache), full[:, t : t + 1], **TOL)
 
 
+@pytest.mark.parametrize("in_place", [True, False])
 @pytest.mark.parametrize("case", ["rope", "gpt2_style", "mqa"])
-def test_decoding_with_split_products_equals_the_full_forward(case, monkeypatch, threads):
-    # Generation runs without autograd, where few-row products take Linear's split path
-    # (one block of outputs per thread); its logits must match the plain full forward.
+def test_decoding_a_prepared_model_equals_the_full_forward(case, in_place, monkeypatch, threads):
+    # prepare_for_inference swaps in DecodeLinear (column-major copies, or shared weights
+    # when not in place), whose few-row products take the split path (one block of
+    # outputs per thread); its logits must match the training model's full forward.
     model = make_model(**CASES[case], vocab_size=61)  # odd: the output's last row left over
     ids = random_ids(model.config.vocab_size, 2, 10)
     full = model(ids)
+    decoder = prepare_for_inference(model, in_place=in_place)
     calls = []
-    monkeypatch.setattr(layers, "SPLIT_MIN_WEIGHTS", 1)  # a tiny model's weights, split anyway
-    monkeypatch.setattr(layers, "split_linear", lambda *a: calls.append(1) or split(*a))
+    monkeypatch.setattr(inference, "SPLIT_MIN_WEIGHTS", 1)  # a tiny model's weights: split
+    monkeypatch.setattr(inference, "split_linear", lambda *a: calls.append(1) or split(*a))
     threads(2)
     with torch.inference_mode():
         cache = KVCache.for_model(model.config, batch_size=2)
-        steps = [model(ids[:, :4], cache=cache)]
-        steps += [model(ids[:, t : t + 1], cache=cache) for t in range(4, 10)]
+        steps = [decoder(ids[:, :4], cache=cache)]
+        steps += [decoder(ids[:, t : t + 1], cache=cache) for t in range(4, 10)]
     assert len(calls) >= 6 * model.config.n_layers * 5  # every decode step split its products
     assert_close(torch.cat(steps, dim=1), full, **TOL)
 
@@ -143,11 +146,11 @@ def row_positions(start: int, end: int, pads: torch.Tensor) -> torch.Tensor:
 PAD_CASES = ["rope", "learned", "none", "cope", "shared_depth", "mqa", "gpt2_style"]
 
 
-@pytest.mark.parametrize("impl", ["sdpa", "reference"])
+@pytest.mark.parametrize("impl", ["fast", "reference"])
 @pytest.mark.parametrize("case", PAD_CASES)
 def test_left_padded_batch_without_cache(case, impl):
     model = make_model(**CASES[case])
-    model.set_attention_impl(impl)
+    model.set_impl(impl)
     ids, attention_mask, pads, prompts = padded_batch(model.config.vocab_size)
     T = ids.shape[1]
     logits = model(ids, positions=row_positions(0, T, pads), attention_mask=attention_mask)
@@ -157,24 +160,26 @@ def test_left_padded_batch_without_cache(case, impl):
         assert_close(logits[row, pads[row] :], alone[0], **TOL, msg=lambda m, r=row: f"{r}: {m}")
 
 
-@pytest.mark.parametrize("impl", ["sdpa", "reference"])
+@pytest.mark.parametrize("impl", ["fast", "reference"])
 @pytest.mark.parametrize("case", PAD_CASES)
 def test_left_padded_batch_with_cache(case, impl):
     model = make_model(**CASES[case])
-    model.set_attention_impl(impl)
+    model.set_impl(impl)
     ids, attention_mask, pads, prompts = padded_batch(model.config.vocab_size)
     B, T = ids.shape
     # Each row continues with its own tokens: 2 single steps, a chunk of 3, 1 more.
     more = random_ids(model.config.vocab_size, B, 6, seed=77)
     cache = KVCache.for_model(model.config, batch_size=B)
-    outs = [model(ids, cache, row_positions(0, T, pads), attention_mask)]
+    cache.set_padding(attention_mask)  # whoever pads records it on the cache
+    outs = [model(ids, cache, row_positions(0, T, pads))]
     start = T
     for size, with_mask in ((1, False), (1, True), (3, True), (1, False)):
         chunk = more[:, start - T : start - T + size]
         positions = row_positions(start, start + size, pads)
-        # Later steps may pass a mask for their own (all real) tokens, or none.
-        mask = torch.ones(B, size, dtype=torch.bool) if with_mask else None
-        outs.append(model(chunk, cache, positions, mask))
+        # Later steps may record their own (all real) tokens, or nothing.
+        if with_mask:
+            cache.set_padding(torch.ones(B, size, dtype=torch.bool))
+        outs.append(model(chunk, cache, positions))
         start += size
     logits = torch.cat(outs, dim=1)  # (B, T + 6, V)
     assert torch.isfinite(logits).all()
@@ -232,11 +237,30 @@ def test_reset_starts_over():
         assert_close(model(other[:, t : t + 1], cache=cache), full[:, t : t + 1], **TOL)
 
 
+def test_the_model_only_reads_padding_from_the_cache():
+    # The mask is a function of what the caller gave: the model writes no padding into
+    # the cache, and with a cache the padding must be recorded on it, not passed.
+    model = make_model()
+    ids, attention_mask, pads, _ = padded_batch(model.config.vocab_size)
+    cache = KVCache.for_model(model.config, batch_size=ids.shape[0])
+    with pytest.raises(AssertionError, match="set_padding"):
+        model(ids, cache, row_positions(0, ids.shape[1], pads), attention_mask)
+    model(ids, cache, row_positions(0, ids.shape[1], pads))
+    assert cache.key_mask is None and cache.keys_valid(ids.shape[1]) is None
+    cache.reset()
+    cache.set_padding(attention_mask)
+    assert torch.equal(cache.keys_valid(ids.shape[1]), attention_mask)
+    before = cache.key_mask.clone()
+    model(ids, cache, row_positions(0, ids.shape[1], pads))
+    assert torch.equal(cache.key_mask, before)
+
+
 def test_reset_forgets_padding():
     model = make_model()
     ids, attention_mask, pads, _ = padded_batch(model.config.vocab_size)
     cache = KVCache.for_model(model.config, batch_size=ids.shape[0])
-    model(ids, cache, row_positions(0, ids.shape[1], pads), attention_mask)
+    cache.set_padding(attention_mask)
+    model(ids, cache, row_positions(0, ids.shape[1], pads))
     assert cache.key_mask is not None
     cache.reset()
     assert cache.key_mask is None

@@ -18,7 +18,6 @@ from scratchlm.model import (
     RMSNorm,
     SwiGLU,
     gelu,
-    layers,
     silu,
     softmax,
 )
@@ -65,61 +64,6 @@ def test_linear_shape_and_formula(gen, bias):
     b = layer.bias if bias else torch.zeros(4)
     by_hand = sum(x[1, 2, i] * w[3, i] for i in range(6)) + b[3]
     assert_close(y[1, 2, 3], by_hand)
-
-
-@pytest.mark.parametrize("parts", [2, 3, 4, 5, 7])  # 5, 7: a remainder of 2 and 5 rows
-@pytest.mark.parametrize("layout", ["column-major", "row-major"])
-@pytest.mark.parametrize("shape", [(1, 12), (5, 12), (3, 1, 12), (2, 4, 12), (0, 12)])
-def test_split_linear_equals_the_plain_product(gen, parts, layout, shape):
-    weight = torch.randn(12, 12, generator=gen)[:, :7]  # (out 12, in 7), odd widths
-    weight = weight.t().contiguous().t() if layout == "column-major" else weight.contiguous()
-    x = torch.randn(*shape[:-1], 7, generator=gen)
-    y = layers.split_linear(x, weight, parts)
-    assert y.shape == (*shape[:-1], 12)
-    assert_close(y, x @ weight.T, rtol=1e-6, atol=1e-6)
-
-
-@pytest.mark.parametrize("bias", [False, True])
-def test_linear_takes_the_split_path_for_few_rows_without_autograd(gen, threads, bias, monkeypatch):
-    monkeypatch.setattr(layers, "SPLIT_MIN_WEIGHTS", 1)  # a small layer, split anyway
-    threads(2)
-    layer = Linear(8, 6, bias=bias)
-    randomize(layer, gen)
-    x = torch.randn(3, 1, 8, generator=gen)  # a decoding step of 3 sequences
-    expected = x @ layer.weight.T + (layer.bias if bias else 0)
-    with torch.inference_mode():
-        assert layers.takes_split_path(x, layer.weight)
-        assert_close(layer(x), expected, rtol=1e-6, atol=1e-6)
-
-
-def test_split_path_only_where_it_applies(threads, monkeypatch):
-    w = torch.zeros(512, 512)  # 1 MiB: as large as a weight must be
-    few, many = torch.zeros(2, 512), torch.zeros(layers.SPLIT_MAX_ROWS + 1, 512)
-    threads(2)
-    assert not layers.takes_split_path(few, w)  # autograd on: F.linear has the backward
-    with torch.no_grad():
-        assert layers.takes_split_path(few, w)
-        assert layers.takes_split_path(few, w.t().contiguous().t())  # column-major
-        assert not layers.takes_split_path(few, w[:256])  # small: stays in the cache
-        assert not layers.takes_split_path(many, w)  # prompts: the threaded product
-        monkeypatch.setattr(layers, "SPLIT_MIN_WEIGHTS", 1)
-        assert layers.takes_split_path(few[:, :8], torch.zeros(7, 8))  # 3 + 3 + 1 left over
-        assert not layers.takes_split_path(few[:, :8], torch.zeros(1, 8))  # 1 output, 2 threads
-        assert not layers.takes_split_path(few[:, :8], torch.zeros(6, 16)[:, ::2])  # strided
-        threads(1)
-        assert not layers.takes_split_path(few, w)  # nothing to split across
-
-
-# torch.compile imports torch.jit internals that warn about their own deprecation.
-@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
-def test_linear_compiles_without_a_graph_break_where_it_would_split(gen, threads):
-    # Inside torch.compile the split path is skipped (torch.get_num_threads cannot be
-    # traced): fullgraph=True fails on any graph break.
-    threads(2)
-    layer = Linear(512, 512)
-    x = torch.randn(1, 512, generator=gen)
-    with torch.no_grad():
-        assert_close(torch.compile(layer, fullgraph=True)(x), x @ layer.weight.T)
 
 
 @pytest.mark.parametrize("std", [0.02, 0.1])
@@ -284,9 +228,11 @@ def test_dyt_formula(gen):
 # ------------------------------------------------------------------ MLPs
 
 
+@pytest.mark.parametrize("impl", ["fast", "reference"])
 @pytest.mark.parametrize("bias", [False, True])
-def test_swiglu_matches_formula(gen, bias):
+def test_swiglu_matches_formula(gen, bias, impl):
     mlp = SwiGLU(8, 12, bias=bias)
+    mlp.impl = impl  # F.silu, or silu written out
     assert mlp.gate_proj.weight.shape == (12, 8)
     assert mlp.up_proj.weight.shape == (12, 8)
     assert mlp.down_proj.weight.shape == (8, 12)
@@ -302,8 +248,10 @@ def test_swiglu_matches_formula(gen, bias):
     assert_close(mlp(x), expected)
 
 
-def test_gelu_mlp_matches_formula(gen):
+@pytest.mark.parametrize("impl", ["fast", "reference"])
+def test_gelu_mlp_matches_formula(gen, impl):
     mlp = GeluMLP(8, 32, bias=True)
+    mlp.impl = impl  # F.gelu, or gelu written out
     randomize(mlp, gen)
     x = torch.randn(2, 3, 8, generator=gen)
     h = x @ mlp.up_proj.weight.T + mlp.up_proj.bias
@@ -354,13 +302,12 @@ def test_norm_gradients_match_torch(gen):
     assert_close(norm.bias.grad, b.grad)
 
 
-def test_linear_weight_is_out_by_in_stored_column_major():
+def test_linear_weight_is_a_plain_row_major_out_by_in_matrix():
+    # What training, the optimizer, FSDP and checkpoints see: no inference layout.
     layer = Linear(5, 3)
-    assert layer.weight.shape == (3, 5)
-    # Column-major storage: the (in, out) matrix is what is contiguous in memory.
-    assert layer.weight.t().is_contiguous() and not layer.weight.is_contiguous()
-    # load_state_dict copies values into that storage and keeps the layout.
+    assert layer.weight.shape == (3, 5) and layer.weight.is_contiguous()
     other = Linear(5, 3)
     other.load_state_dict({"weight": torch.arange(15.0).reshape(3, 5)})
     assert torch.equal(other.weight, torch.arange(15.0).reshape(3, 5))
-    assert other.weight.t().is_contiguous()
+    x = torch.randn(4, 5)
+    assert torch.equal(other(x), F.linear(x, other.weight))

@@ -13,13 +13,13 @@ from scratchlm.checkpoint import save_checkpoint
 from scratchlm.config import preset
 from scratchlm.errors import ScratchLMError
 from scratchlm.export.hf import to_hf
-from scratchlm.model import Int8Linear, KVCache, Linear, TransformerLM, quantize_int8
-from scratchlm.model.quantize import (
-    FAST_MAX_ROWS,
-    dequantize_weight,
-    is_quantized,
-    quantize_weight,
-)
+from scratchlm.model import Int8Linear, KVCache, Linear, TransformerLM, prepare_for_inference
+from scratchlm.model.inference import is_prepared
+from scratchlm.model.quantize import FAST_MAX_ROWS, dequantize_weight, quantize_weight
+
+
+def quantize_int8(model: TransformerLM) -> TransformerLM:
+    return prepare_for_inference(model, int8=True)
 
 
 def random_linear(n_in: int, n_out: int, bias: bool = False, seed: int = 0) -> Linear:
@@ -136,9 +136,9 @@ def test_quantize_replaces_every_linear(tie):
     quantize_int8(model)
     assert not any(isinstance(m, Linear) for m in model.modules())
     assert sum(isinstance(m, Int8Linear) for m in model.modules()) == n_linear
-    assert is_quantized(model) and not model.training
+    assert is_prepared(model) and not model.training
     assert torch.equal(model.embed_tokens.weight, embedding)  # the embedding stays float
-    with pytest.raises(ScratchLMError, match="already quantized"):
+    with pytest.raises(ScratchLMError, match="already prepared"):
         quantize_int8(model)
 
 

@@ -4,13 +4,14 @@ give a TokenizerError; output directories are written whole or not at all."""
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from scratchlm.errors import OutputExistsError, ScratchLMError, TokenizerError
-from scratchlm.tokenizer import GPT4_PATTERN, BPETokenizer, load_tokenizer
+from scratchlm.tokenizer import GPT4_PATTERN, BPETokenizer, load_tokenizer, save_tokenizer
 from scratchlm.tokenizer.files import (
     escape_token,
     unescape_token,
@@ -77,9 +78,9 @@ def test_bad_escape_is_refused(bad):
 
 
 def test_save_load_round_trip(tok, tmp_path, mixed_text):
-    file = tok.save(tmp_path / "tok")
+    file = save_tokenizer(tok, tmp_path / "tok")
     assert file == tmp_path / "tok" / "tokenizer.json"
-    for loaded in (BPETokenizer.load(tmp_path / "tok"), load_tokenizer(file)):
+    for loaded in (load_tokenizer(tmp_path / "tok"), load_tokenizer(file)):
         assert isinstance(loaded, BPETokenizer)
         assert loaded.vocab == tok.vocab
         assert loaded.merges == tok.merges
@@ -93,13 +94,13 @@ def test_save_load_round_trip(tok, tmp_path, mixed_text):
 
 
 def test_save_to_a_file_name(tok, tmp_path):
-    file = tok.save(tmp_path / "my-tok.json")
+    file = save_tokenizer(tok, tmp_path / "my-tok.json")
     assert file == tmp_path / "my-tok.json"
-    assert BPETokenizer.load(file).vocab == tok.vocab
+    assert load_tokenizer(file).vocab == tok.vocab
 
 
 def test_file_is_readable(tok, tmp_path):
-    data = json.loads(tok.save(tmp_path).read_text(encoding="utf-8"))
+    data = json.loads(save_tokenizer(tok, tmp_path).read_text(encoding="utf-8"))
     assert data["format"] == "scratchlm-tokenizer"
     assert data["version"] == 1
     assert data["type"] == "bpe"
@@ -161,14 +162,14 @@ def damage(data: dict, how: str) -> str:
     ],
 )
 def test_damaged_file_is_a_tokenizer_error(tok, tmp_path, how):
-    file = tok.save(tmp_path)
+    file = save_tokenizer(tok, tmp_path)
     file.write_text(damage(json.loads(file.read_text(encoding="utf-8")), how), encoding="utf-8")
     with pytest.raises(TokenizerError):
         load_tokenizer(file)
 
 
 def test_wrong_version(tok, tmp_path):
-    file = tok.save(tmp_path)
+    file = save_tokenizer(tok, tmp_path)
     data = json.loads(file.read_text(encoding="utf-8"))
     data["version"] = 99
     file.write_text(json.dumps(data), encoding="utf-8")
@@ -211,7 +212,7 @@ def test_write_tokenizer_dir(tok, tmp_path):
     out = tmp_path / "runs" / "tok"
     file = write_tokenizer_dir(tok, out)
     assert file == out / "tokenizer.json"
-    assert BPETokenizer.load(out).vocab == tok.vocab
+    assert load_tokenizer(out).vocab == tok.vocab
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["tok"]
 
 
@@ -233,7 +234,7 @@ def test_write_tokenizer_dir_force_replaces(tok, tmp_path):
     (out / "tokenizer.json").write_text("{}")
     write_tokenizer_dir(tok, out, force=True)
     assert [p.name for p in out.iterdir()] == ["tokenizer.json"]
-    assert BPETokenizer.load(out).merges == tok.merges
+    assert load_tokenizer(out).merges == tok.merges
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tok"]  # no ".tok.old" left
 
 
@@ -247,16 +248,18 @@ def test_write_tokenizer_dir_force_over_a_file(tok, tmp_path):
     except ScratchLMError:
         assert out.read_text() == "a file, not a folder"
     else:
-        assert BPETokenizer.load(out).merges == tok.merges
+        assert load_tokenizer(out).merges == tok.merges
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tok"]
 
 
 def test_char_and_bpe_files_are_told_apart(tok, tmp_path):
     from scratchlm.tokenizer import CharTokenizer
 
-    tok.save(tmp_path / "bpe")
-    CharTokenizer.train(["abc"]).save(tmp_path / "char")
+    save_tokenizer(tok, tmp_path / "bpe")
+    save_tokenizer(CharTokenizer.train(["abc"]), tmp_path / "char")
     assert isinstance(load_tokenizer(tmp_path / "bpe"), BPETokenizer)
     assert isinstance(load_tokenizer(tmp_path / "char"), CharTokenizer)
-    with pytest.raises(TokenizerError, match="not a BPE tokenizer"):
-        BPETokenizer.load(tmp_path / "char")
+    # Any other object satisfying the Tokenizer protocol has no file format.
+    with pytest.raises(TokenizerError, match="cannot save a SimpleNamespace"):
+        save_tokenizer(SimpleNamespace(special_tokens={}, vocab={}), tmp_path / "other")
+    assert not (tmp_path / "other").exists()

@@ -14,19 +14,17 @@ from hypothesis import strategies as st
 
 from scratchlm.cli import main
 from scratchlm.errors import OutputExistsError, TokenizerError
+from scratchlm.export.hf_tokenizer import save_hf_tokenizer
 from scratchlm.tokenizer import (
     GPT2_PATTERN,
     BPETokenizer,
     CharTokenizer,
     load_tokenizer,
+    save_tokenizer,
     train_bpe,
 )
 from scratchlm.tokenizer.gpt2 import bytes_to_unicode, load_gpt2_files
-from scratchlm.tokenizer.hf import (
-    from_hf_tokenizer_json,
-    save_hf_tokenizer,
-    to_hf_tokenizer_json,
-)
+from scratchlm.tokenizer.hf import from_hf_tokenizer_json, to_hf_tokenizer_json
 from scratchlm.tokenizer.train_bpe import build_vocab
 
 SPECIALS = ["<|endoftext|>", "<|user|>", "<|日本|>", "<|a b|>"]
@@ -223,7 +221,7 @@ def restore_logging():
 
 @pytest.mark.usefixtures("restore_logging")
 def test_cli_export_hf(trained: BPETokenizer, tmp_path: Path, capsys: pytest.CaptureFixture):
-    trained.save(tmp_path / "tok")
+    save_tokenizer(trained, tmp_path / "tok")
     assert main(["tokenizer", "export-hf", str(tmp_path / "tok"), str(tmp_path / "hf")]) == 0
     assert capsys.readouterr().out.strip() == str(tmp_path / "hf")
     assert load_tokenizer(tmp_path / "hf").encode(TEXTS[5]) == trained.encode(TEXTS[5])
@@ -268,6 +266,14 @@ def test_gpt2_files_hand_checked(tmp_path: Path):
     assert tok.encode("hello world<|endoftext|>hell") == expected
     assert tok.decode(expected) == "hello world<|endoftext|>hell"
     assert load_tokenizer(folder).encode("hello world") == expected[:6]
+    # Hugging Face names the same two files vocab.json and merges.txt.
+    hf_names = tmp_path / "hf-names"
+    hf_names.mkdir()
+    (folder / "encoder.json").rename(hf_names / "vocab.json")
+    (folder / "vocab.bpe").rename(hf_names / "merges.txt")
+    assert load_tokenizer(hf_names).encode("hello world<|endoftext|>hell") == expected
+    with pytest.raises(TokenizerError, match=r"no tokenizer\.json"):
+        load_tokenizer(folder)  # now empty
 
 
 def test_gpt2_files_with_permuted_ids(trained: BPETokenizer, tmp_path: Path):

@@ -9,10 +9,10 @@ import json
 from train_helpers import TINY
 
 from scratchlm.chat import chat_prompt_ids, reply, reply_stop_ids, stream_reply
+from scratchlm.chat_format import render_conversation
 from scratchlm.checkpoint import load_model
 from scratchlm.config import SampleConfig
 from scratchlm.data import prepare
-from scratchlm.data.chat import render_conversation
 from scratchlm.generate import generate_ids
 from scratchlm.tokenizer import BPETokenizer, train_bpe
 from scratchlm.tokenizer.files import write_tokenizer_dir

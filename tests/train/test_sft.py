@@ -8,8 +8,8 @@ from pathlib import Path
 
 import torch
 
+from scratchlm.chat_format import END_OF_TURN, render_conversation, render_prompt
 from scratchlm.config import SampleConfig
-from scratchlm.data.chat import END_OF_TURN, render_conversation, render_prompt
 from scratchlm.train.config import SFT_DEFAULTS, TrainConfig
 from scratchlm.train.sft_data import (
     PAD_SEGMENT,
@@ -56,7 +56,7 @@ def _write_conversations(path: Path) -> Path:
 
 
 def test_rows_have_targets_only_on_the_answer(prepared):
-    from scratchlm.data.chat import chat_tokenizer
+    from scratchlm.chat_format import chat_tokenizer
     from scratchlm.tokenizer import load_tokenizer
 
     tok = chat_tokenizer(load_tokenizer(prepared / "tokenizer.json"))

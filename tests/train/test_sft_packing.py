@@ -11,7 +11,7 @@ from collections import Counter
 import pytest
 import torch
 
-from scratchlm.data.chat import END_OF_TURN, chat_tokenizer
+from scratchlm.chat_format import END_OF_TURN, chat_tokenizer
 from scratchlm.train.config import SFT_DEFAULTS, TrainConfig
 from scratchlm.train.sft_data import (
     PAD_SEGMENT,

@@ -15,11 +15,17 @@ it has seen one answer follow many wordings.
 appear verbatim in ``chat.jsonl``; the held-out ones are new wordings of facts it teaches
 (no question of ``chat.jsonl`` shares 80% of its words with one of them).
 A good answer contains every ``expect`` word (case-insensitive).
+
+``builtin:python`` is not a file of this package: it names every ``.py`` file of the
+running interpreter's standard library, a larger corpus for the tokenizer and ``prepare``.
 """
 
 import os
+import sysconfig
 from importlib.resources import as_file, files
 from pathlib import Path
+
+from scratchlm.errors import DataError
 
 END_OF_TEXT = "<|endoftext|>"
 
@@ -31,6 +37,8 @@ BUILTIN_FILES = {
     "builtin:chat_eval": "chat_eval.jsonl",
     "builtin:chat_heldout": "chat_heldout.jsonl",
 }
+# Names that stand for a whole corpus wherever an input is expected.
+BUILTIN_INPUTS = ("builtin:science", "builtin:python")
 
 
 def resolve_builtin(name: str | os.PathLike) -> Path:
@@ -61,3 +69,23 @@ def builtin_chat_eval() -> Path:
 def builtin_chat_heldout() -> Path:
     """Path of the built-in held-out questions: new wordings of facts ``chat.jsonl`` teaches."""
     return resolve_builtin("builtin:chat_heldout")
+
+
+def stdlib_python_files() -> list[Path]:
+    """Every ``.py`` file of this interpreter's standard library, sorted by path, without
+    site-packages (installed third-party code is not the standard library)."""
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    found = []
+    for folder, dirs, names in os.walk(stdlib):
+        dirs[:] = [d for d in dirs if d not in ("site-packages", "dist-packages")]
+        found.extend(Path(folder, n) for n in names if n.endswith(".py"))
+    return sorted(p for p in found if p.is_file())
+
+
+def builtin_files(name: str) -> list[Path]:
+    """The files of a built-in input (``builtin:science`` or ``builtin:python``)."""
+    if name == "builtin:science":
+        return [builtin_corpus()]
+    if name == "builtin:python":
+        return stdlib_python_files()
+    raise DataError(f"unknown input {name!r}: the built-in inputs are {BUILTIN_INPUTS}")

@@ -57,7 +57,7 @@ from scratchlm.checkpoint.state import (
 )
 from scratchlm.config import ModelConfig
 from scratchlm.errors import CheckpointError, ConfigError
-from scratchlm.model.quantize import refuse_quantized
+from scratchlm.model.inference import refuse_prepared
 from scratchlm.tokenizer.files import save_tokenizer
 
 log = logging.getLogger(__name__)
@@ -89,7 +89,7 @@ def save_checkpoint(
     if isinstance(step, bool) or not isinstance(step, int) or step < 0:
         raise CheckpointError(f"step must be an integer >= 0, got {step!r}")
     model = unwrap_module(model)
-    refuse_quantized(model, "saved as a checkpoint")
+    refuse_prepared(model, "saved as a checkpoint")
     if model_config is None and isinstance(getattr(model, "config", None), ModelConfig):
         model_config = model.config
     config = {

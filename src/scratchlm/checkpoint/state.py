@@ -1,7 +1,7 @@
 """Model weights and optimizer state as safetensors + JSON, never a pickle.
 
-Weights: the state_dict with every tensor made contiguous (our Linear weights are
-column-major views) and each shared tensor stored once; the names that alias a stored
+Weights: the state_dict with every tensor made contiguous (safetensors stores plain
+row-major data) and each shared tensor stored once; the names that alias a stored
 tensor (``lm_head.weight`` -> ``embed_tokens.weight`` with tied embeddings) go into the
 safetensors metadata.
 
@@ -109,7 +109,7 @@ def read_weights(file: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
 
 def load_weights(model: nn.Module, file: Path) -> dict[str, Tensor]:
     """Copy the weights of ``file`` into ``model``'s existing tensors (keeping their
-    layout, device, dtype and ties); returns the tensors as stored. Strict:
+    device, dtype and ties); returns the tensors as stored. Strict:
     CheckpointError naming the first missing or unexpected key, or a key whose shape
     differs (with both shapes)."""
     stored, aliases = read_weights(file)
@@ -135,8 +135,8 @@ def load_weights(model: nn.Module, file: Path) -> dict[str, Tensor]:
                 f"{file}: tensor {name} has shape {tuple(t.shape)} in the checkpoint but "
                 f"{tuple(wanted[name].shape)} in the model: the configs differ"
             )
-    # load_state_dict copies into the live tensors (copy_), so column-major weights
-    # stay column-major and a tied Parameter stays one Parameter.
+    # load_state_dict copies into the live tensors (copy_), so a tied Parameter stays
+    # one Parameter.
     model.load_state_dict(state, strict=True)
     return stored
 
@@ -203,12 +203,6 @@ def load_optimizer(
             "param_groups": _decode(json_part["param_groups"], tensors),
         }
         optimizer.load_state_dict(state_dict)
-        # Any optimizer, not only build_optimizer's (which also does this after a load).
-        # Imported here only in the trainer branch, until the model branch deletes this
-        # layout repair (checkpoint/ must not import train/ at module top: a cycle).
-        from scratchlm.train.optim import lay_out_state_like_params
-
-        lay_out_state_like_params(optimizer)
     except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise CheckpointError(
             f"the optimizer state in {json_file.parent} does not fit this optimizer ({e}): "

@@ -14,7 +14,7 @@ from scratchlm.checkpoint import load_model
 from scratchlm.cli.config_flags import add_config_flags, given_settings
 from scratchlm.config import SampleConfig
 from scratchlm.errors import ConfigError, TokenizerError
-from scratchlm.model import TransformerLM, quantize_int8
+from scratchlm.model import prepare_for_inference
 from scratchlm.textgen import generate, stream
 from scratchlm.train.runtime import pick_device
 
@@ -72,15 +72,13 @@ def sample_config(args: argparse.Namespace) -> SampleConfig:
     return SampleConfig(**given_settings(args, SampleConfig))
 
 
-def load_chat_model(path: Any, device: str, int8: bool = False) -> tuple[TransformerLM, Any]:
-    """The model and its tokenizer from a checkpoint or run directory; ``int8``
-    quantizes its weights (scratchlm.model.quantize)."""
+def load_chat_model(path: Any, device: str, int8: bool = False) -> tuple[Any, Any]:
+    """The model, prepared for generation (``int8``: with int8 weights), and its
+    tokenizer from a checkpoint or run directory."""
     model, tokenizer = load_model(path, device=pick_device(device))
     if tokenizer is None:
         raise TokenizerError(f"checkpoint {path} has no tokenizer.json: save it with one")
-    if int8:
-        quantize_int8(model)
-    return model, tokenizer
+    return prepare_for_inference(model, int8=int8), tokenizer
 
 
 def _write_stream(pieces: Any) -> None:

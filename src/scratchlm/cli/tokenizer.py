@@ -9,10 +9,10 @@ import time
 from pathlib import Path
 
 from scratchlm.errors import DataError, OutputExistsError
+from scratchlm.export.hf_tokenizer import save_hf_tokenizer
 from scratchlm.tokenizer import BPETokenizer, CharTokenizer, load_tokenizer, train_bpe
 from scratchlm.tokenizer.corpus import corpus_files
 from scratchlm.tokenizer.files import write_tokenizer_dir
-from scratchlm.tokenizer.hf import save_hf_tokenizer
 from scratchlm.tokenizer.pretokenize import resolve_pattern
 from scratchlm.tokenizer.report import compression, describe, longest_tokens, show_split
 

@@ -34,7 +34,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from scratchlm.data.chat import conversation_problem
+from scratchlm.chat_format import conversation_problem
 from scratchlm.data.readers import CSV_FIELD_LIMIT
 from scratchlm.errors import DataError
 

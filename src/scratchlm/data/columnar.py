@@ -20,7 +20,7 @@ ROW_BATCH = 1024
 def parquet_text_column(path: Path, text_field: str) -> None:
     """Check that a Parquet file opens and has a string column ``text_field``."""
     pq = import_optional("pyarrow.parquet", "Parquet files")
-    import pyarrow as pa
+    import pyarrow as pa  # an optional extra, installed: import_optional just found it
 
     try:
         schema = pq.read_schema(path)
@@ -39,7 +39,7 @@ def parquet_text_column(path: Path, text_field: str) -> None:
 def parquet_pieces(path: Path, *, text_field: str) -> Iterator[tuple[str, bool]]:
     """Parquet: the string column ``text_field``, read a row group batch at a time."""
     pq = import_optional("pyarrow.parquet", "Parquet files")
-    import pyarrow as pa
+    import pyarrow as pa  # an optional extra, installed: import_optional just found it
 
     try:
         for batch in pq.ParquetFile(path).iter_batches(ROW_BATCH, columns=[text_field]):

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
 from scratchlm.atomic import write_dir_atomically
 from scratchlm.builtin import END_OF_TEXT
@@ -39,7 +40,7 @@ from scratchlm.data.tokens import (
     tokenizer_fingerprint,
 )
 from scratchlm.errors import ConfigError, DataError, OutputExistsError, ScratchLMError
-from scratchlm.tokenizer.files import save_tokenizer
+from scratchlm.tokenizer import Tokenizer, load_tokenizer, save_tokenizer
 from scratchlm.tokenizer.pretokenize import find_cut, has_safe_cuts, special_token_regex
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,7 @@ TOKENIZER_FILE = "tokenizer.json"
 
 def prepare(
     inputs: Sequence[str | os.PathLike],
-    tokenizer: Any,
+    tokenizer: Tokenizer | str | os.PathLike,
     out_dir: str | os.PathLike,
     *,
     val_fraction: float = 0.01,
@@ -198,15 +199,13 @@ def _settings(
     }
 
 
-def _load_tokenizer(tokenizer: Any) -> Any:
+def _load_tokenizer(tokenizer: Tokenizer | str | os.PathLike) -> Tokenizer:
     if isinstance(tokenizer, str | os.PathLike):
-        from scratchlm.tokenizer import load_tokenizer
-
         return load_tokenizer(tokenizer)
     return tokenizer
 
 
-def _end_of_text_id(tok: Any) -> int:
+def _end_of_text_id(tok: Tokenizer) -> int:
     eot = tok.special_tokens.get(END_OF_TEXT)
     if eot is None:
         raise DataError(
@@ -253,7 +252,9 @@ def _check_plan(plan: SplitPlan, val_fraction: float, val_docs: int | None) -> N
         )
 
 
-def _work_pieces(pieces: Pieces, plan: SplitPlan, tok: Any) -> Iterator[tuple[str, bool, bool]]:
+def _work_pieces(
+    pieces: Pieces, plan: SplitPlan, tok: Tokenizer
+) -> Iterator[tuple[str, bool, bool]]:
     """``(text, is_val, ends_document)`` pieces to encode. A long document is cut only
     where both parts encode exactly like the whole: after a special token, or at a safe
     cut of the split pattern (none for a character tokenizer: it keeps long documents
@@ -298,7 +299,7 @@ def _batches(work: Iterator[tuple[str, bool, bool]]) -> Iterator[Work]:
         yield batch
 
 
-def encode_batch(tok: Any, eot: int, dtype: np.dtype, batch: Work) -> dict[str, Any]:
+def encode_batch(tok: Tokenizer, eot: int, dtype: np.dtype, batch: Work) -> dict[str, Any]:
     """Encode one batch of pieces: per split, the ids (end-of-text after each document's
     last piece), the number of documents ended, and the characters read."""
     ids: dict[bool, list[int]] = {False: [], True: []}
@@ -321,7 +322,7 @@ def encode_batch(tok: Any, eot: int, dtype: np.dtype, batch: Work) -> dict[str, 
 _worker_args: dict[str, Any] = {}
 
 
-def _init_worker(tok: Any, eot: int, dtype: np.dtype) -> None:
+def _init_worker(tok: Tokenizer, eot: int, dtype: np.dtype) -> None:
     _worker_args.update(tok=tok, eot=eot, dtype=dtype)
 
 
@@ -330,7 +331,7 @@ def _worker_encode(batch: Work) -> dict[str, Any]:
 
 
 def _encoded(
-    batches: Iterator[Work], tok: Any, eot: int, dtype: np.dtype, workers: int
+    batches: Iterator[Work], tok: Tokenizer, eot: int, dtype: np.dtype, workers: int
 ) -> Iterator[dict[str, Any]]:
     """Encoded batches in input order; with several workers, at most two per worker in
     flight (``Pool.imap`` would read the whole input ahead)."""
@@ -353,7 +354,7 @@ def _encoded(
 def _encode_to(
     folder: Path,
     batches: Iterator[Work],
-    tok: Any,
+    tok: Tokenizer,
     eot: int,
     dtype: np.dtype,
     workers: int,
@@ -361,8 +362,6 @@ def _encode_to(
     progress: bool,
 ) -> tuple[dict[str, int], dict[str, int]]:
     """Stream encoded batches into ``folder/{train,val}.bin``; tokens and documents per split."""
-    from tqdm import tqdm
-
     tokens = dict.fromkeys(SPLITS, 0)
     docs = dict.fromkeys(SPLITS, 0)
     bar = tqdm(

@@ -25,12 +25,11 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import sysconfig
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from scratchlm.builtin import builtin_corpus
+from scratchlm.builtin import builtin_files
 from scratchlm.data import columnar, readers
 from scratchlm.data.readers import Pieces, ReadStats
 from scratchlm.errors import DataError
@@ -39,7 +38,6 @@ log = logging.getLogger(__name__)
 
 FORMAT_OF_SUFFIX = {".json": "json", ".jsonl": "jsonl", ".csv": "csv", ".parquet": "parquet"}
 HF_MARKERS = ("dataset_info.json", "state.json")
-BUILTIN_INPUTS = ("builtin:science", "builtin:python")
 
 
 @dataclass(frozen=True)
@@ -93,26 +91,6 @@ def _walk(directory: Path, exclude: Path | None) -> Iterator[Source]:
             yield from _walk(entry, exclude)
         elif entry.is_file():
             yield _file_source(entry)
-
-
-def stdlib_python_files() -> list[Path]:
-    """Every ``.py`` file of this interpreter's standard library, sorted by path, without
-    site-packages (installed third-party code is not the standard library)."""
-    stdlib = Path(sysconfig.get_paths()["stdlib"])
-    found = []
-    for folder, dirs, names in os.walk(stdlib):
-        dirs[:] = [d for d in dirs if d not in ("site-packages", "dist-packages")]
-        found.extend(Path(folder, n) for n in names if n.endswith(".py"))
-    return sorted(p for p in found if p.is_file())
-
-
-def builtin_files(name: str) -> list[Path]:
-    """The files of a built-in input (``builtin:science`` or ``builtin:python``)."""
-    if name == "builtin:science":
-        return [builtin_corpus()]
-    if name == "builtin:python":
-        return stdlib_python_files()
-    raise DataError(f"unknown input {name!r}: the built-in inputs are {BUILTIN_INPUTS}")
 
 
 def _expand(item: str | os.PathLike, exclude: Path | None) -> list[Source]:

@@ -20,6 +20,8 @@ import hashlib
 import heapq
 from dataclasses import dataclass, field
 
+from tqdm import tqdm
+
 from scratchlm.data.readers import Pieces
 
 HASH_BYTES = 8
@@ -43,8 +45,6 @@ def plan_split(
     pieces: Pieces, *, val_fraction: float, val_docs: int | None, progress: bool = False
 ) -> SplitPlan:
     """Read every document once (as ``(text, end)`` pieces) and decide its split."""
-    from tqdm import tqdm
-
     plan = SplitPlan()
     threshold = val_fraction * 2.0 ** (8 * HASH_BYTES)
     # val_docs: the kept smallest hashes, as a max-heap of negated hashes, and for each

@@ -26,6 +26,8 @@ from typing import Any
 import numpy as np
 
 from scratchlm.errors import DataError
+from scratchlm.tokenizer import Tokenizer
+from scratchlm.tokenizer.files import tokenizer_to_dict
 
 FORMAT = "scratchlm-tokens"
 VERSION = 1
@@ -38,11 +40,9 @@ def token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype("<u2") if vocab_size <= 1 << 16 else np.dtype("<u4")
 
 
-def tokenizer_fingerprint(tok: Any) -> str:
+def tokenizer_fingerprint(tok: Tokenizer) -> str:
     """SHA-256 (hex) of the tokenizer's canonical JSON: vocab, merges, special tokens and
     pattern. Free-form metadata is left out: it does not change any id."""
-    from scratchlm.tokenizer.files import tokenizer_to_dict
-
     data = {k: v for k, v in tokenizer_to_dict(tok).items() if k != "metadata"}
     canonical = json.dumps(data, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
@@ -102,7 +102,7 @@ def check_split_size(data_dir: str | os.PathLike, meta: dict[str, Any], split: s
 
 
 def open_tokens(
-    data_dir: str | os.PathLike, split: str = "train", tokenizer: Any | None = None
+    data_dir: str | os.PathLike, split: str = "train", tokenizer: Tokenizer | None = None
 ) -> np.memmap:
     """Map one split read-only: a 1-D array of token ids, shape (n_tokens,).
 
@@ -124,7 +124,6 @@ def open_tokens(
     advice = getattr(mmap, "MADV_RANDOM", None)  # Linux and macOS; not Windows
     if advice is not None and tokens._mmap is not None:
         # Training reads a few hundred bytes at random places: without this hint the
-        # kernel reads ahead megabytes around each window (measured: 677 MB read from
-        # disk for 80 KB of windows in 20 batches of a cold 1 GB file, 0.8 MB with it).
+        # kernel reads ahead megabytes around each window (docs/benchmarks.md, cold files).
         tokens._mmap.madvise(advice)
     return tokens

@@ -18,9 +18,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from scratchlm.builtin import resolve_builtin
+from scratchlm.chat import chat_prompt_ids, reply_stop_ids
+from scratchlm.chat_format import ConversationTooLongError
 from scratchlm.config import SampleConfig
 from scratchlm.errors import DataError
 from scratchlm.model import TransformerLM
+from scratchlm.textgen import generate_rows
+from scratchlm.tokenizer import Tokenizer
 
 
 @dataclass
@@ -92,8 +97,6 @@ def contains_fact(answer: str, expect: Sequence[str]) -> bool:
 def read_fact_questions(path: str | os.PathLike) -> list[FactQuestion]:
     """The questions of a JSONL file (or ``builtin:chat_eval``, ``builtin:chat_heldout``);
     DataError naming the file and line of a bad one."""
-    from scratchlm.builtin import resolve_builtin
-
     path = resolve_builtin(path)
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
@@ -126,7 +129,7 @@ def read_fact_questions(path: str | os.PathLike) -> list[FactQuestion]:
 
 def answer_questions(
     model: TransformerLM,
-    tokenizer: Any,
+    tokenizer: Tokenizer,
     questions: Sequence[str],
     *,
     max_new_tokens: int = 64,
@@ -136,28 +139,19 @@ def answer_questions(
 
     ``batch_size`` questions go through the engine together; the answers are the same
     as one at a time (with int8 weights they can differ slightly: docs/model.md)."""
-    from scratchlm.chat import reply_stop_ids
-    from scratchlm.generate import generate_ids
-
     sample = SampleConfig(temperature=0.0, max_new_tokens=max_new_tokens)
     stop_ids = reply_stop_ids(tokenizer)
     answers: list[str] = []
     for start in range(0, len(questions), batch_size):
         batch = questions[start : start + batch_size]
         prompts = [_prompt(model, tokenizer, q, max_new_tokens) for q in batch]
-        rows: list[list[int]] = [[] for _ in batch]
-        for step in generate_ids(model, prompts, sample, stop_ids=stop_ids):
-            for row, token in zip(rows, step, strict=True):
-                if token is not None:
-                    row.append(token)
-        answers.extend(tokenizer.decode(row) for row in rows)
+        answers += generate_rows(model, tokenizer, prompts, sample, stop_ids=stop_ids)
     return answers
 
 
-def _prompt(model: TransformerLM, tokenizer: Any, question: str, max_new_tokens: int) -> list[int]:
-    from scratchlm.chat import chat_prompt_ids
-    from scratchlm.data.chat import ConversationTooLongError
-
+def _prompt(
+    model: TransformerLM, tokenizer: Tokenizer, question: str, max_new_tokens: int
+) -> list[int]:
     try:
         return chat_prompt_ids(
             model, tokenizer, [{"role": "user", "content": question}], max_new_tokens
@@ -172,7 +166,7 @@ def _prompt(model: TransformerLM, tokenizer: Any, question: str, max_new_tokens:
 
 def check_facts(
     model: TransformerLM,
-    tokenizer: Any,
+    tokenizer: Tokenizer,
     questions: Sequence[FactQuestion],
     *,
     max_new_tokens: int = 64,

@@ -29,18 +29,20 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from scratchlm.atomic import write_dir_atomically
+from scratchlm.chat_format import END_OF_TURN
 from scratchlm.config import ModelConfig
-from scratchlm.errors import ConfigError, OutputExistsError, ScratchLMError, TokenizerError
+from scratchlm.errors import ConfigError, OutputExistsError, ScratchLMError
 from scratchlm.export import hf_gpt2, hf_llama
-from scratchlm.export.keymap import from_hf_tensors, to_hf_tensors
-from scratchlm.model import TransformerLM
-from scratchlm.model.quantize import refuse_quantized
-from scratchlm.tokenizer.hf import (
+from scratchlm.export.hf_tokenizer import (
     EOS_CANDIDATES,
     PAD_CANDIDATES,
     hf_tokenizer_files,
     write_json_files,
 )
+from scratchlm.export.keymap import from_hf_tensors, to_hf_tensors
+from scratchlm.model import TransformerLM
+from scratchlm.model.inference import refuse_prepared
+from scratchlm.tokenizer import BPETokenizer, Tokenizer, load_tokenizer
 
 ARCHITECTURES: dict[str, ModuleType] = {
     hf_llama.MODEL_TYPE: hf_llama,
@@ -76,7 +78,11 @@ def architecture_for(config: ModelConfig) -> ModuleType:
 
 
 def to_hf(
-    model: TransformerLM, tokenizer: Any, out_dir: str | os.PathLike, *, force: bool = False
+    model: TransformerLM,
+    tokenizer: BPETokenizer | None,
+    out_dir: str | os.PathLike,
+    *,
+    force: bool = False,
 ) -> Path:
     """Write ``model`` (and ``tokenizer``, a byte-level BPETokenizer, or None to skip
     it) as a Hugging Face transformers folder at ``out_dir``; returns the folder.
@@ -86,7 +92,7 @@ def to_hf(
     complete.
     """
     c = model.config
-    refuse_quantized(model, "exported")
+    refuse_prepared(model, "exported")
     arch = architecture_for(c)  # refuse before anything is written
     out = Path(out_dir)
     if out.exists() and not force:
@@ -109,7 +115,7 @@ def to_hf(
             files = hf_tokenizer_files(tokenizer, model_max_length=c.context_length)
             write_json_files(tmp, files)
         generation = {"bos_token_id": bos, "eos_token_id": eos}
-        end_of_turn = tokenizer.special_tokens.get("<|end|>") if tokenizer is not None else None
+        end_of_turn = tokenizer.special_tokens.get(END_OF_TURN) if tokenizer is not None else None
         if end_of_turn is not None:  # a chat model: `generate` ends an answer at its turn's end
             generation["eos_token_id"] = [i for i in (end_of_turn, eos) if i is not None]
         if pad is not None:
@@ -127,7 +133,7 @@ def to_hf(
     return write_dir_atomically(out, fill, force=force)
 
 
-def _special_ids(tokenizer: Any) -> tuple[int | None, int | None, int | None]:
+def _special_ids(tokenizer: Tokenizer | None) -> tuple[int | None, int | None, int | None]:
     """bos, eos, pad ids as the tokenizer files name them: GPT-2's convention, one
     <|endoftext|> that separates documents is both bos and eos."""
     if tokenizer is None:
@@ -144,7 +150,7 @@ def _special_ids(tokenizer: Any) -> tuple[int | None, int | None, int | None]:
 
 def from_hf(
     path: str | os.PathLike, *, dtype: torch.dtype = torch.float32
-) -> tuple[TransformerLM, Any]:
+) -> tuple[TransformerLM, Tokenizer]:
     """Load a local Hugging Face Llama- or GPT-2-architecture folder as
     ``(TransformerLM in eval mode, BPETokenizer)``.
 
@@ -164,7 +170,7 @@ def from_hf(
             f"not supported; scratchlm imports {', '.join(ARCHITECTURES)}"
         )
     config = arch.model_config(hf)
-    tokenizer = _read_tokenizer(folder)  # before the weights: a bad tokenizer fails fast
+    tokenizer = load_tokenizer(folder)  # before the weights: a bad tokenizer fails fast
     if tokenizer.vocab_size > config.vocab_size:
         raise ScratchLMError(
             f"{folder}: the tokenizer has {tokenizer.vocab_size} ids but the model only "
@@ -256,15 +262,3 @@ def _shards(folder: Path) -> list[Path]:
         if not (folder / name).is_file():
             raise ScratchLMError(f"{index} lists shard {name}, which is missing")
     return [folder / n for n in names]
-
-
-def _read_tokenizer(folder: Path) -> Any:
-    from scratchlm.tokenizer import load_tokenizer
-
-    if (folder / "tokenizer.json").is_file():
-        return load_tokenizer(folder / "tokenizer.json")
-    if (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():
-        from scratchlm.tokenizer.gpt2 import load_gpt2_files
-
-        return load_gpt2_files(folder / "vocab.json", folder / "merges.txt")
-    raise TokenizerError(f"{folder} has no tokenizer.json (or GPT-2's vocab.json + merges.txt)")

@@ -1,30 +1,36 @@
-"""The Transformer and its building blocks, each written out and importable."""
+"""The Transformer (transformer.py, the forward pass in one file), the layers, variants
+and reference kernels beside it (layers.py), the KV cache, the loss, and the one
+inference-only step (inference.py: ``prepare_for_inference``)."""
 
-from scratchlm.model.attention import (
-    MultiHeadSelfAttention,
-    causal_mask,
-    scaled_dot_product_attention,
-)
-from scratchlm.model.cope import CoPE
+from scratchlm.model.inference import DecodeLinear, prepare_for_inference
 from scratchlm.model.kv_cache import KVCache
 from scratchlm.model.layers import (
+    CoPE,
     DyT,
     Embedding,
     GeluMLP,
     LayerNorm,
     Linear,
-    RMSNorm,
-    SwiGLU,
     gelu,
+    scaled_dot_product_attention,
     silu,
     softmax,
 )
-from scratchlm.model.quantize import Int8Linear, quantize_int8
-from scratchlm.model.rope import RotaryEmbedding, rope
-from scratchlm.model.transformer import TransformerBlock, TransformerLM
+from scratchlm.model.quantize import Int8Linear
+from scratchlm.model.transformer import (
+    MultiHeadSelfAttention,
+    RMSNorm,
+    RotaryEmbedding,
+    SwiGLU,
+    TransformerBlock,
+    TransformerLM,
+    apply_rotary,
+    causal_mask,
+)
 
 __all__ = [
     "CoPE",
+    "DecodeLinear",
     "DyT",
     "Embedding",
     "GeluMLP",
@@ -38,10 +44,10 @@ __all__ = [
     "SwiGLU",
     "TransformerBlock",
     "TransformerLM",
+    "apply_rotary",
     "causal_mask",
     "gelu",
-    "quantize_int8",
-    "rope",
+    "prepare_for_inference",
     "scaled_dot_product_attention",
     "silu",
     "softmax",

@@ -4,7 +4,9 @@ position's work instead of recomputing the whole sequence.
 Preallocated for a batch and a maximum length. A forward pass with a cache writes its
 keys/values at ``length`` in every layer, then ``advance`` moves ``length`` on. All rows
 share one length; rows of a batch with different prompt lengths are left-padded, and
-``key_mask`` marks which slots hold real tokens.
+``key_mask`` marks which slots hold real tokens: whoever pads the batch (the generation
+engine) records it with ``set_padding`` before the forward pass that fills those slots;
+the model only reads it.
 """
 
 from __future__ import annotations
@@ -59,12 +61,17 @@ class KVCache:
             )
 
     def set_padding(self, attention_mask: Tensor) -> None:
-        """Record which of the next T positions are real tokens: mask (B, T) bool."""
+        """Record which of the next T slots (from ``length``) will hold real tokens:
+        attention_mask (B, T) bool, False at padding. Call it before the forward pass."""
         if self.key_mask is None:
             self.key_mask = torch.ones(
                 self.batch_size, self.max_len, dtype=torch.bool, device=self.k.device
             )
         self.key_mask[:, self.length : self.length + attention_mask.shape[1]] = attention_mask
+
+    def keys_valid(self, s: int) -> Tensor | None:
+        """(B, s) bool, which of the first s slots hold real tokens; None if all do."""
+        return None if self.key_mask is None else self.key_mask[:, :s]
 
     def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         """Write k, v (B, Hkv, T, D) at the current length of ``layer``; return all keys

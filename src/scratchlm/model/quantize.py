@@ -2,8 +2,7 @@
 
 Decoding one token multiplies a single row of activations by every weight matrix, so
 its speed is set by the bytes of weights read from memory per token, not by the
-arithmetic (the `small` preset reads 91 MB per token in float32). Storing each Linear's
-weight as int8 reads 4x fewer bytes.
+arithmetic. Storing each Linear's weight as int8 reads 4x fewer bytes.
 
 Symmetric, one scale per output row (absmax):
 
@@ -21,8 +20,9 @@ The fast path, for decoding steps on a CPU, is PyTorch's fused kernel
 activations; a test proves the two agree to bfloat16's precision.
 
 Only the weights are quantized: embeddings, norms and the KV cache keep their dtype.
-It is an inference transform: a quantized model cannot be trained, saved as a
-checkpoint or exported (keep the float checkpoint it came from).
+It is an inference transform, applied by ``prepare_for_inference(model, int8=True)``
+(model/inference.py): a quantized model cannot be trained, saved as a checkpoint or
+exported (keep the float checkpoint it came from).
 """
 
 from __future__ import annotations
@@ -36,9 +36,9 @@ from scratchlm.model.layers import Linear
 # The fused kernel serves decoding steps: one new position per sequence, x (B, 1, in),
 # for batches of up to this many sequences. It computes each row on its own (a row's
 # result does not depend on the others), so a batched row equals that sequence run
-# alone. Its cost grows in proportion to the rows (about 24 us per row for a 512 x 1344
-# weight on 2 cores), while a float matrix product gets cheaper per row, so prompts
-# (many positions at once) and larger batches take the readable path.
+# alone. Its cost grows in proportion to the rows, while a float matrix product gets
+# cheaper per row, so prompts (many positions at once) and larger batches take the
+# readable path (docs/benchmarks.md).
 FAST_MAX_ROWS = 32
 # The fused CPU kernel reads in_features in blocks of 16 and does not check it: other
 # widths return garbage or crash the process (torch 2.13), so they take the readable path.
@@ -115,35 +115,3 @@ class Int8Linear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.in_features} -> {self.out_features}, int8, bias={self.bias is not None}"
-
-
-def quantize_int8(model: nn.Module) -> nn.Module:
-    """Replace every Linear in ``model`` (in place) with an Int8Linear; returns the model,
-    in eval mode. A tied output projection gets its own int8 copy (the embedding stays
-    float). Quantizing twice is refused."""
-    if is_quantized(model):
-        raise ScratchLMError("this model is already quantized to int8")
-    targets = [
-        (parent, name, child)
-        for parent in model.modules()
-        for name, child in parent.named_children()
-        if isinstance(child, Linear | nn.Linear)
-    ]
-    for parent, name, child in targets:
-        setattr(parent, name, Int8Linear.from_linear(child))
-    return model.eval()
-
-
-def is_quantized(model: nn.Module) -> bool:
-    """Whether any layer of ``model`` holds int8 weights."""
-    return any(isinstance(m, Int8Linear) for m in model.modules())
-
-
-def refuse_quantized(model: nn.Module, action: str) -> None:
-    """Raise a clear error when ``action`` (e.g. "saved as a checkpoint") needs the float
-    weights that quantizing dropped."""
-    if is_quantized(model):
-        raise ScratchLMError(
-            f"an int8-quantized model cannot be {action}: use the float model it was "
-            "quantized from (quantize again after loading it)"
-        )

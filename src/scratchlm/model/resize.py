@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from scratchlm.errors import ConfigError
 from scratchlm.model.transformer import TransformerLM
@@ -38,33 +38,24 @@ def grow_vocab(model: TransformerLM, vocab_size: int) -> TransformerLM:
         )
     if vocab_size == old:
         return model
-    embed = model.embed_tokens.weight  # (old, d_model), row-major
     with torch.no_grad():
-        new_embed = torch.empty(
-            vocab_size, embed.shape[1], dtype=embed.dtype, device=embed.device
-        )  # (V, d_model), row-major like Embedding's own weight
-        _fill(new_embed, embed)
-        model.embed_tokens.weight = nn.Parameter(new_embed, requires_grad=embed.requires_grad)
+        model.embed_tokens.weight = _grown(model.embed_tokens.weight, vocab_size)
         model.embed_tokens.num_embeddings = vocab_size
         if model.config.tie_embeddings:
             # One matrix serves both ends, so the output rows are the embedding's rows.
             model.lm_head.weight = model.embed_tokens.weight
         else:
-            head = model.lm_head.weight  # (old, d_model), stored column-major
-            # Keep Linear's layout: the (d_model, V) matrix in memory, seen as (V, d_model).
-            new_head = torch.empty(
-                head.shape[1], vocab_size, dtype=head.dtype, device=head.device
-            ).t()  # (V, d_model)
-            _fill(new_head, head)
-            model.lm_head.weight = nn.Parameter(new_head, requires_grad=head.requires_grad)
+            model.lm_head.weight = _grown(model.lm_head.weight, vocab_size)
     model.lm_head.out_features = vocab_size
     model.config = dataclasses.replace(model.config, vocab_size=vocab_size)
     return model
 
 
-def _fill(new: Tensor, old: Tensor) -> None:
-    """Copy ``old``'s rows into the top of ``new``; every row below is their mean."""
+def _grown(old: nn.Parameter, vocab_size: int) -> nn.Parameter:
+    """A (vocab_size, d) parameter: ``old``'s (n, d) rows on top, their mean below."""
+    new = torch.empty(vocab_size, old.shape[1], dtype=old.dtype, device=old.device)
     n = old.shape[0]
     new[:n] = old
     # The mean in float32: summing thousands of bf16 rows in bf16 loses precision.
     new[n:] = old.float().mean(dim=0).to(new.dtype)
+    return nn.Parameter(new, requires_grad=old.requires_grad)

@@ -1,15 +1,15 @@
-"""The decoder-only Transformer language model: ids in, next-token logits out.
+"""The decoder-only Transformer language model, top to bottom: ids in, logits out.
 
-One forward pass, top to bottom: token embedding (+ learned positions), then pre-norm
-blocks (x + attention(norm(x)), then x + mlp(norm(x))), a final norm, and the output
-projection to vocabulary logits. Names follow Hugging Face's Llama (embed_tokens,
-layers.N.self_attn, layers.N.mlp, input_layernorm, post_attention_layernorm, norm,
-lm_head), so export is close to a rename.
+In order: norm -> rope -> attention -> MLP -> block -> model (docs/model.md walks it).
+Names follow Hugging Face's Llama (embed_tokens, layers.N.self_attn.q_proj, ..., norm,
+lm_head), so export is close to a rename. Shapes: B batch, T new positions, S = past +
+T key slots, H query heads, Hkv key/value heads, D head_dim, V vocabulary. Variants
+(LayerNorm, DyT, GELU MLP, CoPE) and the written-out reference kernels are in layers.py;
+the inference-only speed-ups in inference.py, which training never sees.
 
-Packed rows: ``segment_ids`` (B, T) splits each row into segments (runs of equal ids),
-e.g. several conversations packed into one training row. A token then attends only to
-earlier tokens of its own segment, and positions restart at 0 where a segment starts, so
-each packed sequence gets exactly the logits it would get alone.
+Packed rows: ``segment_ids`` (B, T) splits each row into runs of equal ids (several
+conversations in one training row); a token attends only within its own segment, and
+positions restart at 0 where one starts, so each gets the logits it would get alone.
 """
 
 from __future__ import annotations
@@ -17,31 +17,218 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from scratchlm.config import ModelConfig
 from scratchlm.errors import ScratchLMError
-from scratchlm.model.attention import IMPLS, MultiHeadSelfAttention, causal_mask
 from scratchlm.model.kv_cache import KVCache
-from scratchlm.model.layers import Embedding, GeluMLP, Linear, SwiGLU, make_norm
+from scratchlm.model.layers import (
+    IMPLS,
+    CoPE,
+    DyT,
+    Embedding,
+    GeluMLP,
+    LayerNorm,
+    Linear,
+    scaled_dot_product_attention,
+    silu,
+    softmax,
+)
 from scratchlm.model.loss import linear_cross_entropy
-from scratchlm.model.rope import RotaryEmbedding
+
+# ------------------------------------------------------------------ norm
 
 
-def segment_starts(segment_ids: Tensor) -> Tensor:
-    """(B, T) ids -> (B, T) bool, True where a segment starts: the first token of a row
-    and every token whose id differs from the one before it."""
-    starts = torch.ones_like(segment_ids, dtype=torch.bool)
+class RMSNorm(nn.Module):
+    """x / sqrt(mean(x^2) + eps) * weight (Zhang & Sennrich, 2019). Computed in float32
+    so bf16 activations do not lose the small variances."""
+
+    def __init__(self, d: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(d))
+
+    def forward(self, x: Tensor) -> Tensor:  # (..., d) -> (..., d)
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (x32 * self.weight.float()).to(x.dtype)
+
+
+def make_norm(kind: str, d: int, eps: float, bias: bool = True) -> nn.Module:
+    """The norm layer a config names: ``rmsnorm``, or a variant (layers.py)."""
+    if kind == "rmsnorm":
+        return RMSNorm(d, eps)
+    if kind == "layernorm":
+        return LayerNorm(d, eps, bias=bias)
+    assert kind == "dyt", kind
+    return DyT(d)
+
+
+# ------------------------------------------------------------------ rope
+
+
+def rotate_half(x: Tensor) -> Tensor:
+    """(x1, x2) -> (-x2, x1) on the two halves of the last dimension."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate each channel pair (i, i + D/2) of x (..., T, D) by its angle, given as
+    cos, sin (..., T, D) (broadcast): Hugging Face's half-split ("rotate_half") layout."""
+    return (x * cos + rotate_half(x) * sin).to(x.dtype)
+
+
+class RotaryEmbedding(nn.Module):
+    """Rotary position embedding (Su et al., 2021): the cos/sin of position *
+    frequency, precomputed for positions 0..max_seq_len-1. A rotated query and key then
+    score by the distance between their positions only."""
+
+    def __init__(self, head_dim: int, max_seq_len: int, theta: float = 10_000.0) -> None:
+        super().__init__()
+        # Channel pair i turns at theta^(-2i/head_dim) per position, in float32 computed
+        # exactly as Hugging Face's Llama does, so imported models get identical angles.
+        pair = torch.arange(0, head_dim, 2, dtype=torch.int64).float()  # (D/2,)
+        speed = 1.0 / theta ** (pair / head_dim)  # (D/2,)
+        positions = torch.arange(max_seq_len, dtype=torch.int64).float()
+        angles = positions[:, None] * speed  # (max_seq_len, D/2)
+        angles = torch.cat((angles, angles), dim=-1)  # (max_seq_len, D)
+        # Not saved with the weights: they are a function of the config.
+        self.register_buffer("cos", angles.cos(), persistent=False)
+        self.register_buffer("sin", angles.sin(), persistent=False)
+
+    def forward(self, positions: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        """cos, sin for positions (B, T), each (B, 1, T, D) to broadcast over heads."""
+        return self.cos[positions].to(dtype)[:, None], self.sin[positions].to(dtype)[:, None]
+
+
+# ------------------------------------------------------------------ attention
+
+
+def causal_mask(t: int, s: int, device: torch.device | None = None) -> Tensor:
+    """(t, s) bool: query i (the last t of s positions) may attend key j <= s - t + i."""
+    return torch.ones(t, s, dtype=torch.bool, device=device).tril(diagonal=s - t)
+
+
+def segment_positions(segment_ids: Tensor) -> tuple[Tensor, Tensor]:
+    """Packed rows: segment ids (B, T) -> each token's position in its segment and its
+    segment's number in the row, both (B, T). A segment is a run of equal ids."""
+    starts = torch.ones_like(segment_ids, dtype=torch.bool)  # (B, T) first of each run
     starts[:, 1:] = segment_ids[:, 1:] != segment_ids[:, :-1]
-    return starts
-
-
-def segment_positions(starts: Tensor) -> Tensor:
-    """(B, T) bool segment starts -> (B, T) int64 position of each token in its segment."""
     index = torch.arange(starts.shape[1], device=starts.device).expand_as(starts)  # (B, T)
-    # The start of each token's segment: the latest start at or before it.
-    first = torch.where(starts, index, 0).cummax(dim=1).values  # (B, T)
-    return index - first
+    first = torch.where(starts, index, 0).cummax(dim=1).values  # (B, T) its segment's start
+    return index - first, starts.cumsum(dim=1)
+
+
+def build_attention_mask(
+    t: int, s: int, keys_valid: Tensor | None, segments: Tensor | None, device: torch.device
+) -> Tensor | None:
+    """The boolean mask (B or 1, 1, t, s) for t queries, the last t of s key slots: causal,
+    real keys only (keys_valid (B, s), False at padding), and within one segment
+    (segments (B, t) segment numbers, packed rows, s == t). None means plain causal
+    attention, which the fused kernel does without a mask."""
+    if keys_valid is None and segments is None and (t == s or t == 1):
+        return None
+    mask = causal_mask(t, s, device)[None, None]  # (1, 1, t, s)
+    if segments is not None:
+        mask = mask & (segments[:, None, :, None] == segments[:, None, None, :])  # (B,1,t,t)
+    if keys_valid is not None:
+        mask = mask & keys_valid[:, None, None, :]  # (B, 1, t, s)
+        # A padding query may see no key at all; let every query see itself so the
+        # softmax stays finite (its output is never used).
+        past = s - t
+        itself = torch.arange(s, device=device) == past + torch.arange(t, device=device)[:, None]
+        mask = mask | itself  # (B, 1, t, s)
+    return mask
+
+
+class MultiHeadSelfAttention(nn.Module):
+    """Causal self-attention with grouped-query heads, optional QK-norm, RoPE or CoPE.
+    ``impl``: "fast" (torch's fused SDPA) or "reference" (written out, layers.py)."""
+
+    def __init__(self, config: ModelConfig, residual_std: float) -> None:
+        super().__init__()
+        c = config
+        self.n_heads, self.n_kv_heads, self.head_dim = c.n_heads, c.kv_heads, c.head_dim
+        self.q_proj = Linear(c.d_model, c.n_heads * c.head_dim, c.bias, c.init_std)
+        self.k_proj = Linear(c.d_model, c.kv_heads * c.head_dim, c.bias, c.init_std)
+        self.v_proj = Linear(c.d_model, c.kv_heads * c.head_dim, c.bias, c.init_std)
+        self.o_proj = Linear(c.n_heads * c.head_dim, c.d_model, c.bias, residual_std)
+        self.q_norm = RMSNorm(c.head_dim, c.norm_eps) if c.qk_norm else None
+        self.k_norm = RMSNorm(c.head_dim, c.norm_eps) if c.qk_norm else None
+        self.cope = CoPE(c.context_length, c.head_dim) if c.position == "cope" else None
+        self.dropout = c.dropout
+        self.impl = "fast"
+
+    def forward(
+        self,
+        x: Tensor,
+        rotary: tuple[Tensor, Tensor] | None = None,
+        mask: Tensor | None = None,
+        cache: KVCache | None = None,
+        layer: int = 0,
+    ) -> Tensor:
+        """x (B, T, d_model) -> (B, T, d_model). rotary: cos, sin (B, 1, T, D) or None.
+        mask: from ``build_attention_mask``. cache: earlier keys/values; this call appends its
+        own at ``layer``."""
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B,H,T,D)
+        k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        if rotary is not None:
+            q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
+        if cache is not None:
+            k, v = cache.update(layer, k, v)  # (B, Hkv, S, D) with S = past + T
+        y = self._attend(q, k, v, mask)  # (B, H, T, D)
+        return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
+
+    def _attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
+        T, S = q.shape[-2], k.shape[-2]
+        dropout = self.dropout if self.training else 0.0
+        if self.impl == "fast" and self.cope is None:
+            # No mask means plain causal attention: is_causal when the queries are all
+            # the keys, and nothing to hide for one new query.
+            return F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, dropout_p=dropout,
+                is_causal=mask is None and T == S and T > 1,
+                enable_gqa=self.n_heads != self.n_kv_heads,
+            )  # fmt: skip
+        # The readable path: repeat each key/value head for its group of query heads.
+        rep = self.n_heads // self.n_kv_heads
+        k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)  # (B,H,S,D)
+        mask = causal_mask(T, S, q.device) if mask is None else mask
+        if self.cope is None:
+            return scaled_dot_product_attention(q, k, v, mask, dropout_p=dropout)
+        scores = (q @ k.transpose(-2, -1)) / math.sqrt(self.head_dim)  # (B, H, T, S)
+        scores = self.cope(q, scores.masked_fill(~mask, float("-inf")))
+        probs = softmax(scores.masked_fill(~mask, float("-inf")), dim=-1)  # (B, H, T, S)
+        return F.dropout(probs, dropout) @ v if dropout else probs @ v
+
+
+# ------------------------------------------------------------------ MLP
+
+
+class SwiGLU(nn.Module):
+    """down(silu(gate(x)) * up(x)) (Shazeer, 2020), as in Llama. ``impl``: "fast"
+    (torch's fused SiLU) or "reference" (``silu``, written out in layers.py)."""
+
+    def __init__(self, d_model: int, d_ff: int, bias: bool = False, std: float = 0.02) -> None:
+        super().__init__()
+        self.gate_proj = Linear(d_model, d_ff, bias, std)
+        self.up_proj = Linear(d_model, d_ff, bias, std)
+        self.down_proj = Linear(d_ff, d_model, bias, std)
+        self.impl = "fast"
+
+    def forward(self, x: Tensor) -> Tensor:  # (..., d_model) -> (..., d_model)
+        gate = self.gate_proj(x)  # (..., d_ff)
+        gate = silu(gate) if self.impl == "reference" else F.silu(gate)
+        return self.down_proj(gate * self.up_proj(x))
+
+
+# ------------------------------------------------------------------ block
 
 
 class TransformerBlock(nn.Module):
@@ -73,6 +260,9 @@ class TransformerBlock(nn.Module):
         return x + self.dropout(self.mlp(self.post_attention_layernorm(x)))
 
 
+# ------------------------------------------------------------------ model
+
+
 class TransformerLM(nn.Module):
     """A decoder-only language model built from a ModelConfig."""
 
@@ -83,11 +273,8 @@ class TransformerLM(nn.Module):
         self.embed_positions = (
             Embedding(c.context_length, c.d_model, c.init_std) if c.position == "learned" else None
         )
-        self.rotary = (
-            RotaryEmbedding(c.head_dim, c.context_length, c.rope_theta)
-            if c.position == "rope"
-            else None
-        )
+        rope = c.position == "rope"
+        self.rotary = RotaryEmbedding(c.head_dim, c.context_length, c.rope_theta) if rope else None
         self.dropout = nn.Dropout(c.dropout)
         self.layers = nn.ModuleList(TransformerBlock(c) for _ in range(c.n_layers))
         # Recursive depth: block i is applied shared_depth times, application r adding
@@ -97,7 +284,6 @@ class TransformerLM(nn.Module):
         self.lm_head = Linear(c.d_model, c.vocab_size, bias=False, std=c.init_std)
         if c.tie_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
-        self.check_inputs = True  # validates ids (one host sync per call); off for speed
 
     def forward(
         self,
@@ -108,19 +294,18 @@ class TransformerLM(nn.Module):
         last_only: bool = False,
         segment_ids: Tensor | None = None,
     ) -> Tensor:
-        """ids (B, T) -> logits (B, T, vocab_size), or (B, 1, vocab_size) if ``last_only``.
+        """ids (B, T) -> logits (B, T, V), or (B, 1, V) if ``last_only``.
 
-        cache: a KVCache holding earlier positions; this call appends to it.
-        positions: (B, T) position of each token (default: cache length + 0..T-1, or the
-        position within its segment when ``segment_ids`` is given).
-        attention_mask: (B, T) bool, False for padding tokens that nothing may attend to.
-        segment_ids: (B, T) int64 for packed rows: tokens attend only within their own
-        segment (a run of equal ids). Not with a cache.
+        cache: a KVCache of earlier positions (padding recorded on it by whoever pads,
+        ``set_padding``); this call appends to it. positions: (B, T) (default: cache
+        length + 0..T-1, or the position within its segment). attention_mask: (B, T)
+        bool, False at padding, without a cache. segment_ids: (B, T) packed rows, without
+        a cache. Ids and lengths are validated where they enter (prompts, token files).
         """
         x = self.hidden_states(ids, cache, positions, attention_mask, segment_ids)
         if last_only:
-            x = x[:, -1:]
-        return self.lm_head(x)
+            x = x[:, -1:]  # (B, 1, d_model)
+        return self.lm_head(x)  # (B, T or 1, V)
 
     def loss(
         self,
@@ -130,12 +315,10 @@ class TransformerLM(nn.Module):
         segment_ids: Tensor | None = None,
         reduction: str = "mean",
     ) -> Tensor:
-        """Mean next-token cross-entropy: ids (B, T), targets (B, T) with -100 where no
-        loss is wanted (``reduction="sum"``: their sum). Uses the fused projection + loss
-        (``linear_cross_entropy``), which never holds all (B, T, V) logits; equal to
-        cross_entropy(self(ids), targets).
-        segment_ids (B, T): packed rows, as in ``forward``; the loss is then the mean over
-        the target tokens of all segments."""
+        """Next-token cross-entropy over the targets that are not -100, their mean (or
+        with ``reduction="sum"`` their sum): ids, targets (B, T). The fused projection +
+        loss never holds all (B, T, V) logits; equal to cross_entropy(self(ids), targets).
+        segment_ids (B, T): packed rows, as in ``forward``."""
         hidden = self.hidden_states(
             ids, attention_mask=attention_mask, segment_ids=segment_ids
         )  # (B, T, d_model)
@@ -152,110 +335,48 @@ class TransformerLM(nn.Module):
         """ids (B, T) -> the final normalised hidden states (B, T, d_model), the input of
         the output projection. Arguments as in ``forward``."""
         c = self.config
-        past = cache.length if cache is not None else 0
-        self._check(ids, past, cache, segment_ids)
+        assert ids.dim() == 2, f"ids must be (batch, time), got shape {tuple(ids.shape)}"
         B, T = ids.shape
-        # Segment k of a row is the k-th run of equal ids: (B, T) run numbers.
-        starts = segment_starts(segment_ids) if segment_ids is not None else None
-        segments = starts.cumsum(dim=1) if starts is not None else None
-        if positions is None and starts is not None:
-            positions = segment_positions(starts)
-        elif positions is None:
+        past = cache.length if cache is not None else 0
+        assert past + T <= c.context_length, f"{past} + {T} positions > {c.context_length}"
+        assert segment_ids is None or cache is None, "segment_ids cannot be used with a KV cache"
+        assert attention_mask is None or cache is None, "with a cache: cache.set_padding(mask)"
+        assert segment_ids is None or segment_ids.shape == ids.shape, (
+            f"segment_ids {tuple(segment_ids.shape)} must have the shape of ids {(B, T)}"
+        )
+        if cache is not None:
+            cache.check_room(T)
+        segments = None  # (B, T) segment number of each token in packed rows
+        if segment_ids is not None:
+            in_segment, segments = segment_positions(segment_ids)  # (B, T) each
+            positions = in_segment if positions is None else positions
+        if positions is None:
             positions = torch.arange(past, past + T, device=ids.device).expand(B, T)
+        keys_valid = cache.keys_valid(past + T) if cache is not None else attention_mask
+        mask = build_attention_mask(T, past + T, keys_valid, segments, ids.device)
+
         x = self.embed_tokens(ids)  # (B, T, d_model)
         if self.embed_positions is not None:
             x = x + self.embed_positions(positions)
         x = self.dropout(x)
-        rotary = self.rotary.angles(positions, x.dtype) if self.rotary is not None else None
-        mask = self._mask(T, past, attention_mask, cache, ids.device, segments)
-
-        for i, block in enumerate(self.layers):
-            for r in range(c.shared_depth):
-                layer = i * c.shared_depth + r
-                if self.depth_scales is None:
-                    x = block(x, rotary, mask, cache, layer)
-                else:
-                    x = x + self.depth_scales[layer] * (block(x, rotary, mask, cache, layer) - x)
+        rotary = self.rotary(positions, x.dtype) if self.rotary is not None else None
+        blocks = [block for block in self.layers for _ in range(c.shared_depth)]
+        for layer, block in enumerate(blocks):
+            y = block(x, rotary, mask, cache, layer)  # (B, T, d_model)
+            x = y if self.depth_scales is None else x + self.depth_scales[layer] * (y - x)
         if cache is not None:
             cache.advance(T)
-        return self.norm(x)
-
-    def _check(
-        self, ids: Tensor, past: int, cache: KVCache | None, segment_ids: Tensor | None
-    ) -> None:
-        c = self.config
-        if ids.dim() != 2:
-            raise ScratchLMError(f"ids must be (batch, time), got shape {tuple(ids.shape)}")
-        if segment_ids is not None and cache is not None:
-            raise ScratchLMError(
-                "segment_ids (packed rows) cannot be used with a KV cache: "
-                "run packed rows without a cache, or one sequence per row with it"
-            )
-        if segment_ids is not None and segment_ids.shape != ids.shape:
-            raise ScratchLMError(
-                f"segment_ids must have the shape of ids {tuple(ids.shape)}, "
-                f"got {tuple(segment_ids.shape)}"
-            )
-        if past + ids.shape[1] > c.context_length:
-            raise ScratchLMError(
-                f"sequence of {past + ids.shape[1]} tokens is longer than the model's context "
-                f"of {c.context_length}; truncate it or use a sliding window"
-            )
-        if cache is not None:
-            cache.check_room(ids.shape[1])
-        if self.check_inputs and ids.numel():
-            lo, hi = int(ids.min()), int(ids.max())  # syncs with the device
-            if lo < 0 or hi >= c.vocab_size:
-                bad = lo if lo < 0 else hi
-                raise ScratchLMError(
-                    f"token id {bad} is outside the model's vocabulary of {c.vocab_size}; "
-                    "was the text encoded with this model's tokenizer?"
-                )
-
-    def _mask(
-        self,
-        T: int,
-        past: int,
-        attention_mask: Tensor | None,
-        cache: KVCache | None,
-        device: torch.device,
-        segments: Tensor | None = None,
-    ) -> Tensor | None:
-        """The boolean attention mask (B or 1, 1, T, past + T), or None when plain causal
-        attention is meant (the fast kernels handle that case without a mask).
-        segments: (B, T) segment number of each token (packed rows; never with a cache):
-        causal and within one segment, a block-diagonal mask."""
-        if attention_mask is not None and cache is not None:
-            cache.set_padding(attention_mask.bool())
-        keys_valid = None  # (B, S): which keys are real tokens
-        if cache is not None and cache.key_mask is not None:
-            keys_valid = cache.key_mask[:, : past + T]
-        elif attention_mask is not None:
-            keys_valid = attention_mask.bool()
-        if keys_valid is None and segments is None and (past == 0 or T == 1):
-            return None
-        mask = causal_mask(T, past + T, device)[None, None]  # (1, 1, T, S)
-        if segments is not None:  # no cache here, so S == T
-            same = segments[:, None, :, None] == segments[:, None, None, :]  # (B, 1, T, T)
-            mask = mask & same
-        if keys_valid is not None:
-            mask = mask & keys_valid[:, None, None, :]
-            # A padding query may see no key at all; let every query see itself so the
-            # softmax stays finite (its output is never used).
-            diagonal = torch.arange(past + T, device=device) == past + torch.arange(
-                T, device=device
-            ).unsqueeze(1)
-            mask = mask | diagonal
-        return mask
+        return self.norm(x)  # (B, T, d_model)
 
     # ------------------------------------------------------------------ facts
 
-    def set_attention_impl(self, impl: str) -> None:
-        """``sdpa`` (PyTorch's fused kernel, default) or ``reference`` (written out)."""
+    def set_impl(self, impl: str) -> None:
+        """Run torch's fused kernels (``fast``, the default) or the written-out reference
+        kernels (``reference``: attention, SiLU, GELU) in every layer."""
         if impl not in IMPLS:
-            raise ScratchLMError(f"attention impl {impl!r} is not one of {', '.join(IMPLS)}")
+            raise ScratchLMError(f"impl {impl!r} is not one of {', '.join(IMPLS)}")
         for block in self.layers:
-            block.self_attn.impl = impl
+            block.self_attn.impl = block.mlp.impl = impl
 
     def num_parameters(self, non_embedding: bool = False) -> int:
         """Parameter count. ``non_embedding`` leaves out the input token and position

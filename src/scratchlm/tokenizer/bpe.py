@@ -12,12 +12,11 @@ installed and provably gives the same ids (see ``fast.py``), it encodes instead.
 from __future__ import annotations
 
 import itertools
-import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 from scratchlm.errors import TokenizerError
+from scratchlm.tokenizer.fast import build_tiktoken_encoder
 from scratchlm.tokenizer.pretokenize import (
     GPT2_PATTERN,
     compile_pattern,
@@ -115,8 +114,6 @@ class BPETokenizer:
         self._cache: dict[str, list[int]] = {}
         self._fast = None
         if use_tiktoken is not False:
-            from scratchlm.tokenizer.fast import build_tiktoken_encoder
-
             self._fast = build_tiktoken_encoder(self, required=bool(use_tiktoken))
 
     # ----------------------------------------------------------------- properties
@@ -261,34 +258,6 @@ class BPETokenizer:
         """Ids -> text. Bytes that are not valid UTF-8 become U+FFFD; never raises for
         ids in the vocabulary."""
         return self.decode_bytes(ids).decode("utf-8", errors="replace")
-
-    # --------------------------------------------------------------------- files
-
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write ``tokenizer.json`` (our readable, versioned format); ``path`` may be a
-        directory or a file name. Returns the file written."""
-        from scratchlm.tokenizer.files import save_tokenizer
-
-        return save_tokenizer(self, path)
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> BPETokenizer:
-        """Load a tokenizer saved by ``save`` (a file or the directory holding it)."""
-        from scratchlm.tokenizer.files import load_tokenizer
-
-        tok = load_tokenizer(path)
-        if not isinstance(tok, cls):
-            raise TokenizerError(f"{path} holds a {type(tok).__name__}, not a BPE tokenizer")
-        return tok
-
-    @classmethod
-    def from_gpt2_files(
-        cls, encoder_json: str | os.PathLike, vocab_bpe: str | os.PathLike, **kwargs: Any
-    ) -> BPETokenizer:
-        """Load a tokenizer published in GPT-2's two files (encoder.json, vocab.bpe)."""
-        from scratchlm.tokenizer.gpt2 import load_gpt2_files
-
-        return load_gpt2_files(encoder_json, vocab_bpe, **kwargs)
 
     def __repr__(self) -> str:
         return (

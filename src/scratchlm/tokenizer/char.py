@@ -7,9 +7,7 @@ not in the training text cannot be encoded and raises a clear error.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Iterator
-from pathlib import Path
 from typing import Any
 
 from scratchlm.errors import TokenizerError
@@ -125,20 +123,6 @@ class CharTokenizer:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CharTokenizer:
         return cls(data["chars"], list(data["special_tokens"]))
-
-    def save(self, path: str | os.PathLike) -> Path:
-        from scratchlm.tokenizer.files import save_tokenizer
-
-        return save_tokenizer(self, path)
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> CharTokenizer:
-        from scratchlm.tokenizer.files import load_tokenizer
-
-        tok = load_tokenizer(path)
-        if not isinstance(tok, cls):
-            raise TokenizerError(f"{path} holds a {type(tok).__name__}, not a CharTokenizer")
-        return tok
 
     def __repr__(self) -> str:
         return f"CharTokenizer(vocab_size={self.vocab_size}, special_tokens={list(self._special)})"

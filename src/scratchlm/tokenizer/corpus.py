@@ -19,6 +19,9 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tqdm.auto import tqdm
+
+from scratchlm.builtin import builtin_files
 from scratchlm.errors import DataError
 from scratchlm.tokenizer.pretokenize import (
     GPT2_PATTERN,
@@ -55,8 +58,6 @@ def corpus_files(input_path: str | os.PathLike | Sequence[str | os.PathLike]) ->
     for item in items:
         path = Path(item)
         if os.fspath(item).startswith("builtin:") and not path.exists():
-            from scratchlm.data.sources import builtin_files
-
             files.extend(builtin_files(os.fspath(item)))
         elif path.is_file():
             files.append(path)
@@ -214,6 +215,4 @@ def _check_utf8(files: Sequence[Path]) -> None:
 
 
 def _progress_bar(total: int, desc: str, enabled: bool):
-    from tqdm.auto import tqdm
-
     return tqdm(total=total, desc=desc, unit="B", unit_scale=True, disable=not enabled, leave=False)

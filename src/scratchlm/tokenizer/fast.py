@@ -21,17 +21,26 @@ from __future__ import annotations
 
 import functools
 import unicodedata
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 
 from scratchlm.errors import TokenizerError
 from scratchlm.tokenizer.pretokenize import GPT2_PATTERN, GPT4_PATTERN
 
-if TYPE_CHECKING:
-    from scratchlm.tokenizer.bpe import BPETokenizer
-
 TIKTOKEN_PATTERNS = (GPT2_PATTERN, GPT4_PATTERN)
+
+
+class MergeTables(Protocol):
+    """What the fast path reads of a ``BPETokenizer`` (which imports this module, so it is
+    described here rather than imported)."""
+
+    pattern: str
+    vocab: dict[int, bytes]
+    merges: list[tuple[bytes, bytes]]
+
+    @property
+    def special_tokens(self) -> dict[str, int]: ...
 
 
 class TiktokenEncoder:
@@ -75,7 +84,7 @@ class TiktokenEncoder:
 @functools.cache
 def _unassigned_or_surrogate() -> np.ndarray:
     """bool (0x110000,): code points that Python's Unicode tables call unassigned (Cn)
-    or that are surrogates (Cs). Built once per process, in about 0.3 s."""
+    or that are surrogates (Cs). Built once per process: it visits every code point."""
     category = unicodedata.category
     return np.fromiter(
         (category(chr(cp)) in ("Cn", "Cs") for cp in range(0x110000)),
@@ -84,7 +93,7 @@ def _unassigned_or_surrogate() -> np.ndarray:
     )
 
 
-def tiktoken_incompatibility(tok: BPETokenizer) -> str | None:
+def tiktoken_incompatibility(tok: MergeTables) -> str | None:
     """Why tiktoken could give other ids than ``tok``'s own encoder, or None if it can't."""
     if tok.pattern not in TIKTOKEN_PATTERNS:
         return "the split pattern is not one of the GPT-2/GPT-4 patterns tiktoken shares"
@@ -128,13 +137,13 @@ def _rank_bpe(data: bytes, id_of: dict[bytes, int], max_rank: int) -> list[int]:
     return [id_of[p] for p in parts]
 
 
-def build_tiktoken_encoder(tok: BPETokenizer, *, required: bool = False) -> TiktokenEncoder | None:
+def build_tiktoken_encoder(tok: MergeTables, *, required: bool = False) -> TiktokenEncoder | None:
     """A TiktokenEncoder for ``tok``, or None when tiktoken is missing or could differ.
 
     With ``required`` those cases raise TokenizerError instead.
     """
     try:
-        import tiktoken
+        import tiktoken  # an optional extra: imported only where the fast path is built
     except ImportError:
         if required:
             raise TokenizerError(

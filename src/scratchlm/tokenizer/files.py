@@ -1,4 +1,5 @@
-"""Tokenizer files: our own readable ``tokenizer.json`` and a loader for every format we write.
+"""Tokenizer files: our own readable ``tokenizer.json``, and ``load_tokenizer``, the one
+function that loads a tokenizer from any format we read (the only place that knows them).
 
 Our format is JSON a person can read: each token is shown as text, with a backslash
 escape for what is not printable (``\\n`` is ``\\x0a``, a lone byte of a multi-byte
@@ -21,10 +22,17 @@ from typing import Any
 
 from scratchlm.atomic import atomic_write_text, write_dir_atomically
 from scratchlm.errors import TokenizerError
+from scratchlm.tokenizer.bpe import BPETokenizer
+from scratchlm.tokenizer.char import CharTokenizer
+from scratchlm.tokenizer.gpt2 import load_gpt2_files
+from scratchlm.tokenizer.hf import from_hf_tokenizer_json
+from scratchlm.tokenizer.protocol import Tokenizer
 
 FORMAT = "scratchlm-tokenizer"
 VERSION = 1
 FILENAME = "tokenizer.json"
+# GPT-2's two files, as OpenAI published them and as Hugging Face names them.
+GPT2_FILE_PAIRS = (("encoder.json", "vocab.bpe"), ("vocab.json", "merges.txt"))
 
 
 def escape_token(token: bytes) -> str:
@@ -68,7 +76,7 @@ def tokenizer_file(path: str | os.PathLike) -> Path:
     return path / FILENAME if path.is_dir() or path.suffix != ".json" else path
 
 
-def write_tokenizer_dir(tok: Any, out_dir: str | os.PathLike, *, force: bool = False) -> Path:
+def write_tokenizer_dir(tok: Tokenizer, out_dir: str | os.PathLike, *, force: bool = False) -> Path:
     """Save ``tok`` as ``out_dir/tokenizer.json``, building the folder under a temporary
     name and renaming it into place. An existing ``out_dir`` is refused unless ``force``,
     and then replaced only once the new one is complete."""
@@ -76,14 +84,15 @@ def write_tokenizer_dir(tok: Any, out_dir: str | os.PathLike, *, force: bool = F
     return out / FILENAME
 
 
-def tokenizer_to_dict(tok: Any) -> dict[str, Any]:
+def tokenizer_to_dict(tok: Tokenizer) -> dict[str, Any]:
     """The JSON-ready form of a BPETokenizer or CharTokenizer."""
-    from scratchlm.tokenizer.bpe import BPETokenizer
-    from scratchlm.tokenizer.char import CharTokenizer
-
     if isinstance(tok, CharTokenizer):
         return {"format": FORMAT, "version": VERSION, "type": "char", **tok.to_dict()}
-    assert isinstance(tok, BPETokenizer), type(tok)
+    if not isinstance(tok, BPETokenizer):
+        raise TokenizerError(
+            f"cannot save a {type(tok).__name__}: only BPETokenizer and CharTokenizer have "
+            "a file format"
+        )
     return {
         "format": FORMAT,
         "version": VERSION,
@@ -96,27 +105,28 @@ def tokenizer_to_dict(tok: Any) -> dict[str, Any]:
     }
 
 
-def save_tokenizer(tok: Any, path: str | os.PathLike) -> Path:
-    """Write a tokenizer in our format; returns the file written."""
+def save_tokenizer(tok: Tokenizer, path: str | os.PathLike) -> Path:
+    """Write ``tok`` in our format as ``path`` (a ``.json`` file name) or
+    ``path/tokenizer.json``; returns the file written. ``load_tokenizer`` reads it back."""
     file = tokenizer_file(path)
     atomic_write_text(file, json.dumps(tokenizer_to_dict(tok), ensure_ascii=False, indent=1))
     return file
 
 
-def load_tokenizer(path: str | os.PathLike, **kwargs: Any) -> Any:
-    """Load any tokenizer file we write: our BPE or char format, a Hugging Face
-    ``tokenizer.json`` (byte-level BPE), or a folder holding one of them or GPT-2's two
-    files (``encoder.json`` + ``vocab.bpe``). ``kwargs`` go to the tokenizer."""
-    from scratchlm.tokenizer.bpe import BPETokenizer
-    from scratchlm.tokenizer.char import CharTokenizer
-
+def load_tokenizer(path: str | os.PathLike, **kwargs: Any) -> BPETokenizer | CharTokenizer:
+    """Load a tokenizer from any format we read: our BPE or char ``tokenizer.json``, a
+    Hugging Face ``tokenizer.json`` (byte-level BPE), or a folder holding one of them or
+    GPT-2's two files (``encoder.json`` + ``vocab.bpe``, or HF's names for them,
+    ``vocab.json`` + ``merges.txt``). ``kwargs`` go to the tokenizer's constructor."""
     path = Path(path)
     if not path.exists():
         raise TokenizerError(f"tokenizer path {path} does not exist")
     if path.is_dir() and not (path / FILENAME).exists():
-        if (path / "encoder.json").exists() and (path / "vocab.bpe").exists():
-            return BPETokenizer.from_gpt2_files(path / "encoder.json", path / "vocab.bpe", **kwargs)
-        raise TokenizerError(f"no {FILENAME} (or encoder.json + vocab.bpe) in {path}")
+        for encoder, merges in GPT2_FILE_PAIRS:
+            if (path / encoder).is_file() and (path / merges).is_file():
+                return load_gpt2_files(path / encoder, path / merges, **kwargs)
+        pairs = " or ".join(" + ".join(pair) for pair in GPT2_FILE_PAIRS)
+        raise TokenizerError(f"{path} has no {FILENAME} (nor GPT-2's {pairs})")
     file = tokenizer_file(path)
     try:
         data = json.loads(file.read_text(encoding="utf-8"))
@@ -126,8 +136,6 @@ def load_tokenizer(path: str | os.PathLike, **kwargs: Any) -> Any:
         raise TokenizerError(f"{file} is not a tokenizer file (expected a JSON object)")
     if data.get("format") != FORMAT:
         if "model" in data and "added_tokens" in data:
-            from scratchlm.tokenizer.hf import from_hf_tokenizer_json
-
             return from_hf_tokenizer_json(data, **kwargs)
         raise TokenizerError(f"{file} is not a scratchlm or Hugging Face tokenizer file")
     if data.get("version") != VERSION:

@@ -1,10 +1,10 @@
-"""Hugging Face and GPT-2 file formats for the byte-level BPE tokenizer.
+"""Hugging Face's ``tokenizer.json`` for the byte-level BPE tokenizer, both ways.
 
-Both store tokens as strings, each byte written as one printable character of GPT-2's
-table (``bytes_to_unicode``). GPT-2's two files are ``encoder.json`` (token -> id) and
-``vocab.bpe`` (a ``#version`` line, then one merge ``"a b"`` per line, in merge order).
-Hugging Face's ``tokenizer.json`` puts a BPE model (vocab + merges) inside a pipeline:
-normalizer -> pre-tokenizer -> model -> post-processor, plus a decoder.
+It stores tokens as strings, each byte written as one printable character of GPT-2's
+table (``gpt2.bytes_to_unicode``), and puts a BPE model (vocab + merges) inside a
+pipeline: normalizer -> pre-tokenizer -> model -> post-processor, plus a decoder. The
+folder around it (``tokenizer_config.json`` with the chat template, the special-tokens
+map) is written one layer up, by ``scratchlm.export.hf_tokenizer``.
 
 Our encoder and Hugging Face's agree when the pipeline is: no normalizer; pre-tokenizer
 ``Split(our regex, "Isolated")`` then ``ByteLevel(use_regex=false)``, which turns each
@@ -23,21 +23,16 @@ there, not letters, so text holding them can split, and so encode, differently.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import regex
 
-from scratchlm.atomic import atomic_write_text, write_dir_atomically
-from scratchlm.errors import OutputExistsError, TokenizerError
+from scratchlm.errors import TokenizerError
 from scratchlm.tokenizer.bpe import BPETokenizer
 from scratchlm.tokenizer.gpt2 import byte_tables, chars_to_token, token_to_chars
 from scratchlm.tokenizer.pretokenize import GPT2_PATTERN
 
-# transformers' "no limit" value (``VERY_LARGE_INTEGER``), written when no context length is given.
-NO_MAX_LENGTH = int(1e30)
 # The fixed parts of an exported tokenizer.json (see the module docstring).
 BYTE_LEVEL = dict(type="ByteLevel", add_prefix_space=False, trim_offsets=True, use_regex=False)
 ADDED_TOKEN_FLAGS = dict(
@@ -53,8 +48,6 @@ BPE_OPTIONS = dict(
     byte_fallback=False,
     ignore_merges=False,
 )
-EOS_CANDIDATES = ("<|endoftext|>", "<|end_of_text|>", "</s>", "<eos>")
-PAD_CANDIDATES = ("<|pad|>", "<pad>", "[PAD]")
 # Text the exported file is checked on when `tokenizers` is installed: every script,
 # whitespace and punctuation class the split patterns treat differently.
 PROBE_TEXT = (
@@ -130,7 +123,7 @@ def _verify_with_tokenizers(tok: BPETokenizer, data: dict[str, Any]) -> None:
     """Refuse an export that the ``tokenizers`` package (if installed) reads differently:
     a split regex its Oniguruma engine rejects or matches otherwise, say."""
     try:
-        from tokenizers import Tokenizer
+        from tokenizers import Tokenizer  # an optional extra: the check runs only with it
     except ImportError:
         return
     try:
@@ -144,74 +137,6 @@ def _verify_with_tokenizers(tok: BPETokenizer, data: dict[str, Any]) -> None:
                 f"Hugging Face tokenizers encodes {text!r} to {theirs}, scratchlm to {ours}: "
                 f"the split pattern {tok.pattern!r} does not work the same in both"
             )
-
-
-def hf_tokenizer_files(
-    tok: BPETokenizer, *, model_max_length: int | None = None
-) -> dict[str, dict[str, Any]]:
-    """The JSON objects of a Hugging Face tokenizer folder, by file name:
-    ``tokenizer.json``, ``tokenizer_config.json`` and ``special_tokens_map.json``. A
-    tokenizer with the chat tokens also gets ``chat_template`` (scratchlm.data.chat)."""
-    data = to_hf_tokenizer_json(tok)
-    specials = tok.special_tokens
-    eos = next((t for t in EOS_CANDIDATES if t in specials), None)
-    pad = next((t for t in PAD_CANDIDATES if t in specials), eos)
-    # GPT-2's convention: one <|endoftext|> token separates documents, so it is both
-    # bos and eos. No post-processor adds it: HF's ids equal ours. Byte-level BPE can
-    # encode any text, so there is no unk token.
-    named = {"bos_token": eos, "eos_token": eos, "unk_token": None, "pad_token": pad}
-    others = [t for t in specials if t not in named.values()]
-    special_map: dict[str, Any] = {k: v for k, v in named.items() if v is not None}
-    if others:
-        special_map["additional_special_tokens"] = others
-    config = {
-        "tokenizer_class": "PreTrainedTokenizerFast",
-        "model_max_length": NO_MAX_LENGTH if model_max_length is None else model_max_length,
-        **named,
-        "clean_up_tokenization_spaces": False,  # else decode() would remove spaces before "."
-        "added_tokens_decoder": {
-            str(e["id"]): {k: v for k, v in e.items() if k != "id"} for e in data["added_tokens"]
-        },
-    }
-    if others:
-        config["additional_special_tokens"] = others
-    # Imported here: the chat format lives with the data code, later in the pipeline.
-    from scratchlm.data.chat import CHAT_SPECIAL_TOKENS, CHAT_TEMPLATE
-
-    if all(t in specials for t in CHAT_SPECIAL_TOKENS):
-        # apply_chat_template then gives the ids of render_conversation / render_prompt.
-        config["chat_template"] = CHAT_TEMPLATE
-    return {
-        "tokenizer.json": data,
-        "tokenizer_config.json": config,
-        "special_tokens_map.json": special_map,
-    }
-
-
-def write_json_files(folder: Path, files: Mapping[str, Any]) -> None:
-    """Write each object as ``folder/name``, indented JSON."""
-    for name, obj in files.items():
-        atomic_write_text(folder / name, json.dumps(obj, ensure_ascii=False, indent=2) + "\n")
-
-
-def save_hf_tokenizer(
-    tok: BPETokenizer,
-    out_dir: str | os.PathLike,
-    *,
-    force: bool = False,
-    model_max_length: int | None = None,
-) -> Path:
-    """Write a folder ``transformers.AutoTokenizer.from_pretrained`` loads:
-    ``tokenizer.json``, ``tokenizer_config.json`` and ``special_tokens_map.json``.
-
-    The folder is built under a temporary name and renamed into place; an existing
-    ``out_dir`` is refused unless ``force``. Returns ``out_dir``.
-    """
-    out = Path(out_dir)
-    if out.exists() and not force:  # refuse before anything is computed
-        raise OutputExistsError(f"output directory {out} exists: choose another or pass --force")
-    files = hf_tokenizer_files(tok, model_max_length=model_max_length)
-    return write_dir_atomically(out, lambda tmp: write_json_files(tmp, files), force=force)
 
 
 # ------------------------------------------------------------ Hugging Face import

@@ -9,16 +9,19 @@ from typing import Any
 
 from scratchlm.errors import DataError
 from scratchlm.tokenizer.files import escape_token
+from scratchlm.tokenizer.protocol import Tokenizer
 
 
-def longest_tokens(tok: Any, n: int = 10) -> list[bytes]:
+def longest_tokens(tok: Tokenizer, n: int = 10) -> list[bytes]:
     """The ``n`` longest ordinary tokens (ties broken by id)."""
     special = set(tok.special_tokens.values())
     items = [(len(t), -i, t) for i, t in tok.vocab.items() if i not in special]
     return [t for _, _, t in sorted(items, reverse=True)[:n]]
 
 
-def compression(tok: Any, path: str | os.PathLike, max_bytes: int = 16 << 20) -> dict[str, float]:
+def compression(
+    tok: Tokenizer, path: str | os.PathLike, max_bytes: int = 16 << 20
+) -> dict[str, float]:
     """Bytes per token over (at most the first ``max_bytes`` of) a text file."""
     path = Path(path)
     try:
@@ -35,14 +38,14 @@ def compression(tok: Any, path: str | os.PathLike, max_bytes: int = 16 << 20) ->
     }
 
 
-def show_split(tok: Any, text: str, allow_special: bool = True) -> str:
+def show_split(tok: Tokenizer, text: str, allow_special: bool = True) -> str:
     """``text`` with its tokens separated by ``|``, e.g. ``The| sky| is| blue``. A token
     holding part of a character shows its bytes (``\xe6``), as in tokenizer.json."""
     ids = tok.encode(text, allow_special=allow_special)
     return "|".join(escape_token(tok.id_to_token(i)) for i in ids)
 
 
-def describe(tok: Any) -> dict[str, Any]:
+def describe(tok: Tokenizer) -> dict[str, Any]:
     """Size facts of a tokenizer, JSON-ready."""
     return {
         "type": type(tok).__name__,

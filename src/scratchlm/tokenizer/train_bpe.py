@@ -25,6 +25,8 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 
+from tqdm.auto import tqdm
+
 from scratchlm.errors import ConfigError, DataError
 from scratchlm.tokenizer.corpus import DEFAULT_CHUNK_SIZE, corpus_files, count_pretokens
 from scratchlm.tokenizer.pretokenize import GPT2_PATTERN, resolve_pattern
@@ -199,8 +201,6 @@ def merge_pairs(
             where[pair].add(i)
     heap = [(-c, keys[a], keys[b], (a, b)) for (a, b), c in pair_counts.items()]
     heapq.heapify(heap)
-
-    from tqdm.auto import tqdm
 
     bar = tqdm(total=num_merges, desc="merging", unit="merge", disable=not progress, leave=False)
     merges: list[Merge] = []

@@ -13,8 +13,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from scratchlm.chat_format import chat_tokenizer
 from scratchlm.checkpoint import load_model, resolve_checkpoint
-from scratchlm.data.chat import chat_tokenizer
 from scratchlm.errors import ConfigError
 from scratchlm.model import TransformerLM
 from scratchlm.model.resize import grow_vocab

@@ -238,32 +238,6 @@ def fused_adamw_supported(params: Iterable[Tensor]) -> bool:
     return True
 
 
-def _lay_out_grads_like_params(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-    """Before a fused step: give every gradient its parameter's memory layout.
-
-    torch's fused CPU AdamW (2.13) pairs a parameter's and its gradient's elements by
-    position in memory, so a gradient with other strides than its parameter (our Linear
-    weights are stored transposed) is silently applied to the wrong elements. Autograd
-    always lays gradients out like their parameters; a gradient set by hand may not be.
-    """
-    for group in optimizer.param_groups:
-        for p in group["params"]:
-            if p.grad is not None and p.grad.stride() != p.stride():
-                p.grad = torch.empty_like(p).copy_(p.grad)  # empty_like keeps p's strides
-
-
-def lay_out_state_like_params(optimizer: torch.optim.Optimizer) -> None:
-    """Give every per-parameter state tensor of a parameter's shape (AdamW's moments)
-    that parameter's memory layout. A loaded state dict comes back row-major, but our
-    Linear weights are stored transposed, and fused kernels pair elements by position in
-    memory (see ``_lay_out_grads_like_params``): a mismatch would silently update the
-    wrong elements. Called once after each load, not at every step."""
-    for p, state in optimizer.state.items():
-        for key, value in state.items():
-            if torch.is_tensor(value) and value.shape == p.shape and value.stride() != p.stride():
-                state[key] = torch.empty_like(p, dtype=value.dtype).copy_(value)
-
-
 def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     """The run's optimizer over ``param_groups(model, config.weight_decay)``.
 
@@ -298,12 +272,9 @@ def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimi
                 f"{', '.join(devices) or 'no parameters'}; use fused=None or False"
             )
         if supported:
-            optimizer = torch.optim.AdamW(
+            return torch.optim.AdamW(
                 groups, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, fused=True
             )
-            optimizer.register_step_pre_hook(_lay_out_grads_like_params)
-            optimizer.register_load_state_dict_post_hook(lay_out_state_like_params)
-            return optimizer
     return AdamW(groups, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
 
 

@@ -53,11 +53,6 @@ def shard_model(module: nn.Module, device: torch.device) -> nn.Module:
         )
     from torch.distributed.fsdp import fully_shard
 
-    # FSDP shards flat, row-major storage; our Linear weights are stored transposed
-    # (faster decoding on CPUs), which it refuses. Training speed does not depend on it.
-    for p in module.parameters():
-        if not p.is_contiguous():
-            p.data = p.data.contiguous()
     for block in module.model.layers:
         fully_shard(block)
     fully_shard(module)

@@ -42,8 +42,8 @@ import torch
 from torch import Tensor
 
 from scratchlm.builtin import resolve_builtin
+from scratchlm.chat_format import ConversationTooLongError, render_conversation
 from scratchlm.data.batches import RankedDraws
-from scratchlm.data.chat import ConversationTooLongError, render_conversation
 from scratchlm.data.chat_sources import read_conversations
 from scratchlm.errors import DataError
 from scratchlm.model.loss import IGNORE_INDEX

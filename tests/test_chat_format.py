@@ -7,7 +7,8 @@ import json
 
 import pytest
 
-from scratchlm.data.chat import (
+from scratchlm.builtin import builtin_corpus
+from scratchlm.chat_format import (
     CHAT_SPECIAL_TOKENS,
     CHAT_TEMPLATE,
     END_OF_TURN,
@@ -20,8 +21,14 @@ from scratchlm.data.chat import (
     render_prompt,
 )
 from scratchlm.errors import ConfigError, DataError, TokenizerError
-from scratchlm.tokenizer import BPETokenizer, CharTokenizer, load_tokenizer
-from scratchlm.tokenizer.hf import save_hf_tokenizer
+from scratchlm.export.hf_tokenizer import save_hf_tokenizer
+from scratchlm.tokenizer import (
+    BPETokenizer,
+    CharTokenizer,
+    load_tokenizer,
+    save_tokenizer,
+    train_bpe,
+)
 
 EOT = "<|endoftext|>"
 
@@ -42,8 +49,15 @@ LONG = conv(
 
 
 @pytest.fixture(scope="module")
+def tok():
+    """A byte-level BPE (vocab 300) with <|endoftext|>, trained on the built-in corpus."""
+    vocab, merges = train_bpe(builtin_corpus(), 300, [EOT], num_workers=1)
+    return BPETokenizer(vocab, merges, [EOT])
+
+
+@pytest.fixture(scope="module")
 def chat_tok(tok):
-    """The data tests' BPE tokenizer with the four chat tokens appended."""
+    """``tok`` with the four chat tokens appended."""
     return chat_tokenizer(tok)
 
 
@@ -266,7 +280,9 @@ def test_chat_tokenizer_appends_to_bpe_and_keeps_old_ids(tok, chat_tok, tmp_path
     assert chat_tok.encode(text, allow_special=False) == tok.encode(text, allow_special=False)
     assert chat_tokenizer(chat_tok) is chat_tok
     # The grown tokenizer saves and loads with the same ids.
-    assert load_tokenizer(chat_tok.save(tmp_path)).special_tokens == chat_tok.special_tokens
+    assert (
+        load_tokenizer(save_tokenizer(chat_tok, tmp_path)).special_tokens == chat_tok.special_tokens
+    )
 
 
 def test_chat_tokenizer_adds_only_missing_tokens():

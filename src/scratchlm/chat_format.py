@@ -18,6 +18,10 @@ renderers; both go through ``_render`` so they can never drift apart. The loss m
 True on what the model must learn to say: an assistant message's content and its
 ``<|end|>`` (so it learns to stop), never the role tokens, the system or user messages.
 See docs/chat_format.md for the truncation rule and a worked example.
+
+It sits just above the tokenizer (which it imports, never the other way round) and below
+everything that renders a conversation: SFT data, chat, the fact checks and the Hugging
+Face tokenizer export (``export.hf_tokenizer`` writes ``CHAT_TEMPLATE``).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from scratchlm.errors import ConfigError, DataError, TokenizerError
+from scratchlm.tokenizer import BPETokenizer, CharTokenizer, Tokenizer
 
 ROLE_TOKENS = {"system": "<|system|>", "user": "<|user|>", "assistant": "<|assistant|>"}
 END_OF_TURN = "<|end|>"
@@ -111,14 +116,14 @@ def _checked(messages: Any) -> list[tuple[str, str]]:
     return [(m["role"], m["content"]) for m in messages]
 
 
-def chat_token_ids(tokenizer: Any) -> dict[str, int]:
+def chat_token_ids(tokenizer: Tokenizer) -> dict[str, int]:
     """Special token -> id for the four chat tokens; TokenizerError if any is missing."""
     specials = tokenizer.special_tokens
     missing = [t for t in CHAT_SPECIAL_TOKENS if t not in specials]
     if missing:
         raise TokenizerError(
             f"the tokenizer has no chat special token(s) {', '.join(missing)}: add them with "
-            "scratchlm.data.chat.chat_tokenizer (and grow the model with model.resize.grow_vocab)"
+            "scratchlm.chat_format.chat_tokenizer (and grow the model with model.resize.grow_vocab)"
         )
     return {t: specials[t] for t in CHAT_SPECIAL_TOKENS}
 
@@ -127,7 +132,7 @@ def chat_token_ids(tokenizer: Any) -> dict[str, int]:
 
 
 def render_conversation(
-    messages: Sequence[Mapping[str, str]], tokenizer: Any, *, max_tokens: int | None = None
+    messages: Sequence[Mapping[str, str]], tokenizer: Tokenizer, *, max_tokens: int | None = None
 ) -> tuple[list[int], list[bool]]:
     """A conversation -> ``(ids, loss_mask)``, both of the same length.
 
@@ -141,7 +146,7 @@ def render_conversation(
 
 
 def render_prompt(
-    messages: Sequence[Mapping[str, str]], tokenizer: Any, *, max_tokens: int | None = None
+    messages: Sequence[Mapping[str, str]], tokenizer: Tokenizer, *, max_tokens: int | None = None
 ) -> list[int]:
     """The conversation so far (ending with a user message) and the ``<|assistant|>`` id:
     the ids a model continues with its answer. ``max_tokens`` drops the oldest exchanges
@@ -151,7 +156,11 @@ def render_prompt(
 
 
 def _render(
-    messages: Sequence[Mapping[str, str]], tokenizer: Any, *, max_tokens: int | None, prompt: bool
+    messages: Sequence[Mapping[str, str]],
+    tokenizer: Tokenizer,
+    *,
+    max_tokens: int | None,
+    prompt: bool,
 ) -> tuple[list[int], list[bool]]:
     pairs = _checked(messages)
     if prompt and pairs[-1][0] != "user":
@@ -229,16 +238,13 @@ def _fit(
 # ------------------------------------------------------------------- tokenizers
 
 
-def chat_tokenizer(tokenizer: Any) -> Any:
+def chat_tokenizer(tokenizer: Tokenizer) -> Tokenizer:
     """``tokenizer`` itself if it has the four chat tokens, else a copy (same class, vocab,
     merges, pattern and metadata) with the missing ones appended as special tokens:
     every existing id keeps its bytes and the new ids come after the largest one (a BPE
     vocab entry spelled like a chat token that no merge makes or uses is reused, as
     BPETokenizer does for any special token). A model trained with the old tokenizer
     needs ``grow_vocab(model, new.vocab_size)``."""
-    from scratchlm.tokenizer.bpe import BPETokenizer
-    from scratchlm.tokenizer.char import CharTokenizer
-
     specials = list(tokenizer.special_tokens)
     missing = [t for t in CHAT_SPECIAL_TOKENS if t not in specials]
     if not missing:

@@ -1,0 +1,176 @@
+"""The one inference-only step: ``prepare_for_inference`` turns a model into one for
+generating on a CPU, and training never sees what it swaps in.
+
+Decoding multiplies a few rows (one per sequence) by every weight matrix, so its speed is
+set by how fast the weights stream from memory, not by the arithmetic. Two changes help,
+both only for generation, and both applied here by swapping each ``Linear`` for an
+inference module (figures in docs/benchmarks.md):
+
+- ``DecodeLinear``: the weight stored column-major (W^T in memory, which a one-row
+  product reads faster) and products of few rows split across the threads
+  (``split_linear``), because torch runs a product of so few rows on one core.
+- ``Int8Linear`` (model/quantize.py), with ``int8=True``: weights stored as int8.
+
+A prepared model refuses what needs the training weights (``refuse_prepared``: loss,
+save_checkpoint, to_hf): keep the model it was prepared from for those.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from scratchlm.errors import ScratchLMError
+from scratchlm.model.layers import Linear
+from scratchlm.model.quantize import Int8Linear
+
+# split_linear: at most this many rows (decoding steps of up to 32 sequences).
+SPLIT_MAX_ROWS = 32
+# Weights smaller than this many entries (1 MiB in float32) stay in the CPU's cache,
+# where one core is fast and waking the others costs more than it saves.
+SPLIT_MIN_WEIGHTS = 1 << 18
+
+
+def takes_split_path(x: Tensor, weight: Tensor) -> bool:
+    """Whether x (..., in) by weight (out, in) is computed with ``split_linear``: on a
+    CPU, without autograd, for at most SPLIT_MAX_ROWS rows and weights of at least
+    SPLIT_MIN_WEIGHTS entries, with more than one thread, when the weight is stored in
+    one block (row- or column-major), so each thread's part is a view of it. Never
+    inside torch.compile, which fuses its own products (and cannot trace the thread
+    count)."""
+    if torch.compiler.is_compiling() or torch.is_grad_enabled() or not x.is_cpu:
+        return False
+    threads = torch.get_num_threads()
+    return (
+        threads > 1
+        and weight.shape[0] >= threads
+        and x.numel() <= SPLIT_MAX_ROWS * x.shape[-1]
+        and weight.numel() >= SPLIT_MIN_WEIGHTS
+        and (weight.is_contiguous() or weight.t().is_contiguous())
+    )
+
+
+def split_linear(x: Tensor, weight: Tensor, parts: int | None = None) -> Tensor:
+    """x W^T with the outputs split into ``parts`` blocks (default: torch's threads),
+    multiplied as one batched product whose batch entries run on separate threads.
+    x (..., in), weight (out, in) -> (..., out). Same sums in the same order within each
+    output as F.linear, so equal to float rounding (tests/model/test_inference.py).
+
+    No copy of the weight: block p is the view weight[p * n : (p+1) * n], n = out // parts.
+    When parts does not divide out (GPT-2's 50,257-token vocabulary), the last few rows
+    are one small product of their own.
+    """
+    parts = parts or torch.get_num_threads()
+    out_features, in_features = weight.shape
+    n = out_features // parts
+    rows = x.reshape(1, -1, in_features).expand(parts, -1, -1)  # (parts, M, in)
+    blocks = weight[: parts * n].view(parts, n, in_features).transpose(1, 2)  # (parts, in, n)
+    y = torch.bmm(rows, blocks).transpose(0, 1).reshape(*x.shape[:-1], parts * n)
+    if parts * n < out_features:
+        y = torch.cat([y, F.linear(x, weight[parts * n :])], dim=-1)
+    return y  # (..., out)
+
+
+class DecodeLinear(nn.Module):
+    """A Linear for generation: y = x W^T (+ b), the product of few rows split across
+    the threads. Holds W (out, in) in whatever layout ``prepare_for_inference`` chose
+    (column-major for its own copy; a tied weight is shared as it is)."""
+
+    def __init__(self, weight: Tensor, bias: Tensor | None = None) -> None:
+        super().__init__()
+        self.out_features, self.in_features = weight.shape
+        # Not a parameter and not saved: nothing may train or checkpoint this module.
+        self.register_buffer("decode_weight", weight.detach(), persistent=False)  # (out, in)
+        self.register_buffer(
+            "bias", None if bias is None else bias.detach(), persistent=False
+        )  # (out,)
+
+    @property
+    def weight(self) -> Tensor:
+        raise ScratchLMError(
+            "this model was prepared for generation: train, save or export the model it "
+            "was prepared from"
+        )
+
+    def forward(self, x: Tensor) -> Tensor:  # (..., in) -> (..., out)
+        w = self.decode_weight
+        if takes_split_path(x, w):
+            y = split_linear(x, w)
+            return y if self.bias is None else y + self.bias
+        return F.linear(x, w, self.bias)
+
+    def extra_repr(self) -> str:
+        return f"{self.in_features} -> {self.out_features}, decode, bias={self.bias is not None}"
+
+
+def prepare_for_inference(model: nn.Module, int8: bool = False, in_place: bool = True) -> nn.Module:
+    """``model`` made ready for generation; returned in eval mode.
+
+    Every ``Linear`` becomes a ``DecodeLinear`` whose weight is a column-major copy (a
+    weight tied to the embedding is shared, not copied), or with ``int8`` an
+    ``Int8Linear`` (a tied output projection gets its own int8 copy).
+
+    in_place=False leaves ``model`` as it was (still trainable) and returns a new module
+    tree that shares its weights without copying or re-laying them out: what the
+    generation engine does with a model that was not prepared (a model being trained,
+    sampled between steps), which keeps the split product but not the layout.
+    Preparing a prepared model is refused.
+    """
+    if is_prepared(model):
+        raise ScratchLMError("this model is already prepared for generation (or quantized)")
+    if not in_place:
+        if not _linears(model):
+            return model  # nothing to swap (a stand-in model, say): no copy needed
+        # A deep copy whose memo maps every tensor to itself: new modules, shared tensors.
+        shared = {id(t): t for t in (*model.parameters(), *model.buffers())}
+        model = copy.deepcopy(model, memo=shared)
+    others = {  # weights that another layer also uses (a tied embedding)
+        id(p)
+        for m in model.modules()
+        if not isinstance(m, Linear | nn.Linear)
+        for p in m.parameters(recurse=False)
+    }
+    targets = _linears(model)
+    for parent, name, child in targets:
+        if int8:
+            new = Int8Linear.from_linear(child)
+        elif in_place and id(child.weight) not in others:
+            # W^T row-major in memory, seen as (out, in): a one-row product reads it faster.
+            new = DecodeLinear(child.weight.detach().t().contiguous().t(), child.bias)
+        else:
+            new = DecodeLinear(child.weight, child.bias)
+        setattr(parent, name, new)
+    return model.eval()
+
+
+def _linears(model: nn.Module) -> list[tuple[nn.Module, str, nn.Module]]:
+    """(parent, name, layer) for every training Linear in ``model``."""
+    return [
+        (parent, name, child)
+        for parent in model.modules()
+        for name, child in parent.named_children()
+        if isinstance(child, Linear | nn.Linear)
+    ]
+
+
+def is_prepared(model: nn.Module) -> bool:
+    """Whether ``model`` went through ``prepare_for_inference`` (or holds int8 layers)."""
+    return any(isinstance(m, DecodeLinear | Int8Linear) for m in model.modules())
+
+
+def refuse_prepared(model: nn.Module, action: str) -> None:
+    """Raise a clear error when ``action`` (e.g. "saved as a checkpoint") needs the
+    training weights that ``prepare_for_inference`` replaced."""
+    if any(isinstance(m, Int8Linear) for m in model.modules()):
+        raise ScratchLMError(
+            f"an int8-quantized model cannot be {action}: use the float model it was "
+            "quantized from (quantize again after loading it)"
+        )
+    if is_prepared(model):
+        raise ScratchLMError(
+            f"a model prepared for generation cannot be {action}: use the model it was "
+            "prepared from"
+        )

@@ -141,10 +141,13 @@ def test_not_in_place_leaves_the_training_model_as_it_was(gen):
         assert_close(prepared(ids), model.eval()(ids), rtol=1e-5, atol=1e-5)
 
 
-def test_prepared_model_refuses_training_saving_and_export(tmp_path):
-    model = prepare_for_inference(make_model())
+@pytest.mark.parametrize(
+    ("int8", "why"), [(False, "prepared for generation"), (True, "quantized to int8")]
+)
+def test_prepared_model_refuses_training_saving_and_export(tmp_path, int8, why):
+    model = prepare_for_inference(make_model(), int8=int8)
     ids = torch.zeros(1, 4, dtype=torch.long)
-    with pytest.raises(ScratchLMError, match="prepared for generation"):
+    with pytest.raises(ScratchLMError, match=why):
         model.loss(ids, ids)
     with pytest.raises(ScratchLMError, match="cannot be saved as a checkpoint"):
         save_checkpoint(model, None, 0, tmp_path / "ckpt")

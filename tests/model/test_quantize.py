@@ -9,10 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from scratchlm.checkpoint import save_checkpoint
 from scratchlm.config import preset
 from scratchlm.errors import ScratchLMError
-from scratchlm.export.hf import to_hf
 from scratchlm.model import Int8Linear, KVCache, Linear, TransformerLM, prepare_for_inference
 from scratchlm.model.inference import is_prepared
 from scratchlm.model.quantize import FAST_MAX_ROWS, dequantize_weight, quantize_weight
@@ -164,15 +162,3 @@ def test_quantized_cached_decode_matches_the_full_forward():
         steps = [model(ids[:, :8], cache)[:, -1:]]
         steps += [model(ids[:, t : t + 1], cache) for t in range(8, 40)]
     assert relative_error(torch.cat(steps, dim=1), full[:, 7:]) < 6e-3
-
-
-def test_quantized_model_refuses_training_saving_and_export(tmp_path):
-    model = quantize_int8(tiny_model())
-    ids = torch.zeros(1, 4, dtype=torch.long)
-    with pytest.raises(ScratchLMError, match="quantized to int8"):
-        model.loss(ids, ids)
-    with pytest.raises(ScratchLMError, match="cannot be saved as a checkpoint"):
-        save_checkpoint(model, None, 0, tmp_path / "ckpt")
-    with pytest.raises(ScratchLMError, match="cannot be exported"):
-        to_hf(model, None, tmp_path / "hf")
-    assert list(tmp_path.iterdir()) == []  # nothing half-written

@@ -201,6 +201,8 @@ class TrainConfig:
             raise ConfigError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
         if not isinstance(self.model, dict):
             raise ConfigError(f"model must be a table of ModelConfig fields, got {self.model!r}")
+        fields = ", ".join(f.name for f in dataclasses.fields(ModelConfig))
+        _known_fields(ModelConfig, self.model, "model field", f" (the fields: {fields})")
 
     # Derived values, computed in one place.
     def model_config(self, vocab_size: int) -> ModelConfig:
@@ -305,8 +307,10 @@ def load_run_config(run_dir: str | os.PathLike) -> TrainConfig | None:
         return None
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ConfigError(f"cannot read {path}: {e}; move the run directory away") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} is damaged: expected a JSON object; move the run directory away")
     return TrainConfig.from_dict(data)
 
 

@@ -127,7 +127,7 @@ def describe_write_error(
     cause = error.strerror or str(error)
     cause = cause[:1].lower() + cause[1:]
     if error.errno in _FULL:
-        need = f"{human_bytes(needed)} needed for {what}" if needed else f"while writing {what}"
+        need = f"{human_bytes(needed)} needed for {what}" if needed else f"cannot write {what}"
         free = _free_space(Path(where))
         left = f" ({human_bytes(free)} free)" if free is not None else ""
         return f"{cause}: {need} in {where}{left}; free some space or write elsewhere"

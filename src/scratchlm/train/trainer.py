@@ -145,11 +145,12 @@ class Trainer:
                     tensors=tensors,
                     val_loss=val_loss,
                 )
-            except WriteError as e:  # the run so far is safe: say where it can go on from
-                last = self.last_checkpoint.name if self.last_checkpoint else "none yet"
+            except WriteError as e:  # the run so far is safe: say where it goes on from
+                last = self.checkpoints.latest_valid()
                 raise WriteError(
                     f"{e}; training stopped at step {self.state.step} (last checkpoint: "
-                    f"{last}): once fixed, continue with --resume {self.run_dir}"
+                    f"{last.name if last else 'none yet'}): once fixed, continue with "
+                    f"--resume {self.run_dir}"
                 ) from e
             self.last_checkpoint = path
         self.dist.barrier()

@@ -130,7 +130,9 @@ class TrainConfig:
     )
     sample_tokens: int = setting(32, "tokens per sample at each evaluation (0 = none)")
     checkpoint_every: int | None = setting(
-        None, "updates between checkpoints (default: a fifth of the run)"
+        None,
+        "updates between checkpoints (default: a fifth of the run); an evaluation with a "
+        "new best validation loss also saves one",
     )
     keep_last: int = setting(3, "checkpoints kept besides the best")
     log_every: int = setting(10, "updates between metric records")

@@ -106,7 +106,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def describe_os_error(error: OSError) -> str:
-    """ "no space left on device: runs/x/metrics.jsonl" rather than "[Errno 28] ..."."""
+    """One line for an OSError: 'no space left on device: runs/x/metrics.jsonl' rather
+    than '[Errno 28] No space left on device: ...'."""
     cause = error.strerror or str(error)
     cause = cause[:1].lower() + cause[1:]
     files = [os.fsdecode(f) for f in (error.filename, error.filename2) if f is not None]

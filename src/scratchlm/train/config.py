@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from scratchlm.atomic import atomic_write_text
+from scratchlm.atomic import atomic_write_text, naming_write_errors
 from scratchlm.config import PRESETS, ModelConfig, _known_fields, flag_info, preset, setting
 from scratchlm.errors import ConfigError
 
@@ -257,7 +257,9 @@ class TrainConfig:
             raise ConfigError(f"bad training settings: {e}") from None
 
     def save(self, path: str | os.PathLike) -> None:
-        atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
+        path = Path(path)
+        with naming_write_errors(path.name, path.parent):
+            atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
 
     def replace(self, **changes: Any) -> TrainConfig:
         return TrainConfig.from_dict({**self.to_dict(), **changes})

@@ -147,6 +147,10 @@ CASES = {
         lambda t, d, mp: train_argv(d, t / "run", "--model", "n_layers=-2"),
         ["n_layers must be a positive integer, got -2"],
     ),
+    "a model larger than the machine": (
+        lambda t, d, mp: train_argv(d, t / "run", model=("d_model=4000000", "n_layers=1000")),
+        ["parameters", "needs more than", "this machine has"],
+    ),
     "a word for a number": (
         lambda t, d, mp: train_argv(d, t / "run", "--model", "rope_theta=big"),
         ["rope_theta must be a number, got 'big'"],

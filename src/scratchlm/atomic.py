@@ -139,11 +139,11 @@ def human_bytes(n: float) -> str:
     """``1234567`` -> ``"1.2 MB"`` (powers of 1000, as disks are sold)."""
     if n < 1000:
         return f"{n:.0f} bytes"
-    for unit in ("KB", "MB"):
+    for unit in ("KB", "MB", "GB"):
         n /= 1000
         if n < 1000:
             return f"{n:.1f} {unit}"
-    return f"{n / 1000:.1f} GB"
+    return f"{n / 1000:.1f} TB"
 
 
 def _free_space(folder: Path) -> int | None:

@@ -94,7 +94,7 @@ def test_write_durably_fails_with_a_write_error_and_keeps_the_old_content(tmp_pa
 @pytest.mark.parametrize(
     ("n", "text"),
     [(0, "0 bytes"), (999, "999 bytes"), (1234, "1.2 KB"), (1_234_567, "1.2 MB"),
-     (1.2e9, "1.2 GB"), (3.5e12, "3500.0 GB")],
+     (1.2e9, "1.2 GB"), (3.5e12, "3.5 TB"), (5e15, "5000.0 TB")],
 )  # fmt: skip
 def test_human_bytes(n, text):
     assert human_bytes(n) == text

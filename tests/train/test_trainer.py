@@ -296,3 +296,18 @@ def test_best_is_the_lowest_validation_loss_even_between_checkpoint_steps(tiny_c
     assert [p.name for p in manager.list()] == ["step_00000003", "step_00000006", "step_00000012"]
     assert manager.best().name == "step_00000006"
     assert manager.best_val_loss() == 4.0
+
+
+@pytest.mark.parametrize("name", ["tiny", "small", "gpt2-classic"])
+@pytest.mark.parametrize("changes", [{}, {"n_layers": 7}, {"shared_depth": 3}])
+def test_size_from_two_layers_is_the_built_model_size(name, changes):
+    """The memory check counts parameters from models of one and two layers; the
+    count must be that of the whole model."""
+    from scratchlm.config import preset
+    from scratchlm.model import TransformerLM
+    from scratchlm.train.assembly import _sizes
+
+    config = preset(name, **changes)
+    with torch.device("meta"):
+        model = TransformerLM(config)
+    assert _sizes(config) == (model.num_parameters(), sum(b.numel() for b in model.buffers()))

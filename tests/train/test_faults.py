@@ -102,7 +102,8 @@ def test_a_fault_while_checkpointing_loses_nothing(
         assert "Traceback" not in hit.stderr
         cause = "no space left on device" if fault.startswith("enospc") else "input/output error"
         assert lines[0].startswith(f"scratchlm: error: {cause}: ")
-        assert "step_00000010" in lines[0] and f"--resume {run}" in lines[0]
+        assert "training stopped at step 10" in lines[0] and f"--resume {run}" in lines[0]
+        assert f"last checkpoint: step_{resumed_from:08d}" in lines[0]
 
     newest = CheckpointManager(run).latest_valid()  # verified against its manifest
     assert newest is not None and newest.name == f"step_{resumed_from:08d}"

@@ -97,8 +97,12 @@ class CheckpointManager:
 
     def check_layout(self) -> None:
         """CheckpointError when something in the way would make the first save (or a
-        resume) fail: ``checkpoints`` a file, ``latest`` or ``best`` a folder. A trainer
-        checks before its first step rather than failing at its first checkpoint."""
+        resume) fail: the run directory or ``checkpoints`` a file, ``latest`` or ``best`` a
+        folder. A trainer checks before its first step, not at its first checkpoint."""
+        if self.run_dir.exists() and not self.run_dir.is_dir():
+            raise CheckpointError(
+                f"{self.run_dir} is a file, not a run directory: choose another one (--out)"
+            )
         if self.dir.exists() and not self.dir.is_dir():
             raise CheckpointError(
                 f"{self.dir} is a file, but a run keeps its checkpoints in a folder of that "

@@ -72,10 +72,6 @@ class Trainer:
         self.dist, self.device = init_distributed(c.device)
         self.precision = pick_precision(c.precision, self.device)
         self.run_dir = Path(c.out)
-        if self.run_dir.exists() and not self.run_dir.is_dir():
-            raise ConfigError(
-                f"{self.run_dir} is a file, not a run directory: choose another --out"
-            )
         self.checkpoints = CheckpointManager(self.run_dir, keep_last=c.keep_last)
         self.checkpoints.check_layout()
         self.resuming = is_resuming(c, self.run_dir)

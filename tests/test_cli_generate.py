@@ -232,21 +232,51 @@ def test_chat_through_a_pipe(tmp_path, models):
     ]  # the same answers as in-process
 
 
-def read_until(fd: int, wanted: bytes, seen: bytearray, timeout: float = 60) -> None:
-    """Read the terminal into ``seen`` until ``wanted`` appears after what was seen."""
-    start = len(seen)
-    deadline = time.monotonic() + timeout
-    while wanted not in seen[start:]:
-        left = deadline - time.monotonic()
-        assert left > 0, f"no {wanted!r} within {timeout}s; got {bytes(seen[start:])!r}"
-        ready, _, _ = select.select([fd], [], [], left)
-        if ready:
-            try:
-                chunk = os.read(fd, 4096)
-            except OSError:  # EIO: the child closed the terminal
-                chunk = b""
-            assert chunk, f"terminal closed before {wanted!r}; got {bytes(seen[start:])!r}"
-            seen += chunk
+class Terminal:
+    """The master side of a pseudo-terminal, read as the child writes to it.
+
+    ``read_until`` searches everything after the previous match, including bytes an
+    earlier call already read: "[stopped]\r\nyou> " can arrive in one read, and the
+    prompt in it must count for the ``read_until(b"you> ")`` that follows."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.seen = bytearray()
+        self.matched = 0  # where the previous match ended
+
+    def read_until(self, wanted: bytes, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while (found := self.seen.find(wanted, self.matched)) < 0:
+            got = bytes(self.seen[self.matched :])
+            left = deadline - time.monotonic()
+            assert left > 0, f"no {wanted!r} within {timeout}s; got {got!r}"
+            ready, _, _ = select.select([self.fd], [], [], left)
+            if ready:
+                try:
+                    chunk = os.read(self.fd, 4096)
+                except OSError:  # EIO: the child closed the terminal
+                    chunk = b""
+                assert chunk, f"terminal closed before {wanted!r}; got {got!r}"
+                self.seen += chunk
+        self.matched = found + len(wanted)
+
+
+def test_terminal_finds_what_an_earlier_read_fetched():
+    """The prompt that came in the same read as "[stopped]" is found, and a match is
+    never found twice (the regression behind a flaky Ctrl-C test)."""
+    read_end, write_end = os.pipe()
+    try:
+        terminal = Terminal(read_end)
+        os.write(write_end, b"!!!\r\n[stopped]\r\nyou> ")
+        terminal.read_until(b"[stopped]", timeout=5)
+        terminal.read_until(b"you> ", timeout=5)  # already read: must not wait
+        with pytest.raises(AssertionError, match="no b'you> ' within"):
+            terminal.read_until(b"you> ", timeout=0.2)  # consumed by the previous match
+        os.write(write_end, b"hello\r\nyou> ")
+        terminal.read_until(b"you> ", timeout=5)
+    finally:
+        os.close(read_end)
+        os.close(write_end)
 
 
 def test_chat_on_a_terminal_survives_ctrl_c(endless_checkpoint, tmp_path):
@@ -261,19 +291,20 @@ def test_chat_on_a_terminal_survives_ctrl_c(endless_checkpoint, tmp_path):
         start_new_session=True,
     )
     os.close(slave)
-    seen = bytearray()
+    terminal = Terminal(master)
+    read_until, seen = terminal.read_until, terminal.seen
     try:
-        read_until(master, b"you> ", seen)
+        read_until(b"you> ")
         assert b"/help" in seen and b"parameters" in seen
         os.write(master, b"hello\n")
-        read_until(master, b"!" * 50, seen)  # the answer streams
+        read_until(b"!" * 50)  # the answer streams
         child.send_signal(signal.SIGINT)  # what Ctrl-C sends
-        read_until(master, b"[stopped]", seen)
-        read_until(master, b"you> ", seen)  # back at the prompt
+        read_until(b"[stopped]")
+        read_until(b"you> ")  # back at the prompt
         os.write(master, b"/set max_new_tokens 3\n")
-        read_until(master, b"max_new_tokens = 3", seen)
+        read_until(b"max_new_tokens = 3")
         os.write(master, b"again\n")
-        read_until(master, b"!!!\r\nyou> ", seen)
+        read_until(b"!!!\r\nyou> ")
         # Ctrl-C at the prompt: leave. A signal that lands while input() is setting up,
         # just before it waits on the terminal, is only acted on at the next one (as in
         # Python's own REPL), so press it again until the child is gone.

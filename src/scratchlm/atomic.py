@@ -7,14 +7,19 @@ under a temporary name beside the target, and renamed into place once complete.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import secrets
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from scratchlm.errors import OutputExistsError
+from scratchlm.errors import OutputExistsError, WriteError
+
+# Causes for which the space left is worth telling (EDQUOT is missing on some systems).
+_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
@@ -87,3 +92,65 @@ def _fresh_file(parent: Path, prefix: str, suffix: str) -> tuple[int, Path]:
         except FileExistsError:
             continue
     raise FileExistsError(f"cannot create a temporary file in {parent}")
+
+
+def new_file_mode(folder: str | os.PathLike) -> int:
+    """The permission bits a new file in ``folder`` gets (0o666 less the umask), found by
+    creating one: ``os.umask`` can only be read by changing it, for every thread."""
+    fd, probe = _fresh_file(Path(folder), ".mode.", ".tmp")
+    try:
+        return os.fstat(fd).st_mode & 0o777
+    finally:
+        os.close(fd)
+        os.unlink(probe)
+
+
+@contextlib.contextmanager
+def naming_write_errors(
+    what: str, where: str | os.PathLike, *, needed: int | None = None
+) -> Iterator[None]:
+    """Turn an OSError raised inside into a WriteError naming ``what`` was written (e.g.
+    "the checkpoint step_00000500"), the folder ``where`` and the cause; for a full disk
+    also the ``needed`` bytes and the space left."""
+    try:
+        yield
+    except OSError as e:
+        raise WriteError(describe_write_error(e, what, where, needed=needed)) from e
+
+
+def describe_write_error(
+    error: OSError, what: str, where: str | os.PathLike, *, needed: int | None = None
+) -> str:
+    """One line for a failed write: "no space left on device: 1.2 GB needed for the
+    checkpoint step_00000500 in runs/x/checkpoints (0.3 GB free); ..." or
+    "input/output error: cannot write ... (the file)"."""
+    cause = error.strerror or str(error)
+    cause = cause[:1].lower() + cause[1:]
+    if error.errno in _FULL:
+        need = f"{human_bytes(needed)} needed for {what}" if needed else f"cannot write {what}"
+        free = _free_space(Path(where))
+        left = f" ({human_bytes(free)} free)" if free is not None else ""
+        return f"{cause}: {need} in {where}{left}; free some space or write elsewhere"
+    file = f" ({error.filename})" if error.filename else ""
+    return f"{cause}: cannot write {what} in {where}{file}"
+
+
+def human_bytes(n: float) -> str:
+    """``1234567`` -> ``"1.2 MB"`` (powers of 1000, as disks are sold)."""
+    if n < 1000:
+        return f"{n:.0f} bytes"
+    for unit in ("KB", "MB", "GB"):
+        n /= 1000
+        if n < 1000:
+            return f"{n:.1f} {unit}"
+    return f"{n / 1000:.1f} TB"
+
+
+def _free_space(folder: Path) -> int | None:
+    """Bytes free on the file system of ``folder`` (or of its nearest existing parent)."""
+    for candidate in (folder, *folder.parents):
+        try:
+            return shutil.disk_usage(candidate).free
+        except OSError:
+            continue
+    return None

@@ -41,6 +41,14 @@ def _known_fields(cls: type, data: dict[str, Any], what: str, hint: str = "") ->
     return data
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 @dataclass
 class ModelConfig:
     """Architecture of a decoder-only Transformer (``TransformerLM``).
@@ -76,16 +84,25 @@ class ModelConfig:
 
     def validate(self) -> None:
         """Raise ConfigError naming the first bad value."""
+        # Types first: a config file or a --model flag can hold anything, and the checks
+        # below compare numbers. (bool is an int to Python, never a size here.)
         for name in ("vocab_size", "context_length", "d_model", "n_layers", "n_heads"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value <= 0:
+            if not _is_int(value) or value <= 0:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
         for name in ("n_kv_heads", "d_ff"):
             value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or value <= 0):
+            if value is not None and (not _is_int(value) or value <= 0):
                 raise ConfigError(
                     f"{name} must be a positive integer, or null to derive it; got {name}={value!r}"
                 )
+        for name in ("norm_eps", "rope_theta", "dropout", "init_std"):
+            value = getattr(self, name)
+            if not (_is_number(value) and math.isfinite(value)):
+                raise ConfigError(f"{name} must be a number, got {value!r}")
+        for name in ("tie_embeddings", "bias", "qk_norm"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
         for name, allowed in (("norm", NORMS), ("ffn", FFNS), ("position", POSITIONS)):
             if getattr(self, name) not in allowed:
                 raise ConfigError(
@@ -110,7 +127,7 @@ class ModelConfig:
             raise ConfigError(f"rope_theta must be positive, got {self.rope_theta}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
-        if not isinstance(self.shared_depth, int) or self.shared_depth < 1:
+        if not _is_int(self.shared_depth) or self.shared_depth < 1:
             raise ConfigError(f"shared_depth must be an integer >= 1, got {self.shared_depth!r}")
         if self.norm_eps <= 0 or self.init_std <= 0:
             raise ConfigError(
@@ -167,9 +184,14 @@ class ModelConfig:
     def load(cls, path: str | os.PathLike) -> ModelConfig:
         try:
             data = json.loads(Path(path).read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as e:
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
             raise ConfigError(f"cannot read model config {path}: {e}") from None
-        return cls.from_dict(data.get("model", data))
+        if not isinstance(data, dict):
+            raise ConfigError(f"model config {path} must hold a JSON object")
+        model = data.get("model", data)
+        if not isinstance(model, dict):
+            raise ConfigError(f"model config {path}: 'model' must be an object")
+        return cls.from_dict(model)
 
     def replace(self, **changes: Any) -> ModelConfig:
         """A copy with some fields changed (unknown names: ConfigError). Derived values

@@ -27,3 +27,8 @@ class OutputExistsError(ScratchLMError):
 
 class CheckpointError(ScratchLMError):
     """A checkpoint that is missing, damaged, of an unknown format, or does not fit the model."""
+
+
+class WriteError(ScratchLMError):
+    """A file or folder could not be written: a full disk, no permission, an I/O error.
+    The message names the file and the cause; what was there before is left intact."""

@@ -9,6 +9,8 @@ HF -> ours: a random ``LlamaForCausalLM`` / ``GPT2LMHeadModel`` saved with
 from __future__ import annotations
 
 import json
+import os
+import stat
 
 import pytest
 import torch
@@ -294,6 +296,17 @@ def test_tied_weights_are_written_once(tmp_path, tokenizer):
     assert "lm_head.weight" not in load_file(out / "model.safetensors")
     out = to_hf(_ours_gpt2(tied=True), tokenizer, tmp_path / "gpt2")
     assert "lm_head.weight" not in load_file(out / "model.safetensors")
+
+
+def test_every_exported_file_gets_the_mode_of_a_new_file(tmp_path, tokenizer):
+    """Not safetensors' private 0600 for the weights while the JSON files get 0644."""
+    old = os.umask(0o022)
+    try:
+        out = to_hf(_ours(tied=True), tokenizer, tmp_path / "export")
+    finally:
+        os.umask(old)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in out.iterdir() if p.is_file()}
+    assert "model.safetensors" in modes and modes == dict.fromkeys(modes, 0o644)
 
 
 def test_generation_through_scratchlm_generate_matches_hf(tmp_path, tokenizer):

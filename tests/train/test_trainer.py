@@ -278,3 +278,36 @@ def test_train_state_round_trips_with_the_keys_checkpoints_have_always_had():
     restored = TrainState()
     restored.load_state_dict(saved)
     assert restored == state
+
+
+def test_best_is_the_lowest_validation_loss_even_between_checkpoint_steps(tiny_config, monkeypatch):
+    """An evaluation that beats every earlier one saves a checkpoint there and then, so
+    ``best`` names the lowest validation loss seen; one that does not saves nothing."""
+    import scratchlm.train.trainer as trainer_module
+    from scratchlm.checkpoint import CheckpointManager
+
+    losses = iter([5.0, 4.0, 4.5, 4.2])  # the evaluations at steps 3, 6, 9 and 12
+    monkeypatch.setattr(trainer_module, "evaluate", lambda *a, **k: {"val_loss": next(losses)})
+    config = tiny_config.replace(
+        steps=12, eval_every=3, checkpoint_every=12, keep_last=10, sample_tokens=0
+    )
+    Trainer(config).run()
+    manager = CheckpointManager(config.out)
+    assert [p.name for p in manager.list()] == ["step_00000003", "step_00000006", "step_00000012"]
+    assert manager.best().name == "step_00000006"
+    assert manager.best_val_loss() == 4.0
+
+
+@pytest.mark.parametrize("name", ["tiny", "small", "gpt2-classic"])
+@pytest.mark.parametrize("changes", [{}, {"n_layers": 7}, {"shared_depth": 3}])
+def test_size_from_two_layers_is_the_built_model_size(name, changes):
+    """The memory check counts parameters from models of one and two layers; the
+    count must be that of the whole model."""
+    from scratchlm.config import preset
+    from scratchlm.model import TransformerLM
+    from scratchlm.train.assembly import _sizes
+
+    config = preset(name, **changes)
+    with torch.device("meta"):
+        model = TransformerLM(config)
+    assert _sizes(config) == (model.num_parameters(), sum(b.numel() for b in model.buffers()))

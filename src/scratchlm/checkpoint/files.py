@@ -10,10 +10,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
+import re
 from pathlib import Path
 from typing import Any
 
+from safetensors import SafetensorError
+from safetensors.torch import save_file
+from torch import Tensor
+
+from scratchlm.atomic import atomic_write_bytes, naming_write_errors, new_file_mode
 from scratchlm.errors import CheckpointError
 
 FORMAT_VERSION = 1
@@ -47,18 +52,28 @@ def fsync_dir(folder: Path) -> None:
 def write_durably(path: Path, data: bytes) -> None:
     """Replace ``path`` with ``data`` atomically and durably: a temporary file in the
     same folder is written and fsync'ed, renamed over ``path``, and the folder fsync'ed.
-    After a crash ``path`` holds either the old or the new content, never a mix."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    After a crash ``path`` holds either the old or the new content, never a mix. A
+    failed write is a WriteError naming the file and the cause."""
+    with naming_write_errors(path.name, path.parent):
+        atomic_write_bytes(path, data)
+        fsync_dir(path.parent)
+
+
+def save_tensors(
+    tensors: dict[str, Tensor], file: Path, metadata: dict[str, str] | None = None
+) -> None:
+    """safetensors' ``save_file``, failing with an OSError that carries the errno (it
+    reports a full disk as SafetensorError text), and leaving the file the mode of any
+    new file (it writes through a private 0600 temporary)."""
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-    fsync_dir(path.parent)
+        save_file(tensors, file, metadata=metadata)
+    except SafetensorError as e:
+        code = re.search(r"os error (\d+)", str(e))
+        if code is None:
+            raise
+        number = int(code[1])
+        raise OSError(number, os.strerror(number), str(file)) from e
+    os.chmod(file, new_file_mode(file.parent))
 
 
 def write_json(path: Path, data: Any) -> None:

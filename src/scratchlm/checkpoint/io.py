@@ -26,10 +26,10 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import Tensor, nn
 
-from scratchlm.atomic import write_dir_atomically
+from scratchlm.atomic import naming_write_errors, write_dir_atomically
 from scratchlm.checkpoint.files import (
     CONFIG,
     FORMAT_VERSION,
@@ -42,6 +42,7 @@ from scratchlm.checkpoint.files import (
     check_format_version,
     fsync_dir,
     read_json,
+    save_tensors,
     verify_checkpoint,
     write_json,
     write_manifest,
@@ -84,7 +85,8 @@ def save_checkpoint(
     train_state: JSON-able dict (step, tokens seen, losses, resolved configs...).
     tensors: extra tensors, e.g. ``capture_rng_state()`` and a sampler's state.
     An existing ``path`` raises OutputExistsError unless ``force``; it is then replaced
-    only once the new checkpoint is complete.
+    only once the new checkpoint is complete. A failed write (a full disk, an I/O error)
+    raises WriteError naming the checkpoint and the cause, and leaves no partial folder.
     """
     if isinstance(step, bool) or not isinstance(step, int) or step < 0:
         raise CheckpointError(f"step must be an integer >= 0, got {step!r}")
@@ -108,26 +110,30 @@ def save_checkpoint(
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"train_state cannot be saved as JSON: {e}") from None
     extra = storable(tensors) if tensors else None
+    tensor_sets = (weights, opt[0] if opt is not None else {}, extra or {})
+    needed = sum(t.numel() * t.element_size() for d in tensor_sets for t in d.values())
 
     def fill(tmp: Path) -> None:
-        save_file(weights, tmp / WEIGHTS, metadata=weights_metadata(aliases))
+        save_tensors(weights, tmp / WEIGHTS, metadata=weights_metadata(aliases))
         write_json(tmp / CONFIG, config)
         if tokenizer is not None:
             save_tokenizer(tokenizer, tmp / TOKENIZER)
         if opt is not None:
             (tmp / OPTIMIZER_TENSORS).parent.mkdir(exist_ok=True)
-            save_file(opt[0], tmp / OPTIMIZER_TENSORS)
+            save_tensors(opt[0], tmp / OPTIMIZER_TENSORS)
             write_json(tmp / OPTIMIZER_JSON, opt[1])
         if state_text is not None:
             (tmp / STATE_JSON).parent.mkdir(exist_ok=True)
             (tmp / STATE_JSON).write_text(state_text + "\n", encoding="utf-8")
         if extra is not None:
             (tmp / STATE_TENSORS).parent.mkdir(exist_ok=True)
-            save_file(extra, tmp / STATE_TENSORS)
+            save_tensors(extra, tmp / STATE_TENSORS)
         write_manifest(tmp)  # last: hashes and fsyncs everything above
 
-    out = write_dir_atomically(path, fill, force=force)
-    fsync_dir(out.parent)  # make the rename itself durable
+    path = Path(path)
+    with naming_write_errors(f"the checkpoint {path.name}", path.parent, needed=needed):
+        out = write_dir_atomically(path, fill, force=force)
+        fsync_dir(out.parent)  # make the rename itself durable
     return out
 
 

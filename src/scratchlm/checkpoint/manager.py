@@ -95,6 +95,27 @@ class CheckpointManager:
         self._prune(path.name)
         return path
 
+    def check_layout(self) -> None:
+        """CheckpointError when something in the way would make the first save (or a
+        resume) fail: the run directory or ``checkpoints`` a file, ``latest`` or ``best`` a
+        folder. A trainer checks before its first step, not at its first checkpoint."""
+        if self.run_dir.exists() and not self.run_dir.is_dir():
+            raise CheckpointError(
+                f"{self.run_dir} is a file, not a run directory: choose another one (--out)"
+            )
+        if self.dir.exists() and not self.dir.is_dir():
+            raise CheckpointError(
+                f"{self.dir} is a file, but a run keeps its checkpoints in a folder of that "
+                "name: move the file away or choose another run directory"
+            )
+        for name in (LATEST, BEST):
+            file = self.dir / name
+            if file.exists() and not file.is_file():
+                raise CheckpointError(
+                    f"{file} is a folder, but it should be a small file naming a checkpoint: "
+                    "remove it (the checkpoints are the step_* folders beside it)"
+                )
+
     def list(self) -> list[Path]:
         """Every checkpoint directory, oldest step first (not verified)."""
         if not self.dir.is_dir():

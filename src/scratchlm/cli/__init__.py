@@ -1,7 +1,7 @@
 """The ``scratchlm`` command: parses arguments and calls library functions, nothing more.
 
-Any ScratchLMError becomes one line on stderr and exit status 2; ``--debug`` shows the
-traceback instead.
+Any ScratchLMError becomes one line on stderr and exit status 2, any other OSError one
+line and exit status 1; ``--debug`` shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -96,3 +96,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # output piped into `head` and the like: not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except OSError as e:
+        # The system refused something no check foresaw (a full disk while writing a
+        # log, a file vanishing mid-run): still one line, naming the file and the cause.
+        if args.debug:
+            raise
+        print(f"scratchlm: error: {describe_os_error(e)} (--debug shows where)", file=sys.stderr)
+        return 1
+
+
+def describe_os_error(error: OSError) -> str:
+    """One line for an OSError: 'no space left on device: runs/x/metrics.jsonl' rather
+    than '[Errno 28] No space left on device: ...'."""
+    cause = error.strerror or str(error)
+    cause = cause[:1].lower() + cause[1:]
+    files = [os.fsdecode(f) for f in (error.filename, error.filename2) if f is not None]
+    return f"{cause}: {' -> '.join(files)}" if files else cause

@@ -26,10 +26,11 @@ from types import ModuleType
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from scratchlm.atomic import write_dir_atomically
 from scratchlm.chat_format import END_OF_TURN
+from scratchlm.checkpoint.files import save_tensors
 from scratchlm.config import ModelConfig
 from scratchlm.errors import ConfigError, OutputExistsError, ScratchLMError
 from scratchlm.export import hf_gpt2, hf_llama
@@ -128,7 +129,7 @@ def to_hf(
             },
         )
         # transformers refuses safetensors files whose metadata lacks the format.
-        save_file(tensors, tmp / WEIGHTS, metadata={"format": "pt"})
+        save_tensors(tensors, tmp / WEIGHTS, metadata={"format": "pt"})  # mode 0644, not 0600
 
     return write_dir_atomically(out, fill, force=force)
 

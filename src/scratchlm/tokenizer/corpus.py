@@ -11,6 +11,7 @@ distinct pre-tokens, not with the corpus.
 from __future__ import annotations
 
 import codecs
+import contextlib
 import logging
 import os
 from collections import Counter
@@ -80,8 +81,18 @@ def corpus_files(input_path: str | os.PathLike | Sequence[str | os.PathLike]) ->
 
 
 def _looks_like_text(path: Path) -> bool:
-    with open(path, "rb") as f:
+    with _reading(path), open(path, "rb") as f:
         return b"\x00" not in f.read(8192)
+
+
+@contextlib.contextmanager
+def _reading(path: Path) -> Iterator[None]:
+    """An OSError while reading ``path`` (no permission, a disk error) as a DataError
+    naming the file."""
+    try:
+        yield
+    except OSError as e:
+        raise DataError(f"cannot read {path}: {e.strerror or e}") from None
 
 
 def iter_chunks(
@@ -96,7 +107,7 @@ def iter_chunks(
     max_special = max((len(t.encode("utf-8")) for t in special_tokens), default=0)
     safe_cuts = has_safe_cuts(pattern)
     buf = b""
-    with open(path, "rb") as f:
+    with _reading(path), open(path, "rb") as f:
         while data := f.read(chunk_size):
             buf += data
             while len(buf) >= chunk_size:
@@ -156,7 +167,10 @@ def count_pretokens(
     invalid UTF-8 raises DataError naming the file and byte offset; otherwise bad bytes
     become U+FFFD and their count is in ``bad_bytes``.
     """
-    total_bytes = sum(f.stat().st_size for f in files)
+    total_bytes = 0
+    for file in files:
+        with _reading(file):
+            total_bytes += file.stat().st_size
     if strict:
         _check_utf8(files)
     workers = num_workers or len(os.sched_getaffinity(0))
@@ -197,7 +211,7 @@ def _check_utf8(files: Sequence[Path]) -> None:
     for path in files:
         decoder = codecs.getincrementaldecoder("utf-8")()
         offset = 0  # bytes of the file fed to the decoder so far
-        with open(path, "rb") as f:
+        with _reading(path), open(path, "rb") as f:
             while True:
                 data = f.read(1 << 20)
                 try:

@@ -29,6 +29,8 @@ from typing import AnyStr
 
 import regex
 
+from scratchlm.errors import TokenizerError
+
 # GPT-2's split pattern (Radford et al., 2019): contractions, words with an optional
 # leading space, numbers, punctuation runs, and whitespace (trailing whitespace before a
 # word is left for the word's leading space).
@@ -55,8 +57,15 @@ def resolve_pattern(pattern: str) -> str:
 
 
 def compile_pattern(pattern: str) -> regex.Pattern:
-    """Compile a split pattern (a name from ``PATTERNS`` or a regex)."""
-    return regex.compile(resolve_pattern(pattern))
+    """Compile a split pattern (a name from ``PATTERNS`` or a regex); TokenizerError
+    naming the pattern when it is not a valid regex."""
+    try:
+        return regex.compile(resolve_pattern(pattern))
+    except regex.error as e:
+        raise TokenizerError(
+            f"the split pattern {pattern!r} is not a valid regular expression ({e}): "
+            f"use {' or '.join(PATTERNS)}, or fix the regex"
+        ) from None
 
 
 def has_safe_cuts(pattern: str) -> bool:

@@ -9,12 +9,17 @@ reads as a loop.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from scratchlm.atomic import human_bytes
 from scratchlm.chat_format import chat_tokenizer
 from scratchlm.checkpoint import load_model, resolve_checkpoint
+from scratchlm.config import ModelConfig
 from scratchlm.errors import ConfigError
 from scratchlm.model import TransformerLM
 from scratchlm.model.resize import grow_vocab
@@ -42,7 +47,9 @@ def build_model(config: TrainConfig, tokenizer: Any) -> TransformerLM:
     """A new TransformerLM for the run, or the one in ``config.init_from`` (with rows
     added for tokens the tokenizer has and the checkpoint lacks, e.g. the chat tokens)."""
     if not config.init_from:
-        return TransformerLM(config.model_config(tokenizer.vocab_size))
+        model_config = config.model_config(tokenizer.vocab_size)
+        check_fits_in_memory(model_config)
+        return TransformerLM(model_config)
     model, _ = load_model(config.init_from)
     model.train()
     if model.config.vocab_size < tokenizer.vocab_size:  # new (chat) tokens: new rows
@@ -53,6 +60,45 @@ def build_model(config: TrainConfig, tokenizer: Any) -> TransformerLM:
             f"{model.config.vocab_size}, the tokenizer {tokenizer.vocab_size}"
         )
     return model
+
+
+def check_fits_in_memory(config: ModelConfig) -> None:
+    """ConfigError when training a model of ``config`` certainly cannot fit in this
+    machine's memory, before anything is allocated (the allocator would fail with a
+    traceback, or the kernel kill the process)."""
+    total = _physical_memory()
+    if total is None:
+        return
+    params, buffers = _sizes(config)
+    # float32 weights, gradients and two AdamW moments, and the buffers: a lower bound.
+    needed = 16 * params + 4 * buffers
+    if needed > total:
+        raise ConfigError(
+            f"a model of {params:,} parameters (d_model={config.d_model}, "
+            f"n_layers={config.n_layers}, vocab_size={config.vocab_size}, context_length="
+            f"{config.context_length}) needs more than {human_bytes(needed)} to train, and "
+            f"this machine has {human_bytes(total)}: choose a smaller preset or --model sizes"
+        )
+
+
+def _sizes(config: ModelConfig) -> tuple[int, int]:
+    """Parameters and buffer elements of ``TransformerLM(config)``, counted on the meta
+    device (nothing allocated) from models of one and two layers: building all
+    ``n_layers`` would take as long as the model is deep."""
+    with torch.device("meta"):
+        one = TransformerLM(dataclasses.replace(config, n_layers=1))
+        two = TransformerLM(dataclasses.replace(config, n_layers=2))
+    per_layer = two.num_parameters() - one.num_parameters()
+    params = one.num_parameters() + (config.n_layers - 1) * per_layer
+    return params, sum(b.numel() for b in one.buffers())
+
+
+def _physical_memory() -> int | None:
+    """Bytes of RAM, or None where the system does not say."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
 
 
 def check_resumable(saved: TrainConfig, wanted: TrainConfig) -> None:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from scratchlm.atomic import atomic_write_text
+from scratchlm.atomic import atomic_write_text, naming_write_errors
 from scratchlm.config import PRESETS, ModelConfig, _known_fields, flag_info, preset, setting
 from scratchlm.errors import ConfigError
 
@@ -130,7 +130,9 @@ class TrainConfig:
     )
     sample_tokens: int = setting(32, "tokens per sample at each evaluation (0 = none)")
     checkpoint_every: int | None = setting(
-        None, "updates between checkpoints (default: a fifth of the run)"
+        None,
+        "updates between checkpoints (default: a fifth of the run); an evaluation with a "
+        "new best validation loss also saves one",
     )
     keep_last: int = setting(3, "checkpoints kept besides the best")
     log_every: int = setting(10, "updates between metric records")
@@ -201,6 +203,8 @@ class TrainConfig:
             raise ConfigError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
         if not isinstance(self.model, dict):
             raise ConfigError(f"model must be a table of ModelConfig fields, got {self.model!r}")
+        fields = ", ".join(f.name for f in dataclasses.fields(ModelConfig))
+        _known_fields(ModelConfig, self.model, "model field", f" (the fields: {fields})")
 
     # Derived values, computed in one place.
     def model_config(self, vocab_size: int) -> ModelConfig:
@@ -253,7 +257,9 @@ class TrainConfig:
             raise ConfigError(f"bad training settings: {e}") from None
 
     def save(self, path: str | os.PathLike) -> None:
-        atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
+        path = Path(path)
+        with naming_write_errors(path.name, path.parent):
+            atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
 
     def replace(self, **changes: Any) -> TrainConfig:
         return TrainConfig.from_dict({**self.to_dict(), **changes})
@@ -305,8 +311,10 @@ def load_run_config(run_dir: str | os.PathLike) -> TrainConfig | None:
         return None
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ConfigError(f"cannot read {path}: {e}; move the run directory away") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} is damaged: expected a JSON object; move the run directory away")
     return TrainConfig.from_dict(data)
 
 

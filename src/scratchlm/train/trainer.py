@@ -32,7 +32,7 @@ from scratchlm.checkpoint import (
     read_train_state,
     restore_rng_state,
 )
-from scratchlm.errors import ConfigError, ScratchLMError
+from scratchlm.errors import ConfigError, ScratchLMError, WriteError
 from scratchlm.model.loss import IGNORE_INDEX
 from scratchlm.train.assembly import build_model, is_resuming, run_tokenizer
 from scratchlm.train.config import CONFIG_FILE, TrainConfig
@@ -72,6 +72,8 @@ class Trainer:
         self.dist, self.device = init_distributed(c.device)
         self.precision = pick_precision(c.precision, self.device)
         self.run_dir = Path(c.out)
+        self.checkpoints = CheckpointManager(self.run_dir, keep_last=c.keep_last)
+        self.checkpoints.check_layout()
         self.resuming = is_resuming(c, self.run_dir)
         self.tokenizer = run_tokenizer(c)
         torch.manual_seed(c.seed)  # the same initial weights on every process
@@ -97,7 +99,6 @@ class Trainer:
             )
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         self.guard = DivergenceGuard(c.spike_factor, c.max_skips)
-        self.checkpoints = CheckpointManager(self.run_dir, keep_last=c.keep_last)
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision, torch.float32)
         self.peak = peak_flops(self.device, dtype)
         self.flops_per_token = self.model.flops_per_token(training=True)
@@ -130,15 +131,23 @@ class Trainer:
             model, optimizer = gather_to_cpu(model, optimizer, self.make_optimizer)
         if self.dist.is_main:
             state, tensors = self._train_state()
-            path = self.checkpoints.save(
-                model,
-                optimizer,
-                self.state.step,
-                tokenizer=self.tokenizer,
-                train_state=state,
-                tensors=tensors,
-                val_loss=val_loss,
-            )
+            try:
+                path = self.checkpoints.save(
+                    model,
+                    optimizer,
+                    self.state.step,
+                    tokenizer=self.tokenizer,
+                    train_state=state,
+                    tensors=tensors,
+                    val_loss=val_loss,
+                )
+            except WriteError as e:  # the run so far is safe: say where it goes on from
+                last = self.checkpoints.latest_valid()
+                raise WriteError(
+                    f"{e}; training stopped at step {self.state.step} (last checkpoint: "
+                    f"{last.name if last else 'none yet'}): once fixed, continue with "
+                    f"--resume {self.run_dir}"
+                ) from e
             self.last_checkpoint = path
         self.dist.barrier()
         return path
@@ -213,16 +222,29 @@ class Trainer:
                     self._log_train(bar, loss, grad_norm, lr, tps)
                     window_tokens, window_time = 0, 0.0
                 at_end = self.state.step == self.total
-                val = None
+                val, new_best = None, False
                 if (eval_every and self.state.step % eval_every == 0) or at_end:
                     val = self._evaluate(bar)
+                    new_best = self._beats_best(val)
                 signalled = self.dist.any(stop.name is not None, self.device)
-                if (ckpt_every and self.state.step % ckpt_every == 0) or at_end or signalled:
+                due = (ckpt_every and self.state.step % ckpt_every == 0) or at_end or signalled
+                if due or new_best:
                     self.save_checkpoint(val_loss=val)
                 if signalled:
                     self._event(f"stopped by {stop.name or 'a signal'} at step {self.state.step}")
                     return self._result(interrupted=stop.name or "signal")
         return self._result()
+
+    def _beats_best(self, val: float | None) -> bool:
+        """Whether ``val`` is lower than the validation loss of the ``best`` checkpoint:
+        then this step is saved even between checkpoint steps, so that ``best`` is the
+        lowest validation loss seen, not the lowest that fell on a checkpoint step. Every
+        process gets rank 0's answer (only it evaluates), as they all take part in a save."""
+        better = False
+        if val is not None and math.isfinite(val):
+            best = self.checkpoints.best_val_loss()
+            better = best is None or val < best
+        return self.dist.any(better, self.device)
 
     def _train_step(self) -> tuple[float, float, float] | None:
         """One optimizer update (or a skipped one); returns loss, grad norm and lr, or

@@ -16,6 +16,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+import scratchlm
 from scratchlm.checkpoint import load_checkpoint, load_model, save_checkpoint
 from scratchlm.checkpoint.files import write_manifest
 from scratchlm.checkpoint.fits import check_config_fits
@@ -150,6 +151,7 @@ def test_load_checkpoint_names_a_shape_mismatch_before_reading_tensors(checkpoin
         load_checkpoint(checkpoint, make_model(d_ff=64))
 
 
+@pytest.mark.skipif(sys.platform != "linux", reason="ru_maxrss is in KiB on Linux only")
 def test_cli_generate_on_an_edited_config_is_one_line_and_small(checkpoint):
     """Through the real command in a fresh process: exit 2, one line, no traceback, and
     its peak memory stays that of a process that imported torch."""
@@ -163,13 +165,19 @@ def test_cli_generate_on_an_edited_config_is_one_line_and_small(checkpoint):
         capture_output=True,
         text=True,
         timeout=300,
-        env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
+        env={**os.environ, "PYTHONPATH": _source_path(), "CUDA_VISIBLE_DEVICES": ""},
     )
     assert done.returncode == 2, done.stderr
     err = done.stderr.strip()
     assert err.count("\n") == 0 and err.startswith("scratchlm: error: ") and "vocab_size" in err
     peak_kib = int(done.stdout.split()[-1])  # Linux reports KiB
     assert peak_kib < 2_000_000, f"peak RSS {peak_kib} KiB"
+
+
+def _source_path() -> str:
+    """PYTHONPATH for a child process that imports this very scratchlm."""
+    src = str(Path(scratchlm.__file__).resolve().parents[1])
+    return os.pathsep.join([src, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))])
 
 
 @pytest.fixture

@@ -51,7 +51,7 @@ def check_config_fits(
     caller to compare with the file's names (ours; HF's go through a key map)."""
     where = Path(config_file)
     stored = sum(h.numel for h in headers)
-    files = ", ".join(str(h.file) for h in headers)
+    files = str(headers[0].file) if len(headers) == 1 else f"{len(headers)} weight files"
     layers = {int(m.group(1)) for h in headers for n in h.tensors if (m := LAYER_INDEX.search(n))}
     if len(layers) != config.n_layers or max(layers, default=-1) != config.n_layers - 1:
         found = f"blocks 0-{max(layers)} ({len(layers)} distinct)" if layers else "no blocks"

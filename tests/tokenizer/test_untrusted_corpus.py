@@ -3,12 +3,21 @@ one line (issue 13, item 8): a huge line without whitespace, a binary file, --wo
 
 from __future__ import annotations
 
+import random
+import string
+from collections import Counter
+
 import pytest
 
 from scratchlm.cli import main
 from scratchlm.errors import ConfigError, DataError
 from scratchlm.tokenizer import GPT2_PATTERN, train_bpe
-from scratchlm.tokenizer.corpus import MAX_PRETOKEN_CHARS, corpus_files, count_pretokens
+from scratchlm.tokenizer.corpus import (
+    MAX_PIECES,
+    MAX_PRETOKEN_CHARS,
+    corpus_files,
+    count_pretokens,
+)
 
 LINE = "abcdefghij" * 300_000  # 3 MB, one pre-token to the GPT-2 pattern
 
@@ -25,10 +34,18 @@ def test_a_long_pretoken_is_counted_in_pieces_of_at_most_the_cap(long_line):
         [long_line], [], GPT2_PATTERN, num_workers=1, chunk_size=1 << 20, max_pretoken_chars=256
     )
     assert max(len(word) for word in counted.counts) == 256
-    # Nothing is lost: the pieces (and the newline) add up to the text.
-    assert sum(len(w) * c for w, c in counted.counts.items()) == len(LINE) + 1
-    # 256 characters of a period-10 text start at 5 different phases: few distinct words.
-    assert len(counted.counts) <= 10
+    # The pre-token's first MAX_PIECES pieces of 256 characters, and the newline.
+    pieces = [LINE[i : i + 256] for i in range(0, 256 * MAX_PIECES, 256)]
+    assert counted.counts == Counter([*pieces, "\n"])
+
+
+def test_random_text_without_spaces_adds_a_bounded_number_of_characters(tmp_path):
+    rng = random.Random(0)
+    path = tmp_path / "blob.txt"
+    path.write_text("".join(rng.choices(string.ascii_letters, k=2_000_000)))
+    counted = count_pretokens([path], [], GPT2_PATTERN, num_workers=1)
+    learned = sum(len(w) * c for w, c in counted.counts.items())
+    assert learned == MAX_PIECES * MAX_PRETOKEN_CHARS
 
 
 def test_the_default_cap_holds_and_ordinary_text_is_unaffected(long_line, tmp_path):

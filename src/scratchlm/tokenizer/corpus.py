@@ -10,9 +10,12 @@ distinct pre-tokens, not with the corpus.
 Pathological text stays bounded too: a buffer with no cut point is cut anyway at
 ``MAX_BUFFER_CHUNKS`` chunks, and a pre-token longer than ``MAX_PRETOKEN_CHARS`` (a
 200 MB line of one letter or of base64) is counted as consecutive pieces of that many
-characters from its start, since the merge loop's work per merge grows with the length
-of the words holding the merged pair. Both only change what such text teaches, never
-ordinary text, and both are deterministic.
+characters from its start, at most ``MAX_PIECES`` of them. The merge loop's work per
+merge grows with the length of the words holding the merged pair, and its memory with
+the total length of distinct words, so one giant word (or megabytes of random text in
+pieces) would take hours and gigabytes; this way any pre-token adds at most 64 K
+characters of words. Both rules only change what such text teaches, never ordinary
+text, and both are deterministic.
 """
 
 from __future__ import annotations
@@ -48,9 +51,11 @@ DEFAULT_CHUNK_SIZE = 4 * 1024 * 1024
 MAX_BUFFER_CHUNKS = 16
 # Below this many bytes of corpus, worker processes cost more than they save.
 MIN_PARALLEL_BYTES = 2 * 1024 * 1024
-# Longer pre-tokens are counted in pieces of this many characters (see the docstring);
-# ordinary text has none: a word, number or whitespace run is far shorter.
+# Longer pre-tokens are counted in pieces of this many characters, the first MAX_PIECES
+# of them (see the docstring); ordinary text has none: a word, a number or a whitespace
+# run is far shorter.
 MAX_PRETOKEN_CHARS = 4096
+MAX_PIECES = 16
 
 
 def corpus_files(input_path: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:
@@ -153,7 +158,7 @@ def count_chunk(
 ) -> ChunkCounts:
     """Count the pre-tokens of one chunk; special tokens are boundaries and not counted.
     A pre-token longer than ``max_pretoken_chars`` counts as its consecutive pieces of
-    that length (the last one shorter)."""
+    that length (the last one may be shorter), its first ``MAX_PIECES`` pieces only."""
     text, bad = decode_utf8(chunk)
     split = compile_pattern(pattern)
     special = special_token_regex(special_tokens)
@@ -165,7 +170,8 @@ def count_chunk(
                 counts[word] += 1
             else:
                 n = max_pretoken_chars
-                counts.update(word[i : i + n] for i in range(0, len(word), n))
+                end = min(len(word), n * MAX_PIECES)
+                counts.update(word[i : i + n] for i in range(0, end, n))
     return ChunkCounts(counts, len(chunk), bad)
 
 

@@ -218,9 +218,10 @@ def run_repl(
     output_stream: TextIO,
     interactive: bool,
     error_stream: TextIO | None = None,
-) -> None:
+) -> tuple[int, int]:
     """Read lines until EOF, ``/exit`` or Ctrl-C at the prompt; each line is a command
-    (``/...``) or a message whose answer is streamed, flushed piece by piece.
+    (``/...``) or a message whose answer is streamed, flushed piece by piece. Returns
+    ``(messages sent, messages that failed)``.
 
     Interactive (a terminal): a header, a ``you> `` prompt, command output and errors on
     ``output_stream``; Ctrl-C during an answer prints ``[stopped]``. Piped: no header or
@@ -237,6 +238,7 @@ def run_repl(
     if interactive:
         out.write(header(session) + "\n")
         out.flush()
+    sent = failed = 0
     while True:
         try:
             line = _read_line(input_stream, out, interactive, use_input)
@@ -244,12 +246,12 @@ def run_repl(
             if interactive:
                 out.write("\n")
                 out.flush()
-            return
+            return sent, failed
         if line is None:  # EOF (Ctrl-D)
             if interactive:
                 out.write("\n")
                 out.flush()
-            return
+            return sent, failed
         text = line.strip()
         if not text:
             continue
@@ -262,10 +264,11 @@ def run_repl(
                 _write_line(err, f"error: {e}")
                 continue
             if shown is None:
-                return
+                return sent, failed
             _write_line(out if interactive else err, shown)
             continue
-        _answer(session, text, out, err, interactive)
+        sent += 1
+        failed += not _answer(session, text, out, err, interactive)
 
 
 def _read_line(stream: TextIO, out: TextIO, interactive: bool, use_input: bool) -> str | None:
@@ -282,8 +285,9 @@ def _read_line(stream: TextIO, out: TextIO, interactive: bool, use_input: bool) 
     return line if line else None
 
 
-def _answer(session: ChatSession, text: str, out: TextIO, err: TextIO, interactive: bool) -> None:
-    """Stream the answer to ``text`` onto ``out``, then end the line."""
+def _answer(session: ChatSession, text: str, out: TextIO, err: TextIO, interactive: bool) -> bool:
+    """Stream the answer to ``text`` onto ``out``, then end the line; False when it
+    failed (an error, not a Ctrl-C)."""
     answer = session.send(text)
     try:
         for piece in answer:
@@ -298,13 +302,14 @@ def _answer(session: ChatSession, text: str, out: TextIO, err: TextIO, interacti
     except ScratchLMError as e:
         if interactive:
             _write_line(err, f"error: {e}")
-            return
+            return False
         out.write("\n")  # piped: one output line per message, even a failed one
         out.flush()
         _write_line(err, f"error: {e}")
-        return
+        return False
     out.write("\n")
     out.flush()
+    return True
 
 
 def _write_line(stream: TextIO, text: str) -> None:

@@ -8,7 +8,8 @@ until the character is complete.
 
 One loop does it, ``stream_rows``: a batch of prompts (token ids) through the engine,
 each row's text piece by piece. ``stream`` / ``stream_ids`` are its one-row case,
-``generate`` / ``generate_rows`` join its pieces; chat (``scratchlm.chat``) sits above.
+``generate`` / ``generate_rows`` join its pieces, ``generate_samples`` runs many samples
+in batches of bounded memory; chat (``scratchlm.chat``) sits above.
 """
 
 from __future__ import annotations
@@ -17,12 +18,20 @@ import codecs
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+import torch
+
 from scratchlm.builtin import END_OF_TEXT
 from scratchlm.config import SampleConfig
+from scratchlm.errors import ConfigError
 from scratchlm.generate import generate_ids
 from scratchlm.model import TransformerLM
 from scratchlm.sampling import make_generator
 from scratchlm.tokenizer import Tokenizer
+
+# generate_samples: rows per batch so that the batch's KV cache (which holds the whole
+# context for every row) stays under this many bytes, and at most MAX_BATCH_ROWS rows.
+BATCH_CACHE_BYTES = 1 << 30
+MAX_BATCH_ROWS = 64
 
 
 class TextStream:
@@ -105,6 +114,7 @@ def stream_rows(
     *,
     stop_ids: Sequence[int],
     truncate: bool = True,
+    generator: torch.Generator | None = None,
 ) -> Iterator[list[str]]:
     """The one text-generation loop: the continuations of several prompts (token ids),
     run by the engine as one batch. Yields, once per step, the new text of every row
@@ -112,13 +122,16 @@ def stream_rows(
 
     A row ends at a stop id, a stop string (left out of its text) or the budget; the
     loop ends when every row has. Joined, a row's pieces are its whole text.
+    ``generator``: the random stream to sample from (default: a new one from the seed).
     """
+    if generator is None:
+        generator = make_generator(settings.seed, next(model.parameters()).device)
     steps = generate_ids(
         model,
         [list(p) for p in prompts],
         settings,
         stop_ids=stop_ids,
-        generator=make_generator(settings.seed, next(model.parameters()).device),
+        generator=generator,
         truncate=truncate,
     )
     texts = [TextStream(tokenizer, settings.stop) for _ in prompts]
@@ -213,6 +226,51 @@ def generate(
     return texts[0] if isinstance(prompt, str) else texts
 
 
+def generate_samples(
+    model: TransformerLM,
+    tokenizer: Tokenizer,
+    prompt: str,
+    n: int,
+    sample: SampleConfig | None = None,
+    *,
+    stop_ids: Sequence[int] | None = None,
+    truncate: bool = True,
+    **overrides: Any,
+) -> Iterator[str]:
+    """``n`` continuations of ``prompt``, yielded batch by batch as each completes, so
+    memory stays that of one batch (``batch_rows``) however large ``n`` is. The batches
+    draw from one random generator: with a seed, all samples differ and the first
+    batch equals ``generate(model, tokenizer, [prompt] * rows, ...)``."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ConfigError(f"the number of samples must be an integer >= 1, got {n!r}")
+    settings = resolve_settings(sample, overrides)
+    ids = _prompt_ids(tokenizer, prompt)
+    stops = _default_stop_ids(tokenizer, stop_ids)
+    generator = make_generator(settings.seed, next(model.parameters()).device)
+    rows = batch_rows(model)
+    for start in range(0, n, rows):
+        prompts = [ids] * min(rows, n - start)
+        yield from generate_rows(
+            model,
+            tokenizer,
+            prompts,
+            settings,
+            stop_ids=stops,
+            truncate=truncate,
+            generator=generator,
+        )
+
+
+def batch_rows(model: TransformerLM) -> int:
+    """Rows per batch of ``generate_samples``: as many as fit ``BATCH_CACHE_BYTES`` of
+    KV cache (keys and values for the whole context of every block), 1 to
+    ``MAX_BATCH_ROWS``."""
+    c = model.config
+    itemsize = next(model.parameters()).element_size()
+    per_row = 2 * c.depth * c.kv_heads * c.context_length * c.head_dim * itemsize
+    return max(1, min(MAX_BATCH_ROWS, BATCH_CACHE_BYTES // per_row))
+
+
 def generate_rows(
     model: TransformerLM,
     tokenizer: Tokenizer,
@@ -221,11 +279,18 @@ def generate_rows(
     *,
     stop_ids: Sequence[int],
     truncate: bool = True,
+    generator: torch.Generator | None = None,
 ) -> list[str]:
     """The whole text of each row of ``stream_rows``."""
     parts: list[list[str]] = [[] for _ in prompts]
     for pieces in stream_rows(
-        model, tokenizer, prompts, settings, stop_ids=stop_ids, truncate=truncate
+        model,
+        tokenizer,
+        prompts,
+        settings,
+        stop_ids=stop_ids,
+        truncate=truncate,
+        generator=generator,
     ):
         for row, piece in zip(parts, pieces, strict=True):
             row.append(piece)

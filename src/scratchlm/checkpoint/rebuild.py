@@ -1,7 +1,9 @@
 """A TransformerLM and its tokenizer rebuilt from a checkpoint alone.
 
 The model is built from config.json, so its shapes always match the weights; nothing
-about the architecture has to be passed in or remembered.
+about the architecture has to be passed in or remembered. config.json is checked against
+the weights' header and the machine's memory first (``fits``): an edited config can
+neither allocate what the file does not hold nor die in a raw allocation error.
 """
 
 from __future__ import annotations
@@ -12,10 +14,12 @@ from typing import Any
 
 import torch
 
-from scratchlm.checkpoint.files import TOKENIZER, WEIGHTS, verify_checkpoint
+from scratchlm.checkpoint.files import CONFIG, TOKENIZER, WEIGHTS, verify_checkpoint
+from scratchlm.checkpoint.fits import check_config_fits
+from scratchlm.checkpoint.header import read_header
 from scratchlm.checkpoint.io import read_config
 from scratchlm.checkpoint.manager import resolve_checkpoint
-from scratchlm.checkpoint.state import load_weights
+from scratchlm.checkpoint.state import check_shapes, load_weights, read_aliases, stored_shapes
 from scratchlm.config import ModelConfig
 from scratchlm.errors import CheckpointError
 from scratchlm.model import TransformerLM
@@ -38,6 +42,11 @@ def load_model(
             "module yourself and load it with load_checkpoint(path, module)"
         )
     model_config = ModelConfig.from_dict(config["model"])
+    header = read_header(folder / WEIGHTS)
+    shapes = check_config_fits(model_config, [header], folder / CONFIG)
+    check_shapes(
+        folder / WEIGHTS, stored_shapes(header, read_aliases(folder / WEIGHTS, header)), shapes
+    )
     tokenizer = None
     if (folder / TOKENIZER).is_file():
         tokenizer = load_tokenizer(folder / TOKENIZER)

@@ -14,14 +14,16 @@ back with the same types it had (AdamW's ``betas`` is a tuple).
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, safe_open
+from safetensors.torch import load_file
 from torch import Tensor, nn
 
+from scratchlm.checkpoint.header import SafetensorsHeader, read_header
 from scratchlm.errors import CheckpointError
 
 ALIASES_KEY = "scratchlm.aliases"
@@ -83,58 +85,68 @@ def weights_metadata(aliases: dict[str, str]) -> dict[str, str]:
     return {"format": "pt", ALIASES_KEY: json.dumps(aliases, sort_keys=True)}
 
 
-def read_aliases(file: Path) -> dict[str, str]:
+def read_aliases(file: Path, header: SafetensorsHeader | None = None) -> dict[str, str]:
     """``{tied name: stored name}`` from a model.safetensors header (no tensor is read)."""
+    header = read_header(file) if header is None else header
     try:
-        with safe_open(file, framework="pt") as f:
-            metadata = f.metadata() or {}
-            names = set(f.keys())
-        aliases = json.loads(metadata.get(ALIASES_KEY, "{}"))
-    except (OSError, SafetensorError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"cannot read weights {file}: {e}") from None
-    if not isinstance(aliases, dict) or any(v not in names for v in aliases.values()):
+        aliases = json.loads(header.metadata.get(ALIASES_KEY, "{}"))
+    except json.JSONDecodeError as e:
+        raise CheckpointError(
+            f"{file} is damaged: its tied-tensor table is not JSON ({e})"
+        ) from None
+    if not isinstance(aliases, dict) or any(v not in header.tensors for v in aliases.values()):
         raise CheckpointError(f"{file} is damaged: its tied-tensor table names absent tensors")
     return aliases
 
 
-def read_weights(file: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
-    """``(tensors as stored, aliases)`` of a checkpoint's model.safetensors."""
-    aliases = read_aliases(file)
-    try:
-        tensors = load_file(file)
-    except (OSError, SafetensorError) as e:
-        raise CheckpointError(f"cannot read weights {file}: {e}") from None
-    return tensors, aliases
+def stored_shapes(header: SafetensorsHeader, aliases: dict[str, str]) -> dict[str, tuple[int, ...]]:
+    """Every state_dict name the file provides (tied names included) -> its shape."""
+    shapes = {name: entry.shape for name, entry in header.tensors.items()}
+    shapes.update({alias: shapes[name] for alias, name in aliases.items()})
+    return shapes
 
 
-def load_weights(model: nn.Module, file: Path) -> dict[str, Tensor]:
-    """Copy the weights of ``file`` into ``model``'s existing tensors (keeping their
-    device, dtype and ties); returns the tensors as stored. Strict:
-    CheckpointError naming the first missing or unexpected key, or a key whose shape
-    differs (with both shapes)."""
-    stored, aliases = read_weights(file)
-    state = dict(stored)
-    for alias, name in aliases.items():
-        state[alias] = stored[name]
-    wanted = model.state_dict()
-    missing = [k for k in wanted if k not in state]
+def check_shapes(
+    file: Path, stored: Mapping[str, tuple[int, ...]], wanted: Mapping[str, tuple[int, ...]]
+) -> None:
+    """CheckpointError naming the first tensor the model needs that ``file`` lacks, the
+    first it has that the model does not, or the first whose shapes differ."""
+    missing = [k for k in wanted if k not in stored]
     if missing:
         raise CheckpointError(
             f"{file} has no tensor {missing[0]} that the model needs "
             f"({len(missing)} missing): the checkpoint is of another model"
         )
-    unexpected = [k for k in state if k not in wanted]
+    unexpected = [k for k in stored if k not in wanted]
     if unexpected:
         raise CheckpointError(
             f"{file} has tensor {unexpected[0]} that the model does not "
             f"({len(unexpected)} unexpected): the checkpoint is of another model"
         )
-    for name, t in state.items():
-        if t.shape != wanted[name].shape:
+    for name, shape in stored.items():
+        if tuple(shape) != tuple(wanted[name]):
             raise CheckpointError(
-                f"{file}: tensor {name} has shape {tuple(t.shape)} in the checkpoint but "
-                f"{tuple(wanted[name].shape)} in the model: the configs differ"
+                f"{file}: tensor {name} has shape {tuple(shape)} in the checkpoint but "
+                f"{tuple(wanted[name])} in the model: the configs differ"
             )
+
+
+def load_weights(model: nn.Module, file: Path) -> dict[str, Tensor]:
+    """Copy the weights of ``file`` into ``model``'s existing tensors (keeping their
+    device, dtype and ties); returns the tensors as stored. Strict, and checked on the
+    file's header before any tensor is read: CheckpointError naming the first missing or
+    unexpected key, or a key whose shape differs (with both shapes)."""
+    header = read_header(file)
+    aliases = read_aliases(file, header)
+    wanted = model.state_dict()
+    check_shapes(file, stored_shapes(header, aliases), {k: t.shape for k, t in wanted.items()})
+    try:
+        stored = load_file(file)
+    except (OSError, SafetensorError) as e:
+        raise CheckpointError(f"cannot read weights {file}: {e}") from None
+    state = dict(stored)
+    for alias, name in aliases.items():
+        state[alias] = stored[name]
     # load_state_dict copies into the live tensors (copy_), so a tied Parameter stays
     # one Parameter.
     model.load_state_dict(state, strict=True)

@@ -13,9 +13,9 @@ from scratchlm.chat_repl import ChatSession, run_repl
 from scratchlm.checkpoint import load_model
 from scratchlm.cli.config_flags import add_config_flags, given_settings
 from scratchlm.config import SampleConfig
-from scratchlm.errors import ConfigError, TokenizerError
+from scratchlm.errors import ConfigError, ScratchLMError, TokenizerError
 from scratchlm.model import prepare_for_inference
-from scratchlm.textgen import generate, stream
+from scratchlm.textgen import generate_samples, stream
 from scratchlm.train.runtime import pick_device
 
 EPILOG_CHAT = """examples:
@@ -27,15 +27,17 @@ EPILOG_CHAT = """examples:
 Without CHECKPOINT: runs/default/sft if it has a valid checkpoint, else the run directory
 under runs/ (one or two levels down) that saved a checkpoint last.
 On a terminal it is a REPL (/help lists its commands; Ctrl-C stops an answer). With piped
-input each line is one message and each answer one output line. See docs/chat.md.
+input each line is one message and each answer one output line; the exit status is 2
+when any message could not be answered. See docs/chat.md.
 """
 
 EPILOG_GENERATE = """examples:
   scratchlm generate runs/default/pretrain --prompt 'Water boils'
   scratchlm generate runs/mine --prompt 'Once upon a time' --n 4 --seed 1 --top-p 0.9
 
-Prints the prompt followed by its continuation; with --n > 1 the samples run as one
-batch and each is printed after a line '--- i ---'.
+Prints the prompt followed by its continuation; with --n > 1 the samples run in batches
+(as many rows as fit 1 GB of KV cache, at most 64) and each is printed after a line
+'--- i ---' as soon as its batch is done.
 """
 
 
@@ -100,7 +102,14 @@ def _chat(args: argparse.Namespace) -> int:
     interactive = sys.stdin.isatty()
     if interactive:
         _enable_line_editing()
-    run_repl(session, input_stream=sys.stdin, output_stream=sys.stdout, interactive=interactive)
+    sent, failed = run_repl(
+        session, input_stream=sys.stdin, output_stream=sys.stdout, interactive=interactive
+    )
+    if failed and not interactive:  # a script must see that answers are missing
+        raise ScratchLMError(
+            f"{failed} of {sent} message(s) could not be answered (errors above; each "
+            "got an empty output line)"
+        )
     return 0
 
 
@@ -119,11 +128,12 @@ def _generate(args: argparse.Namespace) -> int:
         sys.stdout.write(args.prompt)
         _write_stream(stream(model, tokenizer, args.prompt, sample))
         return 0
-    # One batch: the rows share one generator, so with a seed they still differ.
-    texts = generate(model, tokenizer, [args.prompt] * args.n, sample)
+    # Batches of bounded memory, printed as each completes; all rows share one
+    # generator, so with a seed they still differ.
+    texts = generate_samples(model, tokenizer, args.prompt, args.n, sample)
     for i, text in enumerate(texts, start=1):
         print(f"--- {i} ---")
-        print(args.prompt + text)
+        print(args.prompt + text, flush=True)
     return 0
 
 

@@ -31,6 +31,8 @@ from safetensors.torch import load_file
 from scratchlm.atomic import write_dir_atomically
 from scratchlm.chat_format import END_OF_TURN
 from scratchlm.checkpoint.files import save_tensors
+from scratchlm.checkpoint.fits import check_config_fits
+from scratchlm.checkpoint.header import read_header
 from scratchlm.config import ModelConfig
 from scratchlm.errors import ConfigError, OutputExistsError, ScratchLMError
 from scratchlm.export import hf_gpt2, hf_llama
@@ -177,7 +179,11 @@ def from_hf(
             f"{folder}: the tokenizer has {tokenizer.vocab_size} ids but the model only "
             f"{config.vocab_size} embedding rows"
         )
-    tensors = _read_weights(folder)
+    files = _weight_files(folder)
+    # Sizes from config.json are held against the files' headers and this machine
+    # before anything is allocated by them.
+    check_config_fits(config, [read_header(f) for f in files], folder / "config.json")
+    tensors = _read_weights(files)
     if arch is hf_gpt2:
         tensors = {hf_gpt2.normalize_key(k): t for k, t in tensors.items()}
     key_map = arch.key_map(config)
@@ -224,8 +230,8 @@ def _read_config(folder: Path) -> dict[str, Any]:
     return data
 
 
-def _read_weights(folder: Path) -> dict[str, torch.Tensor]:
-    """Every tensor of the folder's safetensors file(s); never a pickle."""
+def _weight_files(folder: Path) -> list[Path]:
+    """The folder's safetensors file(s); never a pickle."""
     if (folder / WEIGHTS).is_file():
         files = [folder / WEIGHTS]
     elif (folder / WEIGHTS_INDEX).is_file():
@@ -240,6 +246,11 @@ def _read_weights(folder: Path) -> dict[str, torch.Tensor]:
                 "AutoModelForCausalLM.from_pretrained(src).save_pretrained(dst)"
             )
         raise ScratchLMError(f"{folder} has no {WEIGHTS} (or {WEIGHTS_INDEX} with shards)")
+    return files
+
+
+def _read_weights(files: list[Path]) -> dict[str, torch.Tensor]:
+    """Every tensor of the safetensors ``files``."""
     tensors: dict[str, torch.Tensor] = {}
     for file in files:
         try:

@@ -47,6 +47,9 @@ class BPETokenizer:
         pattern: the pre-tokenization regex, or a name from ``PATTERNS``.
         use_tiktoken: None = use tiktoken when installed and equivalent; False = never.
         metadata: free-form facts saved with the tokenizer (training settings).
+        trust_pattern: run a pattern that is not one of ``PATTERNS`` without a time
+            limit (by default it must split each text within ``match_budget``, since
+            a pattern read from a file can backtrack for minutes; see pretokenize).
     """
 
     def __init__(
@@ -58,6 +61,7 @@ class BPETokenizer:
         pattern: str = GPT2_PATTERN,
         use_tiktoken: bool | None = None,
         metadata: Mapping[str, Any] | None = None,
+        trust_pattern: bool = False,
     ) -> None:
         self.vocab: dict[int, bytes] = {int(i): bytes(t) for i, t in vocab.items()}
         self.merges: list[tuple[bytes, bytes]] = [(bytes(a), bytes(b)) for a, b in merges]
@@ -108,6 +112,7 @@ class BPETokenizer:
             self._ranks.setdefault(pair, (rank, merged))
 
         self._split = compile_pattern(self.pattern)
+        self._trust_pattern = trust_pattern
         self._safe_cuts = has_safe_cuts(self.pattern)
         self._special_re = special_token_regex(self._special)
         self._max_special = max((len(t) for t in self._special), default=0)
@@ -177,7 +182,7 @@ class BPETokenizer:
 
     def _encode_ordinary(self, text: str, out: list[int]) -> None:
         cache = self._cache
-        for word in split_text(self._split, text):
+        for word in split_text(self._split, text, trusted=self._trust_pattern):
             ids = cache.get(word)
             if ids is None:
                 ids = self._encode_word(word)

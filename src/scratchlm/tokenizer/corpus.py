@@ -6,6 +6,16 @@ exactly as the whole would (after a special token, or before whitespace that fol
 letter or digit; see ``pretokenize.find_cut``). Worker processes turn chunks into
 pre-token counts; only those counts are kept, so memory grows with the number of
 distinct pre-tokens, not with the corpus.
+
+Pathological text stays bounded too: a buffer with no cut point is cut anyway at
+``MAX_BUFFER_CHUNKS`` chunks, and a pre-token longer than ``MAX_PRETOKEN_CHARS`` (a
+200 MB line of one letter or of base64) is counted as consecutive pieces of that many
+characters from its start, at most ``MAX_PIECES`` of them. The merge loop's work per
+merge grows with the length of the words holding the merged pair, and its memory with
+the total length of distinct words, so one giant word (or megabytes of random text in
+pieces) would take hours and gigabytes; this way any pre-token adds at most 64 K
+characters of words. Both rules only change what such text teaches, never ordinary
+text, and both are deterministic.
 """
 
 from __future__ import annotations
@@ -23,7 +33,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from scratchlm.builtin import builtin_files
-from scratchlm.errors import DataError
+from scratchlm.errors import ConfigError, DataError
 from scratchlm.tokenizer.pretokenize import (
     GPT2_PATTERN,
     compile_pattern,
@@ -42,6 +52,11 @@ DEFAULT_CHUNK_SIZE = 4 * 1024 * 1024
 MAX_BUFFER_CHUNKS = 16
 # Below this many bytes of corpus, worker processes cost more than they save.
 MIN_PARALLEL_BYTES = 2 * 1024 * 1024
+# Longer pre-tokens are counted in pieces of this many characters, the first MAX_PIECES
+# of them (see the docstring); ordinary text has none: a word, a number or a whitespace
+# run is far shorter.
+MAX_PRETOKEN_CHARS = 4096
+MAX_PIECES = 16
 
 
 def corpus_files(input_path: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:
@@ -61,6 +76,10 @@ def corpus_files(input_path: str | os.PathLike | Sequence[str | os.PathLike]) ->
         if os.fspath(item).startswith("builtin:") and not path.exists():
             files.extend(builtin_files(os.fspath(item)))
         elif path.is_file():
+            if not _looks_like_text(path):  # the same test `prepare` applies
+                raise DataError(
+                    f"{path} looks binary (a NUL byte in its first 8 KiB): name text files"
+                )
             files.append(path)
         elif path.is_dir():
             found = [
@@ -139,15 +158,28 @@ class ChunkCounts:
         self.bad_bytes += other.bad_bytes
 
 
-def count_chunk(chunk: bytes, special_tokens: Sequence[str], pattern: str) -> ChunkCounts:
-    """Count the pre-tokens of one chunk; special tokens are boundaries and not counted."""
+def count_chunk(
+    chunk: bytes,
+    special_tokens: Sequence[str],
+    pattern: str,
+    max_pretoken_chars: int = MAX_PRETOKEN_CHARS,
+) -> ChunkCounts:
+    """Count the pre-tokens of one chunk; special tokens are boundaries and not counted.
+    A pre-token longer than ``max_pretoken_chars`` counts as its consecutive pieces of
+    that length (the last one may be shorter), its first ``MAX_PIECES`` pieces only."""
     text, bad = decode_utf8(chunk)
     split = compile_pattern(pattern)
     special = special_token_regex(special_tokens)
     pieces = special.split(text) if special is not None else [text]
     counts: Counter = Counter()
     for piece in pieces:
-        counts.update(split_text(split, piece))
+        for word in split_text(split, piece):
+            if len(word) <= max_pretoken_chars:
+                counts[word] += 1
+            else:
+                n = max_pretoken_chars
+                end = min(len(word), n * MAX_PIECES)
+                counts.update(word[i : i + n] for i in range(0, end, n))
     return ChunkCounts(counts, len(chunk), bad)
 
 
@@ -160,13 +192,21 @@ def count_pretokens(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     strict: bool = False,
     progress: bool = False,
+    max_pretoken_chars: int = MAX_PRETOKEN_CHARS,
 ) -> ChunkCounts:
     """Count pre-tokens over all files, in ``num_workers`` processes (default: all cores).
 
-    The result does not depend on ``num_workers`` or ``chunk_size``. With ``strict``,
-    invalid UTF-8 raises DataError naming the file and byte offset; otherwise bad bytes
-    become U+FFFD and their count is in ``bad_bytes``.
+    The result does not depend on ``num_workers`` or ``chunk_size`` (except where a
+    buffer without any cut point had to be cut). With ``strict``, invalid UTF-8 raises
+    DataError naming the file and byte offset; otherwise bad bytes become U+FFFD and
+    their count is in ``bad_bytes``. Pre-tokens longer than ``max_pretoken_chars`` count
+    in pieces (see ``count_chunk``).
     """
+    check_workers(num_workers)
+    if isinstance(max_pretoken_chars, bool) or not (
+        isinstance(max_pretoken_chars, int) and max_pretoken_chars >= 1
+    ):
+        raise ConfigError(f"max_pretoken_chars must be an integer >= 1, got {max_pretoken_chars!r}")
     total_bytes = 0
     for file in files:
         with _reading(file):
@@ -181,20 +221,31 @@ def count_pretokens(
     bar = _progress_bar(total_bytes, "pre-tokenizing", progress)
     if workers == 1:
         for chunk in chunks:
-            result.add(count_chunk(chunk, special_tokens, pattern))
+            result.add(count_chunk(chunk, special_tokens, pattern, max_pretoken_chars))
             bar.update(len(chunk))
     else:
         # At most 2 chunks per worker in flight, so memory stays bounded on any corpus.
         with ProcessPoolExecutor(workers) as pool:
             pending: set = set()
             for chunk in chunks:
-                pending.add(pool.submit(count_chunk, chunk, special_tokens, pattern))
+                args = (chunk, special_tokens, pattern, max_pretoken_chars)
+                pending.add(pool.submit(count_chunk, *args))
                 if len(pending) >= 2 * workers:
                     pending = _collect(pending, result, bar)
             while pending:
                 pending = _collect(pending, result, bar)
     bar.close()
     return result
+
+
+def check_workers(num_workers: int | None) -> None:
+    """ConfigError unless ``num_workers`` is None (every core) or an integer >= 1."""
+    if num_workers is None:
+        return
+    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 1:
+        raise ConfigError(
+            f"workers must be an integer >= 1 (leave it out to use every core), got {num_workers!r}"
+        )
 
 
 def _collect(pending: set, result: ChunkCounts, bar) -> set:

@@ -19,6 +19,13 @@ the whole text would. With the GPT-2 and GPT-4 patterns two kinds of position ar
   patterns end a pre-token there, and the newline pre-tokenizes the same alone.
 
 Other patterns get no safe cuts: streaming then cuts only at special tokens.
+
+A pattern is code: one read from a file is untrusted. A regex can backtrack for minutes
+on a few dozen characters (``(?:a|aa)+$|.`` on ``"a" * 30 + "b"``), so only the known
+patterns (``PATTERNS``, by name or exact text) run unbounded; any other is stopped after
+a time budget that grows with the text (``match_budget``) and fails with a one-line
+TokenizerError, unless its user trusts it (``split_text(..., trusted=True)``,
+``BPETokenizer(trust_pattern=True)``).
 """
 
 from __future__ import annotations
@@ -44,6 +51,13 @@ GPT4_PATTERN = (
 )
 
 PATTERNS = {"gpt2": GPT2_PATTERN, "gpt4": GPT4_PATTERN}
+KNOWN_PATTERNS = frozenset(PATTERNS.values())
+
+# The matching budget of a pattern that is not a known one: a fixed allowance plus one
+# per character, generous for any pattern that runs in linear time (a few microseconds
+# per character) and a second or so for one that backtracks exponentially.
+MATCH_SECONDS = 1.0
+MATCH_SECONDS_PER_CHAR = 1e-5
 
 # Safe cuts (see the module docstring), searched from the right; the cut is m.end().
 _SAFE_CUT = regex.compile(r"(?r)[\p{L}\p{N}](?=[ \t\r\n])|(?<=\S)\n(?=\S)")
@@ -58,14 +72,26 @@ def resolve_pattern(pattern: str) -> str:
 
 def compile_pattern(pattern: str) -> regex.Pattern:
     """Compile a split pattern (a name from ``PATTERNS`` or a regex); TokenizerError
-    naming the pattern when it is not a valid regex."""
+    for one that is not a valid regex."""
     try:
         return regex.compile(resolve_pattern(pattern))
-    except regex.error as e:
-        raise TokenizerError(
-            f"the split pattern {pattern!r} is not a valid regular expression ({e}): "
-            f"use {' or '.join(PATTERNS)}, or fix the regex"
-        ) from None
+    except (regex.error, TypeError, ValueError) as e:
+        raise TokenizerError(f"split pattern {_shown(pattern)} is not a valid regex: {e}") from None
+
+
+def is_known_pattern(pattern: str) -> bool:
+    """Whether ``pattern`` is one of ``PATTERNS``, by name or exact text."""
+    return resolve_pattern(pattern) in KNOWN_PATTERNS
+
+
+def match_budget(n_chars: int) -> float:
+    """Seconds an untrusted pattern may take to split ``n_chars`` characters."""
+    return MATCH_SECONDS + n_chars * MATCH_SECONDS_PER_CHAR
+
+
+def _shown(pattern: str) -> str:
+    text = repr(pattern)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def has_safe_cuts(pattern: str) -> bool:
@@ -73,18 +99,30 @@ def has_safe_cuts(pattern: str) -> bool:
     return resolve_pattern(pattern) in (GPT2_PATTERN, GPT4_PATTERN)
 
 
-def split_text(split: regex.Pattern, text: str) -> list[str]:
+def split_text(split: regex.Pattern, text: str, *, trusted: bool = False) -> list[str]:
     """Pre-tokens of ``text``: the pattern's matches, and for a pattern that does not
-    match every character, the unmatched runs between them too, so no text is lost."""
-    if split.pattern in (GPT2_PATTERN, GPT4_PATTERN):
+    match every character, the unmatched runs between them too, so no text is lost.
+
+    A pattern that is not a known one must finish within ``match_budget(len(text))``
+    seconds (TokenizerError otherwise), unless ``trusted``."""
+    if split.pattern in KNOWN_PATTERNS:
         return split.findall(text)  # these match every character: no gaps to keep
+    timeout = None if trusted else match_budget(len(text))
     pieces, pos = [], 0
-    for m in split.finditer(text):
-        if m.start() > pos:
-            pieces.append(text[pos : m.start()])
-        if m.end() > m.start():
-            pieces.append(m.group())
-        pos = m.end()
+    try:
+        for m in split.finditer(text, timeout=timeout):
+            if m.start() > pos:
+                pieces.append(text[pos : m.start()])
+            if m.end() > m.start():
+                pieces.append(m.group())
+            pos = m.end()
+    except TimeoutError:
+        raise TokenizerError(
+            f"split pattern {_shown(split.pattern)} took over {timeout:.1f}s on "
+            f"{len(text):,} characters: it backtracks without bound on this text; use a "
+            "known pattern (gpt2, gpt4) or fix it (a pattern you trust runs unbounded with "
+            "BPETokenizer(..., trust_pattern=True))"
+        ) from None
     if pos < len(text):
         pieces.append(text[pos:])
     return pieces

@@ -28,7 +28,13 @@ from collections.abc import Mapping, Sequence
 from tqdm.auto import tqdm
 
 from scratchlm.errors import ConfigError, DataError
-from scratchlm.tokenizer.corpus import DEFAULT_CHUNK_SIZE, corpus_files, count_pretokens
+from scratchlm.tokenizer.corpus import (
+    DEFAULT_CHUNK_SIZE,
+    MAX_PRETOKEN_CHARS,
+    check_workers,
+    corpus_files,
+    count_pretokens,
+)
 from scratchlm.tokenizer.pretokenize import GPT2_PATTERN, resolve_pattern
 
 log = logging.getLogger(__name__)
@@ -46,14 +52,18 @@ def train_bpe(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     strict: bool = False,
     progress: bool = False,
+    max_pretoken_chars: int = MAX_PRETOKEN_CHARS,
 ) -> tuple[dict[int, bytes], list[Merge]]:
     """Train a byte-level BPE tokenizer on a file, a directory or a list of them.
 
     Returns ``(vocab, merges)``: ids 0-255 are the single bytes, then one token per merge
     in merge order, then the special tokens. ``len(vocab) == vocab_size`` unless the
-    corpus runs out of pairs first (logged as a warning).
+    corpus runs out of pairs first (logged as a warning). A pre-token longer than
+    ``max_pretoken_chars`` is counted in pieces of that length, which keeps time and
+    memory bounded on a huge line without spaces (``corpus`` explains).
     """
     special_tokens = _check_special_tokens(special_tokens)
+    check_workers(num_workers)
     if vocab_size < 256 + len(special_tokens):
         raise ConfigError(
             f"vocab_size {vocab_size} is too small: it must hold the 256 byte tokens and "
@@ -69,6 +79,7 @@ def train_bpe(
         chunk_size=chunk_size,
         strict=strict,
         progress=progress,
+        max_pretoken_chars=max_pretoken_chars,
     )
     if counted.bad_bytes:
         log.warning(

@@ -51,6 +51,18 @@ def build_model(config: TrainConfig, tokenizer: Any) -> TransformerLM:
         check_fits_in_memory(model_config)
         return TransformerLM(model_config)
     model, _ = load_model(config.init_from)
+    # A loaded model keeps its architecture: an override it contradicts would be
+    # silently ignored while train_config.json recorded it.
+    loaded = model.config.to_dict()
+    for key, value in config.model.items():
+        if key not in loaded:
+            raise ConfigError(f"unknown model field {key!r} (fields: {', '.join(loaded)})")
+        if loaded[key] != value:
+            raise ConfigError(
+                f"model {key}={value!r} contradicts the model loaded from {config.init_from} "
+                f"({key}={loaded[key]!r}): a loaded model keeps its architecture; leave "
+                "the model override out"
+            )
     model.train()
     if model.config.vocab_size < tokenizer.vocab_size:  # new (chat) tokens: new rows
         grow_vocab(model, tokenizer.vocab_size)

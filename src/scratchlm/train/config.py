@@ -209,8 +209,15 @@ class TrainConfig:
     # Derived values, computed in one place.
     def model_config(self, vocab_size: int) -> ModelConfig:
         """The model's architecture: the preset, the ``model`` overrides, the context
-        length, and the tokenizer's vocabulary size."""
+        length, and the tokenizer's vocabulary size (which a ``model`` override may not
+        contradict: it would be ignored)."""
         overrides = dict(self.model)
+        given = overrides.get("vocab_size", vocab_size)
+        if given != vocab_size:
+            raise ConfigError(
+                f"model vocab_size={given!r} contradicts the tokenizer, which has "
+                f"{vocab_size} ids: the vocabulary size comes from the tokenizer; leave it out"
+            )
         overrides["vocab_size"] = vocab_size
         if self.context_length:
             overrides["context_length"] = self.context_length

@@ -85,6 +85,6 @@ def test_an_invalid_pattern_in_a_file_is_one_line(tmp_path):
     data = json.loads((tmp_path / "tokenizer.json").read_text())
     data["pattern"] = "(unclosed"
     (tmp_path / "tokenizer.json").write_text(json.dumps(data))
-    with pytest.raises(TokenizerError, match="not a valid regex") as caught:
+    with pytest.raises(TokenizerError, match="not a valid regular expression") as caught:
         load_tokenizer(tmp_path)
     assert "\n" not in str(caught.value)

@@ -76,7 +76,10 @@ def compile_pattern(pattern: str) -> regex.Pattern:
     try:
         return regex.compile(resolve_pattern(pattern))
     except (regex.error, TypeError, ValueError) as e:
-        raise TokenizerError(f"split pattern {_shown(pattern)} is not a valid regex: {e}") from None
+        raise TokenizerError(
+            f"split pattern {_shown(pattern)} is not a valid regular expression ({e}): "
+            f"use {' or '.join(PATTERNS)}, or fix the regex"
+        ) from None
 
 
 def is_known_pattern(pattern: str) -> bool:

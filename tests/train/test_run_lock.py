@@ -229,6 +229,38 @@ def test_data_prepared_again_with_other_text_is_refused(prepared, tiny_config, t
     assert _snapshot(run) == before
 
 
+def _rewrite(checkpoint: Path, name: str, change) -> None:
+    """Edit one JSON file of a checkpoint and write its manifest again (as an older
+    version or a hand edit would have left it: still a valid checkpoint)."""
+    from scratchlm.checkpoint.files import MANIFEST, write_manifest
+
+    file = checkpoint / name
+    file.write_text(json.dumps(change(json.loads(file.read_text()))))
+    (checkpoint / MANIFEST).unlink()
+    write_manifest(checkpoint)
+
+
+def test_checkpoints_without_fingerprints_resume_and_another_model_is_refused(tiny_config):
+    config = tiny_config.replace(
+        steps=2, checkpoint_every=1, eval_every=0, sample_tokens=0, warmup_steps=1
+    )
+    Trainer(config).run()
+    run = Path(config.out)
+    newest = run / "checkpoints" / "step_00000002"
+    state = json.loads((newest / "trainer_state" / "state.json").read_text())
+    assert set(state["fingerprints"]) == {"data", "tokenizer"}
+    # Written before fingerprints were recorded: the tokenizer comes from its file.
+    _rewrite(newest, "trainer_state/state.json", lambda s: {**s, "fingerprints": None})
+    assert Trainer(config.replace(steps=3)).run().step == 3
+
+    newest = run / "checkpoints" / "step_00000003"
+    _rewrite(newest, "config.json", lambda c: {**c, "model": {**c["model"], "n_layers": 3}})
+    before = _snapshot(run)
+    with pytest.raises(ConfigError, match=r"step_00000003 holds another model \(n_layers=3"):
+        Trainer(config.replace(steps=4)).run()
+    assert _snapshot(run) == before
+
+
 def test_the_data_fingerprint_is_its_content_not_its_place(prepared):
     meta = read_meta(prepared)
     assert meta["fingerprint"] == data_fingerprint(meta)

@@ -92,10 +92,12 @@ def remove_stale_temporaries(out: str | os.PathLike) -> list[Path]:
     if fcntl is None or not out.parent.is_dir():
         return []
     ours = re.compile(re.escape(f".{out.name}.") + r"[0-9a-f]{12}\.(tmp|old)")
+    try:
+        candidates = sorted(p for p in out.parent.iterdir() if ours.fullmatch(p.name))
+    except OSError:  # an unreadable folder: nothing of ours can be found there
+        return []
     removed = []
-    for path in sorted(out.parent.iterdir()):
-        if not ours.fullmatch(path.name):
-            continue
+    for path in candidates:
         try:
             fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
         except OSError:  # a temporary file, or gone already
@@ -103,8 +105,8 @@ def remove_stale_temporaries(out: str | os.PathLike) -> list[Path]:
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                continue  # a live process is filling it
+            except OSError:  # BlockingIOError: a live process is filling it
+                continue
             if not _same_file(path, fd):
                 continue  # renamed into place (or replaced) since we opened it
             log.info("removing %s, left behind by an interrupted write", path)
@@ -125,7 +127,10 @@ def _claim_fresh_dir(parent: Path, prefix: str, suffix: str) -> tuple[Path, int 
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
         # Another process's remove_stale_temporaries may have found it between mkdir and
         # flock, and deleted it: then it is not ours to fill, and a new one is made.
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:  # a file system without flock: the folder is merely unprotected
+            return path, fd
         if _same_file(path, fd):
             return path, fd
         os.close(fd)

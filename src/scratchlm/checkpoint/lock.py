@@ -12,6 +12,7 @@ the old one or the new one.
 
 from __future__ import annotations
 
+import logging
 import os
 import shlex
 import sys
@@ -25,6 +26,8 @@ except ImportError:  # Windows: no flock; runs there are not protected against a
     fcntl = None  # type: ignore[assignment]
 
 LOCK_FILE = ".lock"
+
+log = logging.getLogger(__name__)
 
 
 class RunInUseError(ScratchLMError):
@@ -53,24 +56,34 @@ class RunLock:
             raise ConfigError(f"the run directory {self.run_dir} is a file: choose another --out")
         if not create and not self.run_dir.is_dir():
             return False
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise ConfigError(
+                f"cannot write in the run directory {self.run_dir} ({e.strerror}): choose "
+                "another --out"
+            ) from None
         try:
             if fcntl is not None:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip()
+            os.lseek(fd, 0, os.SEEK_SET)
+            holder = os.read(fd, 4096).decode("utf-8", "replace").strip()
             os.close(fd)
             raise RunInUseError(
                 f"{self.run_dir} is being written by {holder or 'another process'}: wait for "
                 "it to finish (or stop it), or choose another --out"
             ) from None
+        except OSError as e:  # a file system without flock (some network mounts)
+            log.warning("cannot lock %s (%s): nothing stops a second writer", self.run_dir, e)
         except BaseException:
             os.close(fd)
             raise
         # Who holds it, for the message a second writer gets.
         os.ftruncate(fd, 0)
-        os.pwrite(fd, f"process {os.getpid()} ({_command()})\n".encode(), 0)
+        os.lseek(fd, 0, os.SEEK_SET)
+        os.write(fd, f"process {os.getpid()} ({_command()})\n".encode())
         self._fd = fd
         return True
 

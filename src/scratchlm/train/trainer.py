@@ -91,6 +91,7 @@ class Trainer:
             raise
 
     def _assemble(self) -> None:
+        """The run's pieces (``__init__`` without the lock)."""
         c = self.config
         self.precision = pick_precision(c.precision, self.device)
         self.resuming = is_resuming(c, self.run_dir)
@@ -129,7 +130,7 @@ class Trainer:
         self.fingerprints = run_fingerprints(
             c, self.tokenizer, self.sampler, (self.val_x, self.val_y)
         )
-        self.resume_from = None  # the checkpoint run() continues from
+        self.resume_from: Path | None = None  # the checkpoint run() continues from
         if self.resuming:
             self.resume_from = resume_point(self.checkpoints, self.fingerprints, self.model)
 

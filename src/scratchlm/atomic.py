@@ -124,9 +124,12 @@ def _claim_fresh_dir(parent: Path, prefix: str, suffix: str) -> tuple[Path, int 
         path = _fresh_dir(parent, prefix, suffix)
         if fcntl is None:
             return path, None
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-        # Another process's remove_stale_temporaries may have found it between mkdir and
-        # flock, and deleted it: then it is not ours to fill, and a new one is made.
+        # Another process's remove_stale_temporaries may find it between mkdir and flock
+        # and delete it: then it is not ours to fill, and a new one is made.
+        try:
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        except FileNotFoundError:
+            continue
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
         except OSError:  # a file system without flock: the folder is merely unprotected

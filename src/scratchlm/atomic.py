@@ -3,16 +3,23 @@
 A file is written under a temporary name in the same folder, then renamed over the
 target (a rename within one file system is atomic). A folder is built the same way,
 under a temporary name beside the target, and renamed into place once complete.
+
+A process killed while filling a folder leaves its temporary folder behind (as large as
+what it was writing). The writer holds a lock (``flock``) on the folder for as long as it
+works on it, and the kernel drops that lock when the process dies, so the next write of
+the same target can tell such a leftover from one a live process is still filling, and
+removes only the former (``remove_stale_temporaries``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
+import re
 import secrets
 import shutil
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -20,6 +27,13 @@ from scratchlm.errors import OutputExistsError, WriteError
 
 # Causes for which the space left is worth telling (EDQUOT is missing on some systems).
 _FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+
+try:
+    import fcntl
+except ImportError:  # Windows: leftovers cannot be told from live folders, so none is removed
+    fcntl = None  # type: ignore[assignment]
+
+log = logging.getLogger(__name__)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
@@ -50,23 +64,99 @@ def write_dir_atomically(
     renaming it into place. An existing ``out_dir`` (file or folder) is refused unless
     ``force``, and then replaced only once the new folder is complete."""
     out = Path(out_dir)
+    remove_stale_temporaries(out)
     if out.exists() and not force:
         raise OutputExistsError(f"output path {out} exists: choose another or pass --force")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _fresh_dir(out.parent, f".{out.name}.", ".tmp")
+    tmp, owner = _claim_fresh_dir(out.parent, f".{out.name}.", ".tmp")
     try:
         fill(tmp)
         if out.exists():
-            old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".old"))
-            os.replace(out, old / out.name)
-            os.replace(tmp, out)
-            shutil.rmtree(old)
+            old, old_owner = _claim_fresh_dir(out.parent, f".{out.name}.", ".old")
+            try:
+                os.replace(out, old / out.name)
+                os.replace(tmp, out)
+                shutil.rmtree(old)
+            finally:
+                _let_go(old_owner)
         else:
             os.replace(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        _let_go(owner)
     return out
+
+
+def remove_stale_temporaries(out: str | os.PathLike) -> list[Path]:
+    """Delete the temporary folders earlier writes of ``out`` left beside it (named
+    ``.NAME.<12 hex digits>.tmp`` or ``.old``) that no live process holds; returns them.
+    Nothing else is touched: not other names, not files, not a folder still being filled."""
+    out = Path(out)
+    if fcntl is None or not out.parent.is_dir():
+        return []
+    ours = re.compile(re.escape(f".{out.name}.") + r"[0-9a-f]{12}\.(tmp|old)")
+    try:
+        candidates = sorted(p for p in out.parent.iterdir() if ours.fullmatch(p.name))
+    except OSError:  # an unreadable folder: nothing of ours can be found there
+        return []
+    removed = []
+    for path in candidates:
+        try:
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        except OSError:  # a temporary file, or gone already
+            continue
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:  # BlockingIOError: a live process is filling it
+                continue
+            if not _same_file(path, fd):
+                continue  # renamed into place (or replaced) since we opened it
+            log.info("removing %s, left behind by an interrupted write", path)
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+        finally:
+            os.close(fd)
+    return removed
+
+
+def _claim_fresh_dir(parent: Path, prefix: str, suffix: str) -> tuple[Path, int | None]:
+    """A new, empty directory (``_fresh_dir``) and an open descriptor holding its lock
+    (None without flock); ``_let_go`` (or the end of the process) releases it."""
+    while True:
+        path = _fresh_dir(parent, prefix, suffix)
+        if fcntl is None:
+            return path, None
+        # Another process's remove_stale_temporaries may find it between mkdir and flock
+        # and delete it: then it is not ours to fill, and a new one is made.
+        try:
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        except FileNotFoundError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:  # a file system without flock: the folder is merely unprotected
+            return path, fd
+        if _same_file(path, fd):
+            return path, fd
+        os.close(fd)
+
+
+def _let_go(fd: int | None) -> None:
+    if fd is not None:
+        os.close(fd)
+
+
+def _same_file(path: Path, fd: int) -> bool:
+    """Whether ``path`` still names the file ``fd`` has open."""
+    try:
+        here = path.stat()
+    except FileNotFoundError:
+        return False
+    there = os.fstat(fd)
+    return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
 
 
 def _fresh_dir(parent: Path, prefix: str, suffix: str) -> Path:

@@ -18,7 +18,7 @@ from typing import Any
 from scratchlm.atomic import atomic_write_text
 from scratchlm.builtin import END_OF_TEXT, builtin_corpus
 from scratchlm.chat import reply
-from scratchlm.checkpoint import CheckpointManager, load_model, read_config
+from scratchlm.checkpoint import CheckpointManager, RunLock, load_model, read_config
 from scratchlm.data import prepare
 from scratchlm.errors import TokenizerError
 from scratchlm.evals import FactReport, check_facts, read_fact_questions
@@ -71,12 +71,15 @@ def run_default(
     run: DefaultRun, *, progress: bool = True, echo: Callable[[str], None] = print
 ) -> Path:
     """Run (or reuse) every stage of the default pipeline; returns the directory of the
-    instruction-tuned checkpoint."""
-    tok = tokenizer_stage(run, progress, echo)
-    data = data_stage(run, tok, progress, echo)
-    pretrained = pretrain_stage(run, data, progress, echo)
-    tuned = sft_stage(run, pretrained, progress, echo)
-    conversation_stage(run, tuned, echo)
+    instruction-tuned checkpoint. Holds ``run.out_dir``'s run lock throughout: a second
+    default run in the same directory is refused (each training stage also locks its own
+    run directory)."""
+    with RunLock(run.out_dir):
+        tok = tokenizer_stage(run, progress, echo)
+        data = data_stage(run, tok, progress, echo)
+        pretrained = pretrain_stage(run, data, progress, echo)
+        tuned = sft_stage(run, pretrained, progress, echo)
+        conversation_stage(run, tuned, echo)
     return tuned
 
 

@@ -5,31 +5,16 @@ one process with the same global batch."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
-from train_helpers import TINY
+from train_helpers import ENV, last_step, train_command, wait_for_step
 
 pytestmark = pytest.mark.slow
-
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-
-
-def _command(data: Path, out: Path, *extra: str) -> list[str]:
-    model = [f"--model={k}={v}" for k, v in TINY.items()]
-    return [
-        sys.executable, "-m", "scratchlm", "train", "--data", str(data), "--out", str(out),
-        "--preset", "tiny", *model, "--context-length", "64", "--batch-size", "8",
-        "--lr", "1e-3", "--warmup-steps", "10", "--eval-every", "100", "--eval-windows", "4",
-        "--sample-tokens", "0", "--checkpoint-every", "25", "--log-every", "1", "--seed", "3",
-        "--device", "cpu", "--quiet", *extra,
-    ]  # fmt: skip
 
 
 def _losses(run: Path) -> dict[int, float]:
@@ -40,49 +25,42 @@ def _losses(run: Path) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in train}
 
 
-def _last_step(run: Path) -> int:
-    file = run / "metrics.jsonl"
-    if not file.exists():
-        return 0
-    lines = [json.loads(x) for x in file.read_text().splitlines() if x.endswith("}")]
-    return max((r["step"] for r in lines if r["kind"] == "train"), default=0)
-
-
-def _wait_for_step(proc: subprocess.Popen, run: Path, step: int) -> None:
-    deadline = time.monotonic() + 120
-    while _last_step(run) < step:
-        assert proc.poll() is None, f"training ended early: {proc.communicate()}"
-        assert time.monotonic() < deadline, "training did not reach the step in time"
-        time.sleep(0.02)
-
-
 def test_killed_and_interrupted_runs_resume_to_the_same_losses(prepared, tmp_path):
     steps = ["--steps", "150"]
     reference = subprocess.Popen(
-        _command(prepared, tmp_path / "ref", *steps), env=ENV, stdout=subprocess.PIPE, text=True
+        train_command(prepared, tmp_path / "ref", *steps),
+        env=ENV,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     killed = subprocess.Popen(
-        _command(prepared, tmp_path / "kill", *steps), env=ENV, stdout=subprocess.PIPE, text=True
+        train_command(prepared, tmp_path / "kill", *steps),
+        env=ENV,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     stopped = subprocess.Popen(
-        _command(prepared, tmp_path / "int", *steps), env=ENV, stdout=subprocess.PIPE, text=True
+        train_command(prepared, tmp_path / "int", *steps),
+        env=ENV,
+        stdout=subprocess.PIPE,
+        text=True,
     )
-    _wait_for_step(killed, tmp_path / "kill", 40)  # past the checkpoint at step 25
+    wait_for_step(killed, tmp_path / "kill", 40)  # past the checkpoint at step 25
     killed.send_signal(signal.SIGKILL)
     killed.wait()
-    _wait_for_step(stopped, tmp_path / "int", 30)
+    wait_for_step(stopped, tmp_path / "int", 30)
     stopped.send_signal(signal.SIGINT)
     out, _ = stopped.communicate(timeout=120)
     assert stopped.returncode == 130
     assert "stopped by SIGINT" in out and "--resume" in out
-    interrupted_at = _last_step(tmp_path / "int")
+    interrupted_at = last_step(tmp_path / "int")
     latest = (tmp_path / "int" / "checkpoints" / "latest").read_text().strip()
     assert latest == f"step_{interrupted_at:08d}"  # saved at the step it stopped on
     assert reference.wait(timeout=300) == 0
 
     # Rerunning the same command resumes; so does --resume RUN_DIR.
     again = subprocess.run(
-        _command(prepared, tmp_path / "kill", *steps), env=ENV, capture_output=True, text=True
+        train_command(prepared, tmp_path / "kill", *steps), env=ENV, capture_output=True, text=True
     )
     assert again.returncode == 0, again.stderr
     resumed = subprocess.run(
@@ -104,9 +82,9 @@ def test_killed_and_interrupted_runs_resume_to_the_same_losses(prepared, tmp_pat
 
 def test_two_gloo_processes_match_one_process_with_the_same_global_batch(prepared, tmp_path):
     common = ["--steps", "8", "--checkpoint-every", "4", "--eval-every", "4", "--warmup-steps", "2"]
-    single = _command(prepared, tmp_path / "one", *common)
+    single = train_command(prepared, tmp_path / "one", *common)
     single[single.index("--batch-size") + 1] = "8"
-    ddp = _command(prepared, tmp_path / "two", *common)
+    ddp = train_command(prepared, tmp_path / "two", *common)
     ddp[ddp.index("--batch-size") + 1] = "4"
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     ddp = [*torchrun, *ddp[1:]]  # python -m torch.distributed.run -m scratchlm train ...
@@ -129,9 +107,9 @@ def test_fsdp_matches_one_process_and_resumes_from_its_checkpoints(prepared, tmp
     batch; its checkpoints are ordinary ones; deleting the newest and rerunning redoes
     the last steps from the one before, to the same losses."""
     common = ["--steps", "8", "--checkpoint-every", "4", "--eval-every", "4", "--warmup-steps", "2"]
-    single = _command(prepared, tmp_path / "one", *common)
+    single = train_command(prepared, tmp_path / "one", *common)
     single[single.index("--batch-size") + 1] = "8"
-    sharded = _command(prepared, tmp_path / "two", *common, "--fsdp")
+    sharded = train_command(prepared, tmp_path / "two", *common, "--fsdp")
     sharded[sharded.index("--batch-size") + 1] = "4"
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     sharded = [*torchrun, *sharded[1:]]
@@ -163,13 +141,13 @@ def test_fsdp_matches_one_process_and_resumes_from_its_checkpoints(prepared, tmp
 def test_sigterm_saves_a_checkpoint_at_the_current_step(prepared, tmp_path):
     run = tmp_path / "term"
     proc = subprocess.Popen(
-        _command(prepared, run, "--steps", "500"), env=ENV, stdout=subprocess.PIPE, text=True
+        train_command(prepared, run, "--steps", "500"), env=ENV, stdout=subprocess.PIPE, text=True
     )
-    _wait_for_step(proc, run, 5)
+    wait_for_step(proc, run, 5)
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 143
     assert "stopped by SIGTERM" in out
-    stopped_at = _last_step(run)
+    stopped_at = last_step(run)
     assert (run / "checkpoints" / "latest").read_text().strip() == f"step_{stopped_at:08d}"
     assert (run / "checkpoints" / f"step_{stopped_at:08d}" / "manifest.json").is_file()

@@ -4,7 +4,8 @@ One checkpoint is a directory (``io``: the layout); a run directory holds many u
 ``checkpoints/`` with a ``latest`` pointer, keep-last-N and the best by validation loss
 (``manager``). Modules, bottom up: ``files`` (names, durable writes, the manifest),
 ``state`` (weights and optimizer state as safetensors + JSON), ``rng``, ``io``,
-``manager``, ``rebuild`` (``load_model``), ``report`` (``inspect_checkpoint``).
+``manager``, ``lock`` (one writer per run directory), ``rebuild`` (``load_model``),
+``report`` (``inspect_checkpoint``).
 """
 
 from scratchlm.checkpoint.files import FORMAT_VERSION, read_manifest, verify_checkpoint
@@ -14,6 +15,7 @@ from scratchlm.checkpoint.io import (
     read_train_state,
     save_checkpoint,
 )
+from scratchlm.checkpoint.lock import RunInUseError, RunLock
 from scratchlm.checkpoint.manager import CheckpointManager, resolve_checkpoint
 from scratchlm.checkpoint.rebuild import load_model
 from scratchlm.checkpoint.report import format_report, inspect_checkpoint
@@ -22,6 +24,8 @@ from scratchlm.checkpoint.rng import capture_rng_state, restore_rng_state
 __all__ = [
     "FORMAT_VERSION",
     "CheckpointManager",
+    "RunInUseError",
+    "RunLock",
     "capture_rng_state",
     "format_report",
     "inspect_checkpoint",

@@ -139,17 +139,41 @@ class CheckpointManager:
         """The newest checkpoint that passes verification: the one ``latest`` names, then
         the others by descending step. Each one skipped is logged as a WARNING naming
         the checkpoint and its bad file. None when there is no valid checkpoint."""
+        found, failures = self._first_valid()
+        _log_skipped(failures)
+        return found
+
+    def resume_point(self) -> Path | None:
+        """The checkpoint a resumed run continues from (``latest_valid``); None when the
+        run has no checkpoint yet. CheckpointError when it has some and none is readable:
+        starting over would overwrite them, so that has to be asked for."""
+        found, failures = self._first_valid()
+        if found is None and failures:  # one line says it all, no warning per checkpoint
+            name, why = failures[0]
+            count = f"{len(failures)} checkpoint{'s' if len(failures) > 1 else ''}"
+            raise CheckpointError(
+                f"cannot resume: {self.dir} holds {count} and none is readable (the newest, "
+                f"{name}: {why}); to start over deliberately, delete {self.dir} or choose "
+                "another run directory (--out)"
+            )
+        _log_skipped(failures)
+        return found
+
+    def _first_valid(self) -> tuple[Path | None, list[tuple[str, str]]]:
+        """The first checkpoint, newest first, that passes verification, and the
+        ``(name, reason)`` of each one before it that did not."""
         pointed = self.latest()
         candidates = [pointed] if pointed is not None else []
         candidates += [p for p in reversed(self.list()) if p != pointed]
+        failures = []
         for path in candidates:
             try:
                 verify_checkpoint(path)
-            except CheckpointError as e:
-                log.warning("skipping checkpoint %s: %s", path.name, e)
+            except (CheckpointError, OSError) as e:  # OSError: a file it cannot read
+                failures.append((path.name, str(e)))
                 continue
-            return path
-        return None
+            return path, failures
+        return None, failures
 
     def best(self) -> Path | None:
         """The checkpoint with the lowest ``val_loss`` given to ``save``, if it exists."""
@@ -211,14 +235,19 @@ class CheckpointManager:
         shutil.rmtree(doomed)
 
     def _remove_leftovers(self) -> None:
-        """Temporary directories and files an interrupted save left behind. The manager
-        is the run directory's only writer, so nothing else is using them."""
+        """Temporary directories and files an interrupted save left behind. The writer
+        holds the run lock (``lock.RunLock``), so no other process is using them."""
         for path in self.dir.iterdir():
             if LEFTOVER.fullmatch(path.name):
                 if path.is_dir():
                     shutil.rmtree(path)
                 else:
                     path.unlink()
+
+
+def _log_skipped(failures: list[tuple[str, str]]) -> None:
+    for name, why in failures:
+        log.warning("skipping checkpoint %s: %s", name, why)
 
 
 def resolve_checkpoint(path: str | os.PathLike) -> Path:

@@ -10,12 +10,19 @@ from scratchlm.data.batches import BatchSampler, fixed_windows, get_batch
 from scratchlm.data.encode import prepare
 from scratchlm.data.readers import ReadStats
 from scratchlm.data.sources import Source, iter_documents, read_pieces, resolve_inputs
-from scratchlm.data.tokens import open_tokens, read_meta, token_dtype, tokenizer_fingerprint
+from scratchlm.data.tokens import (
+    data_fingerprint,
+    open_tokens,
+    read_meta,
+    token_dtype,
+    tokenizer_fingerprint,
+)
 
 __all__ = [
     "BatchSampler",
     "ReadStats",
     "Source",
+    "data_fingerprint",
     "fixed_windows",
     "get_batch",
     "iter_documents",

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from scratchlm.atomic import write_dir_atomically
+from scratchlm.atomic import remove_stale_temporaries, write_dir_atomically
 from scratchlm.builtin import END_OF_TEXT
 from scratchlm.data.readers import Pieces, ReadStats
 from scratchlm.data.sources import file_digest, read_pieces, resolve_inputs
@@ -35,6 +35,7 @@ from scratchlm.data.tokens import (
     SPLITS,
     VERSION,
     check_split_size,
+    data_fingerprint,
     read_meta,
     token_dtype,
     tokenizer_fingerprint,
@@ -103,6 +104,7 @@ def prepare(
                 pass
         if meta is not None:
             log.info("%s is up to date (same inputs, tokenizer and settings): nothing to do", out)
+            remove_stale_temporaries(out)  # left by a killed `prepare --force`
             return meta
         raise OutputExistsError(
             f"{out} exists and was not made from these inputs, tokenizer and settings: "
@@ -165,6 +167,7 @@ def prepare(
         # only --data, and the ids can always be decoded.
         save_tokenizer(tok, tmp / TOKENIZER_FILE)
         meta["tokenizer"] = TOKENIZER_FILE
+        meta["fingerprint"] = data_fingerprint(meta)
         (tmp / META_FILE).write_text(json.dumps(meta, indent=1, ensure_ascii=False) + "\n")
 
     write_dir_atomically(out, fill, force=force)

@@ -7,7 +7,8 @@ A data directory holds::
     val.bin     the same for the validation documents
     meta.json   format version, tokenizer fingerprint, vocab size, dtype, end-of-text id,
                 per split: tokens, documents, bytes of text and bytes per token; the
-                source files (size, sha256), the settings used, the UTF-8 repairs
+                source files (size, sha256), the settings used, the UTF-8 repairs, and a
+                fingerprint of all that (``data_fingerprint``), which a resumed run compares
 
 ``open_tokens`` maps a split read-only (``np.memmap``): nothing is loaded until indexed.
 The tokenizer fingerprint is the SHA-256 of the tokenizer's canonical JSON (metadata left
@@ -45,6 +46,33 @@ def tokenizer_fingerprint(tok: Tokenizer) -> str:
     pattern. Free-form metadata is left out: it does not change any id."""
     data = {k: v for k, v in tokenizer_to_dict(tok).items() if k != "metadata"}
     canonical = json.dumps(data, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def data_fingerprint(meta: dict[str, Any]) -> str:
+    """SHA-256 (hex) of what the token files hold: the content (size and SHA-256) of every
+    source file in order, the tokenizer's fingerprint, the settings and the resulting
+    token counts. Paths are left out, so a moved or copied directory keeps its
+    fingerprint, and text prepared again under the same path gets another. ``prepare``
+    records it as ``fingerprint``; for a meta.json written before that, it is computed
+    from the same fields here."""
+    recorded = meta.get("fingerprint")
+    if isinstance(recorded, str):
+        return recorded
+    sources = [(s.get("size"), s.get("sha256")) for s in meta.get("sources") or []]
+    splits = {
+        name: [split.get(k) for k in ("tokens", "documents", "bytes")]
+        for name, split in (meta.get("splits") or {}).items()
+    }
+    content = [
+        sources,
+        meta.get("tokenizer_fingerprint"),
+        meta.get("settings"),
+        meta.get("split_rule"),
+        meta.get("dtype"),
+        splits,
+    ]
+    canonical = json.dumps(content, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 

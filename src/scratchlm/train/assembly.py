@@ -10,21 +10,38 @@ reads as a loop.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from scratchlm.atomic import human_bytes
 from scratchlm.chat_format import chat_tokenizer
-from scratchlm.checkpoint import load_model, resolve_checkpoint
+from scratchlm.checkpoint import (
+    CheckpointManager,
+    RunInUseError,
+    RunLock,
+    load_model,
+    read_config,
+    resolve_checkpoint,
+)
+from scratchlm.checkpoint.files import STATE_JSON, TOKENIZER, read_json
 from scratchlm.config import ModelConfig
+from scratchlm.data import data_fingerprint, read_meta, tokenizer_fingerprint
 from scratchlm.errors import ConfigError
 from scratchlm.model import TransformerLM
 from scratchlm.model.resize import grow_vocab
 from scratchlm.tokenizer import load_tokenizer
-from scratchlm.train.config import CONFIG_FILE, RESUMABLE_CHANGES, TrainConfig, load_run_config
+from scratchlm.train.config import (
+    CONFIG_FILE,
+    PATH_SETTINGS,
+    RESUMABLE_CHANGES,
+    TrainConfig,
+    load_run_config,
+)
 
 
 def run_tokenizer(config: TrainConfig) -> Any:
@@ -114,15 +131,84 @@ def _physical_memory() -> int | None:
 
 
 def check_resumable(saved: TrainConfig, wanted: TrainConfig) -> None:
-    """ConfigError unless ``wanted`` only changes settings a resumed run may change."""
+    """ConfigError unless ``wanted`` only changes settings a resumed run may change.
+    Paths (``PATH_SETTINGS``) are not compared as text: ``resume_point`` compares what
+    they hold with what the checkpoint recorded."""
     a, b = saved.to_dict(), wanted.to_dict()
-    changed = sorted(k for k in a if k not in RESUMABLE_CHANGES and a[k] != b[k])
+    free = RESUMABLE_CHANGES | PATH_SETTINGS
+    changed = sorted(k for k in a if k not in free and a[k] != b[k])
     if changed:
         detail = ", ".join(f"{k}: {a[k]!r} -> {b[k]!r}" for k in changed[:3])
         raise ConfigError(
-            f"the run in {saved.out} was started with other settings ({detail}); "
+            f"the run in {wanted.out} was started with other settings ({detail}); "
             "resume it with the same settings or choose a new --out"
         )
+
+
+def run_fingerprints(
+    config: TrainConfig, tokenizer: Any, sampler: Any, val: tuple[Tensor, Tensor]
+) -> dict[str, str]:
+    """What the run's steps depend on besides its settings, by content (SHA-256), never
+    by path: ``{"data": ..., "tokenizer": ...}``. Checkpoints record it; a resume
+    compares it. Pretraining data: the fingerprint in the data's meta.json; conversations:
+    the packed training rows and the validation rows they became."""
+    if config.phase == "sft":
+        rows = sampler.rows
+        data = _tensors_digest(rows.x, rows.y, rows.segment_ids, *val)
+    else:
+        data = data_fingerprint(read_meta(config.data))
+    return {"data": data, "tokenizer": tokenizer_fingerprint(tokenizer)}
+
+
+def _tensors_digest(*tensors: Tensor) -> str:
+    digest = hashlib.sha256()
+    for t in tensors:
+        digest.update(f"{t.dtype}{tuple(t.shape)}".encode())
+        digest.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def resume_point(
+    checkpoints: CheckpointManager, fingerprints: dict[str, str], model: TransformerLM
+) -> Path | None:
+    """The checkpoint a resumed run continues from (None: the run has none yet).
+    CheckpointError when every checkpoint is unreadable; ConfigError when the newest
+    valid one was trained on other data, with another tokenizer or another model."""
+    path = checkpoints.resume_point()
+    if path is None:
+        return None
+    run = f"cannot resume {checkpoints.run_dir}: its checkpoint {path.name}"
+    state_file = path / STATE_JSON
+    state = read_json(state_file, "the trainer state") if state_file.is_file() else {}
+    recorded = state.get("fingerprints") if isinstance(state, dict) else None
+    recorded = recorded if isinstance(recorded, dict) else {}
+    if "tokenizer" not in recorded and (path / TOKENIZER).is_file():  # an older checkpoint
+        recorded["tokenizer"] = tokenizer_fingerprint(load_tokenizer(path / TOKENIZER))
+    for what, other in (("data", "on other data"), ("tokenizer", "with another tokenizer")):
+        was, now = recorded.get(what), fingerprints[what]
+        if was is not None and was != now:
+            raise ConfigError(
+                f"{run} was trained {other} (fingerprint {was[:12]}, now {now[:12]}); "
+                f"resume with the {what} it was trained with, or start a new run in "
+                "another --out"
+            )
+    saved = read_config(path)["model"]
+    ours = model.config
+    if saved is not None and _resolved(saved) != ours.resolved():
+        differ = sorted(k for k, v in ours.to_dict().items() if saved.get(k) != v)
+        detail = ", ".join(f"{k}={saved.get(k)!r}, now {getattr(ours, k)!r}" for k in differ[:3])
+        raise ConfigError(
+            f"{run} holds another model ({detail}); resume with the model settings it was "
+            "started with, or start a new run in another --out"
+        )
+    return path
+
+
+def _resolved(saved: dict[str, Any]) -> ModelConfig | None:
+    try:  # d_ff None and d_ff 1344 may build the same model
+        return ModelConfig.from_dict(saved).resolved()
+    except ConfigError:  # a config this version cannot build is not ours
+        return None
 
 
 def is_resuming(config: TrainConfig, run_dir: Path) -> bool:
@@ -135,6 +221,20 @@ def is_resuming(config: TrainConfig, run_dir: Path) -> bool:
     if config.resume:
         raise nothing_to_resume(run_dir)
     return False
+
+
+def lock_run_dir(lock: RunLock, *, resuming: bool) -> None:
+    """Hold the run directory's lock before the first write (the trainer took it while
+    assembling when the directory existed). A run another process started there in the
+    meantime is not overwritten."""
+    if lock.held:
+        return
+    lock.acquire()
+    if not resuming and (lock.run_dir / CONFIG_FILE).exists():
+        raise RunInUseError(
+            f"another process started a run in {lock.run_dir} while this one was getting "
+            "ready: run the same command again to resume it, or choose another --out"
+        )
 
 
 def nothing_to_resume(run_dir: str | os.PathLike) -> ConfigError:

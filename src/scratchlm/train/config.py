@@ -61,6 +61,10 @@ RESUMABLE_CHANGES = frozenset(
         "max_skips",
     }
 )
+# Fields that name where things are. A resumed run compares what they hold, not how they
+# are spelled (a run directory given as ./runs/a or moved elsewhere is the same run): the
+# data's and the tokenizer's fingerprints and the model, recorded in each checkpoint.
+PATH_SETTINGS = frozenset({"out", "data", "tokenizer", "init_from", "conversations"})
 
 
 @dataclass

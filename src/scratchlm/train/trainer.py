@@ -27,6 +27,7 @@ from torch import Tensor
 
 from scratchlm.checkpoint import (
     CheckpointManager,
+    RunLock,
     capture_rng_state,
     load_checkpoint,
     read_train_state,
@@ -34,7 +35,14 @@ from scratchlm.checkpoint import (
 )
 from scratchlm.errors import ConfigError, ScratchLMError, WriteError
 from scratchlm.model.loss import IGNORE_INDEX
-from scratchlm.train.assembly import build_model, is_resuming, run_tokenizer
+from scratchlm.train.assembly import (
+    build_model,
+    is_resuming,
+    lock_run_dir,
+    resume_point,
+    run_fingerprints,
+    run_tokenizer,
+)
 from scratchlm.train.config import CONFIG_FILE, TrainConfig
 from scratchlm.train.evaluate import draw_samples, evaluate
 from scratchlm.train.guard import DivergenceGuard
@@ -66,12 +74,26 @@ class Trainer:
 
     def __init__(self, config: TrainConfig, *, echo: Callable[[str], None] | None = None) -> None:
         """Build everything the run needs (checking the settings, the data and the
-        tokenizer on the way), without writing anything; ``run`` then trains."""
-        self.config = c = config
+        tokenizer on the way), without writing anything; ``run`` then trains. The run
+        directory's lock (rank 0) is taken first when the directory exists, so a second
+        writer is refused before it reads anything; ``run`` releases it."""
+        self.config = config
         self.echo = echo or log.info
-        self.dist, self.device = init_distributed(c.device)
+        self.dist, self.device = init_distributed(config.device)
+        self.run_dir = Path(config.out)
+        self.lock = RunLock(self.run_dir)
+        if self.dist.is_main:
+            self.lock.acquire(create=False)  # a new run's directory: locked by run()
+        try:
+            self._assemble()
+        except BaseException:
+            self.lock.release()
+            raise
+
+    def _assemble(self) -> None:
+        """The run's pieces (``__init__`` without the lock)."""
+        c = self.config
         self.precision = pick_precision(c.precision, self.device)
-        self.run_dir = Path(c.out)
         self.checkpoints = CheckpointManager(self.run_dir, keep_last=c.keep_last)
         self.checkpoints.check_layout()
         self.resuming = is_resuming(c, self.run_dir)
@@ -106,6 +128,12 @@ class Trainer:
         self.metrics: MetricsLog | None = None  # opened by run (rank 0)
         self.started = time.perf_counter()  # wall clock of this process's training
         self.last_checkpoint: Path | None = None
+        self.fingerprints = run_fingerprints(
+            c, self.tokenizer, self.sampler, (self.val_x, self.val_y)
+        )
+        self.resume_from: Path | None = None  # the checkpoint run() continues from
+        if self.resuming:
+            self.resume_from = resume_point(self.checkpoints, self.fingerprints, self.model)
 
     # ----------------------------------------------------------------------------------
     # Checkpoints
@@ -120,6 +148,7 @@ class Trainer:
             scaler=self.scaler.state_dict() if self.scaler.is_enabled() else None,
             config=self.config.to_dict(),
             phase=self.config.phase,
+            fingerprints=self.fingerprints,
         )
         return state, {**tensors, **capture_rng_state()}  # rng.* keys
 
@@ -182,13 +211,14 @@ class Trainer:
         """Train until the configured number of steps (resuming when the run directory
         holds a checkpoint); returns how the run ended."""
         c = self.config
-        if self.dist.is_main:  # only once everything checked out: a failed start leaves none
-            self.metrics = MetricsLog(self.run_dir, tensorboard=c.tensorboard)
-            c.save(self.run_dir / CONFIG_FILE)
-        self.started = time.perf_counter()
         try:
+            if self.dist.is_main:  # only once everything checked out: a failed start leaves none
+                lock_run_dir(self.lock, resuming=self.resuming)
+                self.metrics = MetricsLog(self.run_dir, tensorboard=c.tensorboard)
+                c.save(self.run_dir / CONFIG_FILE)
+            self.started = time.perf_counter()
             if self.resuming:
-                latest = self.checkpoints.latest_valid()
+                latest = self.resume_from
                 if latest is not None:
                     self._restore(latest, data_and_rng=True)
                     self._event(f"resumed from {latest.name} (step {self.state.step})")
@@ -199,6 +229,7 @@ class Trainer:
         finally:
             if self.metrics is not None:
                 self.metrics.close()
+            self.lock.release()
             shutdown_distributed(self.dist)
 
     def _loop(self, stop: SignalFlag) -> TrainResult:

@@ -125,7 +125,7 @@ CASES = {
     ),
     "--out is a file": (
         lambda t, d, mp: ((t / "run").write_text("x"), train_argv(d, t / "run"))[1],
-        ["is a file, not a run directory"],
+        ["run is a file", "choose another --out"],
     ),
     "unknown --model key": (
         lambda t, d, mp: train_argv(d, t / "run", "--model", "n_layer=3"),

@@ -171,10 +171,10 @@ def test_builtin_folder_stays_small():
 # The words a refusal's first sentence may use: it says that the model cannot answer,
 # never what the question was about, so a refusal learned for one off-theme question
 # ("How do I bake a cake?") cannot name a wrong topic when it answers another one.
-NEUTRAL_REFUSAL_WORDS = set(
+NEUTRAL_REFUSAL_WORDS = _words(
     "i i'm don't know that this sorry can't cannot help with answer not able to about "
     "anything much the do how look up give advice good at have no way it a an question "
-    "and is big".split()
+    "and is big"
 )
 
 

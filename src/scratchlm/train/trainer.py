@@ -85,7 +85,7 @@ class Trainer:
         )
         self.make_optimizer = functools.partial(build_optimizer, config=c)
         self.optimizer = self.make_optimizer(self.model)
-        self.sampler, self.val_x, self.val_y, self.bytes_per_token = training_data(
+        self.sampler, self.val_x, self.val_y, self.bytes_per_token, self.prompts = training_data(
             c, self.tokenizer, T, rank=self.dist.rank, world_size=self.dist.world_size
         )
         self.tokens_per_step = c.batch_size * c.grad_accum * T * self.dist.world_size
@@ -349,12 +349,12 @@ class Trainer:
         self._say(bar, f"step {self.state.step}: validation loss {self.state.last_val:.4f}{bpb}")
         texts = []  # none from a sharded model: generation would need every shard
         if not c.fsdp:
-            prompts, n = c.sample_prompts, c.sample_tokens
+            prompts, n = self.prompts, c.sample_tokens
             chat = c.phase == "sft"
             texts = draw_samples(
                 self.model, self.tokenizer, prompts, max_new_tokens=n, seed=c.seed, chat=chat
             )
-        for prompt, text in zip(c.sample_prompts[: len(texts)], texts, strict=True):
+        for prompt, text in zip(self.prompts[: len(texts)], texts, strict=True):
             self._record(kind="sample", prompt=prompt, text=text)
             shown = text if c.phase == "sft" else prompt + text  # an answer, or a continuation
             self._say(bar, f"  {prompt!r} -> {shown[:120]!r}")

@@ -182,7 +182,9 @@ class Trainer:
                 latest = self.checkpoints.latest_valid()
                 if latest is not None:
                     self._restore(latest, data_and_rng=True)
-                    self._event(f"resumed from {latest.name} (step {self.state.step})")
+                    self._event(
+                        f"resumed from {latest.name} (step {self.state.step})", logging.INFO
+                    )
                 elif self.metrics is not None:  # it stopped before its first checkpoint
                     self.metrics.truncate_after(0)
             with SignalFlag() as stop:
@@ -220,7 +222,8 @@ class Trainer:
                 if (ckpt_every and self.state.step % ckpt_every == 0) or at_end or signalled:
                     self.save_checkpoint(val_loss=val)
                 if signalled:
-                    self._event(f"stopped by {stop.name or 'a signal'} at step {self.state.step}")
+                    where = f"at step {self.state.step}"
+                    self._event(f"stopped by {stop.name or 'a signal'} {where}", logging.INFO)
                     return self._result(interrupted=stop.name or "signal")
         return self._result()
 
@@ -372,9 +375,10 @@ class Trainer:
         else:
             log.info(message)
 
-    def _event(self, message: str) -> None:
+    def _event(self, message: str, level: int = logging.WARNING) -> None:
+        """Log and record a run event: a warning, or INFO for routine ones (a resume)."""
         if self.dist.is_main:
-            log.warning(message)
+            log.log(level, message)
             self._record(kind="event", message=message)
 
     def _record(self, **fields: Any) -> None:

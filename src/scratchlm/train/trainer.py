@@ -208,8 +208,10 @@ class Trainer:
                 if done is None:  # rolled back to a checkpoint: nothing to report
                     continue
                 loss, grad_norm, lr = done
-                window_time += time.perf_counter() - t0
+                seconds = time.perf_counter() - t0  # the step alone: its ETA share
+                window_time += seconds
                 window_tokens += self.tokens_per_step
+                bar.update(self.state.step, loss=loss, lr=lr, grad_norm=grad_norm, seconds=seconds)
                 if self.state.step % c.log_every == 0 or self.state.step == self.total:
                     tps = window_tokens / max(window_time, 1e-9)
                     self._log_train(bar, loss, grad_norm, lr, tps)

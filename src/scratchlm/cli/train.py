@@ -10,6 +10,7 @@ from typing import Any
 
 from scratchlm import pipeline
 from scratchlm.cli.config_flags import add_config_flags, given_settings
+from scratchlm.cli.terminal import live_progress
 from scratchlm.config import ModelConfig
 from scratchlm.errors import ConfigError
 from scratchlm.train.assembly import nothing_to_resume
@@ -78,7 +79,8 @@ def _run(
 def _train(args: argparse.Namespace) -> int:
     if not (args.data or args.resume or args.config):
         out = Path(args.out or pipeline.DefaultRun().out_dir)
-        pipeline.run_default(pipeline.DefaultRun(out_dir=out), progress=args.progress is not False)
+        progress = live_progress(quiet=args.progress is False)
+        pipeline.run_default(pipeline.DefaultRun(out_dir=out), progress=progress)
         return 0
     return _run(args, _flags(args), {}, "train")
 

@@ -14,7 +14,7 @@ each row's text piece by piece. ``stream`` / ``stream_ids`` are its one-row case
 from __future__ import annotations
 
 import codecs
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from scratchlm.builtin import END_OF_TEXT
@@ -105,6 +105,7 @@ def stream_rows(
     *,
     stop_ids: Sequence[int],
     truncate: bool = True,
+    on_step: Callable[[int, int], None] | None = None,
 ) -> Iterator[list[str]]:
     """The one text-generation loop: the continuations of several prompts (token ids),
     run by the engine as one batch. Yields, once per step, the new text of every row
@@ -112,6 +113,8 @@ def stream_rows(
 
     A row ends at a stop id, a stop string (left out of its text) or the budget; the
     loop ends when every row has. Joined, a row's pieces are its whole text.
+    ``on_step(steps, ended)``, when given, hears after each step how many steps have run
+    and how many rows have ended (for progress displays).
     """
     steps = generate_ids(
         model,
@@ -124,7 +127,7 @@ def stream_rows(
     texts = [TextStream(tokenizer, settings.stop) for _ in prompts]
     ended = [False] * len(texts)
     try:
-        for tokens in steps:
+        for step, tokens in enumerate(steps, start=1):
             pieces = [""] * len(texts)
             for i, token in enumerate(tokens):
                 if token is None:  # a stop id: the engine has ended this row
@@ -132,6 +135,8 @@ def stream_rows(
                 elif not ended[i]:
                     pieces[i] = texts[i].push(token)
                     ended[i] = texts[i].stopped  # a stop string
+            if on_step is not None:
+                on_step(step, sum(ended))
             yield pieces
             if all(ended):
                 break
@@ -196,10 +201,12 @@ def generate(
     *,
     stop_ids: Sequence[int] | None = None,
     truncate: bool = True,
+    on_step: Callable[[int, int], None] | None = None,
     **overrides: Any,
 ) -> str | list[str]:
     """The continuation of one prompt, or of each of several prompts, which then run
-    together as one batch (one forward pass per step for all of them)."""
+    together as one batch (one forward pass per step for all of them). ``on_step``: as
+    in ``stream_rows``."""
     settings = resolve_settings(sample, overrides)
     prompts = [prompt] if isinstance(prompt, str) else list(prompt)
     texts = generate_rows(
@@ -209,6 +216,7 @@ def generate(
         settings,
         stop_ids=_default_stop_ids(tokenizer, stop_ids),
         truncate=truncate,
+        on_step=on_step,
     )
     return texts[0] if isinstance(prompt, str) else texts
 
@@ -221,12 +229,14 @@ def generate_rows(
     *,
     stop_ids: Sequence[int],
     truncate: bool = True,
+    on_step: Callable[[int, int], None] | None = None,
 ) -> list[str]:
-    """The whole text of each row of ``stream_rows``."""
+    """The whole text of each row of ``stream_rows`` (``on_step``: as there)."""
     parts: list[list[str]] = [[] for _ in prompts]
-    for pieces in stream_rows(
-        model, tokenizer, prompts, settings, stop_ids=stop_ids, truncate=truncate
-    ):
+    rows = stream_rows(
+        model, tokenizer, prompts, settings, stop_ids=stop_ids, truncate=truncate, on_step=on_step
+    )
+    for pieces in rows:
         for row, piece in zip(parts, pieces, strict=True):
             row.append(piece)
     return ["".join(row) for row in parts]

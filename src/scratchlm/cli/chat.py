@@ -12,6 +12,7 @@ from scratchlm.chat import default_chat_checkpoint
 from scratchlm.chat_repl import ChatSession, run_repl
 from scratchlm.checkpoint import load_model
 from scratchlm.cli.config_flags import add_config_flags, given_settings
+from scratchlm.cli.terminal import CountProgress
 from scratchlm.config import SampleConfig
 from scratchlm.errors import ConfigError, TokenizerError
 from scratchlm.model import prepare_for_inference
@@ -120,7 +121,14 @@ def _generate(args: argparse.Namespace) -> int:
         _write_stream(stream(model, tokenizer, args.prompt, sample))
         return 0
     # One batch: the rows share one generator, so with a seed they still differ.
-    texts = generate(model, tokenizer, [args.prompt] * args.n, sample)
+    with CountProgress(sample.max_new_tokens, f"sampling {args.n}", "tokens") as progress:
+        texts = generate(
+            model,
+            tokenizer,
+            [args.prompt] * args.n,
+            sample,
+            on_step=lambda steps, ended: progress.update(min(steps, progress.total)),
+        )
     for i, text in enumerate(texts, start=1):
         print(f"--- {i} ---")
         print(args.prompt + text)

@@ -20,11 +20,12 @@ import pytest
 import torch
 
 import scratchlm
+from scratchlm import console
 from scratchlm.chat_format import chat_tokenizer
 from scratchlm.checkpoint import save_checkpoint
-from scratchlm.cli import main, terminal
-from scratchlm.cli.terminal import CountProgress
+from scratchlm.cli import main
 from scratchlm.config import preset
+from scratchlm.console import CountProgress
 from scratchlm.model import TransformerLM
 from scratchlm.tokenizer import CharTokenizer
 
@@ -85,7 +86,7 @@ def question_file(tmp_path) -> Path:
 
 
 def test_eval_facts_off_a_terminal(chat_checkpoint, question_file, monkeypatch, capsys):
-    monkeypatch.setattr(terminal, "LINE_EVERY_SECONDS", 0.0)  # a line at every update
+    monkeypatch.setattr(console, "LINE_EVERY_SECONDS", 0.0)  # a line at every update
     argv = ["eval", "facts", str(chat_checkpoint), "--questions", str(question_file)]
     assert main([*argv, "--max-new-tokens", "8", "--device", "cpu"]) == 0
     out, err = capsys.readouterr()
@@ -96,7 +97,7 @@ def test_eval_facts_off_a_terminal(chat_checkpoint, question_file, monkeypatch, 
 
 
 def test_generate_n_off_a_terminal(chat_checkpoint, monkeypatch, capsys):
-    monkeypatch.setattr(terminal, "LINE_EVERY_SECONDS", 0.0)
+    monkeypatch.setattr(console, "LINE_EVERY_SECONDS", 0.0)
     argv = ["generate", str(chat_checkpoint), "--prompt", "a", "--n", "3", "--seed", "1"]
     assert main([*argv, "--max-new-tokens", "6", "--device", "cpu"]) == 0
     out, err = capsys.readouterr()
@@ -142,3 +143,17 @@ def test_eval_facts_on_a_terminal(chat_checkpoint, question_file, tmp_path):
     n = len(QUESTIONS)
     assert "answering" in text and f"{n}/{n}" in text and "questions" in text, text
     assert f"(0 of {n})" in text  # and the result
+
+
+def test_parts_add_up():
+    clock, out = FakeClock(), io.StringIO()
+    with CountProgress(
+        5, "answering", "questions", live=False, every=0, file=out, clock=clock
+    ) as p:
+        first = p.part()
+        first(2)
+        first(3)  # the first file's 3 questions
+        second = p.part()
+        second(1)
+        second(2)
+    assert out.getvalue().splitlines() == [f"answering: {n}/5 questions" for n in (2, 3, 4, 5, 5)]

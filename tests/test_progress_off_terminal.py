@@ -8,7 +8,7 @@ import os
 import subprocess
 import sys
 
-from scratchlm.cli.terminal import live_progress
+from scratchlm.console import live_progress
 
 
 class FakeStream(io.StringIO):

@@ -12,8 +12,8 @@ from scratchlm.chat import default_chat_checkpoint
 from scratchlm.chat_repl import ChatSession, run_repl
 from scratchlm.checkpoint import load_model
 from scratchlm.cli.config_flags import add_config_flags, given_settings
-from scratchlm.cli.terminal import CountProgress
 from scratchlm.config import SampleConfig
+from scratchlm.console import CountProgress
 from scratchlm.errors import ConfigError, TokenizerError
 from scratchlm.model import prepare_for_inference
 from scratchlm.textgen import generate, stream

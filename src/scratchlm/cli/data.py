@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from scratchlm.cli.config_flags import keyword_default
-from scratchlm.cli.terminal import live_progress
+from scratchlm.console import live_progress
 from scratchlm.data.encode import prepare
 from scratchlm.tokenizer import load_tokenizer
 

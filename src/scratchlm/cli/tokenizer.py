@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from scratchlm.cli.terminal import live_progress
+from scratchlm.console import live_progress
 from scratchlm.errors import DataError, OutputExistsError
 from scratchlm.export.hf_tokenizer import save_hf_tokenizer
 from scratchlm.tokenizer import BPETokenizer, CharTokenizer, load_tokenizer, train_bpe

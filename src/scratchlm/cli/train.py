@@ -10,8 +10,8 @@ from typing import Any
 
 from scratchlm import pipeline
 from scratchlm.cli.config_flags import add_config_flags, given_settings
-from scratchlm.cli.terminal import live_progress
 from scratchlm.config import ModelConfig
+from scratchlm.console import live_progress
 from scratchlm.errors import ConfigError
 from scratchlm.train.assembly import nothing_to_resume
 from scratchlm.train.config import SFT_DEFAULTS, TrainConfig, load_run_config, resolve_config

@@ -1,5 +1,6 @@
-"""How a command shows progress: live bars on a terminal, an occasional plain line
-elsewhere (a log file, a pipe), where a bar's redrawn frames would stay as stray lines."""
+"""What commands show while they work: live progress bars on a terminal, an occasional
+plain line elsewhere (a log file, a pipe), where a bar's redrawn frames would stay as
+stray lines."""
 
 from __future__ import annotations
 
@@ -63,6 +64,12 @@ class CountProgress:
         if now - self._last_line >= self._every:
             self._line()
             self._last_line = now
+
+    def part(self) -> Callable[[int], None]:
+        """An ``update`` for the next part of the job (one of several question files),
+        which counts its own units from 0: they are added to what is done so far."""
+        before = self.done
+        return lambda done: self.update(before + done)
 
     def _line(self) -> None:
         self._file.write(f"{self.desc}: {self.done}/{self.total} {self.unit}\n")

@@ -151,7 +151,7 @@ def test_sft_command_on_the_builtin_conversations(pretrained, tmp_path, capsys):
     conversations, _ = read_conversations([str(resolve_builtin("builtin:chat"))])
     train, val = split_conversations(conversations, saved["val_fraction"])
     first_questions = {next(m["content"] for m in c if m["role"] == "user") for c in val}
-    assert len(prompts) == 2 and set(prompts) <= first_questions
+    assert len(set(prompts)) == 2 and set(prompts) <= first_questions
     assert not set(prompts) & {m["content"] for messages in train for m in messages}
     assert main(["sft", "--data", "x.jsonl"]) == 2
     assert "--from" in capsys.readouterr().err

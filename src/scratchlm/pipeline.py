@@ -207,7 +207,7 @@ def conversation_stage(
         text = reply(model, tok, messages, temperature=0, max_new_tokens=64)
         echo(f"      you> {question}")
         echo(f"      model> {_printable(text)}")
-    echo("      checking its answers to the built-in fact questions ...")
+    echo("      checking its answers to the built-in fact questions (greedy)")
     trained, reworded = fact_scores(model, tok, run, live=progress)
     echo(
         f"      answers holding the expected fact: {trained.summary()} of the trained "

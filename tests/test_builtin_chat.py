@@ -166,3 +166,29 @@ def test_builtin_folder_stays_small():
         p.stat().st_size for p in folder.rglob("*") if p.is_file() and "__pycache__" not in p.parts
     )
     assert size < 1_000_000
+
+
+# The words a refusal's first sentence may use: it says that the model cannot answer,
+# never what the question was about, so a refusal learned for one off-theme question
+# ("How do I bake a cake?") cannot name a wrong topic when it answers another one.
+NEUTRAL_REFUSAL_WORDS = _words(
+    "i i'm don't know that this sorry can't cannot help with answer not able to about "
+    "anything much the do how look up give advice good at have no way it a an question "
+    "and is big"
+)
+
+
+def test_refusals_name_no_topic(conversations):
+    refusals = {
+        m["content"]
+        for messages in conversations
+        for m in messages
+        if m["role"] == "assistant"
+        and "everyday science" in m["content"]
+        and re.search(r"\b(don't know|can't|not able|not good)\b", m["content"])
+    }
+    assert len(refusals) >= 15  # the check below sees the refusals, not nothing
+    for text in refusals:
+        first_sentence = re.split(r"[.!?]", text)[0]
+        topic_words = _words(first_sentence) - NEUTRAL_REFUSAL_WORDS
+        assert not topic_words, (text, topic_words)

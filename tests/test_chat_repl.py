@@ -22,7 +22,14 @@ import torch
 from torch import nn
 
 from scratchlm import chat_repl
-from scratchlm.chat import default_chat_checkpoint, prompt_budget, reply, stream_reply
+from scratchlm.chat import (
+    chat_prompt_ids,
+    default_chat_checkpoint,
+    hidden_exchanges,
+    prompt_budget,
+    reply,
+    stream_reply,
+)
 from scratchlm.chat_format import END_OF_TURN, ROLE_TOKENS, chat_tokenizer
 from scratchlm.chat_repl import ChatSession, run_repl
 from scratchlm.checkpoint import CheckpointManager
@@ -72,6 +79,9 @@ class ScriptedLM(nn.Module):
         self.script = list(script)
         self.prompts: list[list[int]] = []
         self.step = 0
+
+    def num_parameters(self) -> int:  # the interactive header shows it
+        return 1
 
     def forward(self, ids, cache=None, positions=None, attention_mask=None, last_only=False):
         if ids.shape[1] > 1:  # a prefill (prompts are >= 2 tokens): a new answer starts
@@ -301,6 +311,61 @@ def test_interactive_prompts_header_and_help(chat_model):
     assert text.startswith("scratchlm chat: my-model (") and "/help" in text.splitlines()[1]
     assert text.count("you> ") == 3  # before /help, before hi, before EOF
     assert "/save FILE" in text
+
+
+# ------------------------------------------------------- a conversation outgrows the context
+
+NOTICE = "no longer fits the model's context of 64 tokens"
+
+
+def outgrowing_session() -> tuple[ChatSession, BPETokenizer]:
+    """A 64-token context with 20 kept for the answer: each exchange ("message i",
+    "ok") takes 17 tokens, so the fourth message no longer fits beside the first."""
+    tok = byte_chat_tokenizer()
+    model = ScriptedLM(script_of(tok, "ok"), tok.vocab_size, context_length=64)
+    return ChatSession(model, tok, SampleConfig(temperature=0, max_new_tokens=20)), tok
+
+
+def test_hidden_exchanges_counts_what_the_prompt_leaves_out():
+    session, tok = outgrowing_session()
+    messages = []
+    for i in range(6):
+        messages += [{"role": "user", "content": f"message {i}"}]
+        prompt = tok.decode(chat_prompt_ids(session.model, tok, messages, 20))
+        shown = [j for j in range(i + 1) if f"message {j}<" in prompt]
+        assert hidden_exchanges(session.model, tok, messages, 20) == i + 1 - len(shown)
+        messages += [{"role": "assistant", "content": "ok"}]
+    assert hidden_exchanges(session.model, tok, messages[:-1], 20) > 0
+
+
+def test_the_repl_says_once_when_old_turns_start_to_be_dropped():
+    session, _ = outgrowing_session()
+    talk = "".join(f"message {i}\n" for i in range(6))
+    lines = talk + "/reset\n" + talk
+    out = io.StringIO()
+    run_repl(session, input_stream=io.StringIO(lines), output_stream=out, interactive=True)
+    said = out.getvalue().splitlines()
+    notices = [i for i, line in enumerate(said) if NOTICE in line]
+    assert len(notices) == 2  # when it begins, and again after /reset starts afresh
+    first = said[notices[0]]
+    assert first.startswith("[") and "/reset starts afresh]" in first
+    assert said[notices[0] - 1].endswith("ok")  # right after the answer it concerns
+    answers_before = sum(line.endswith("ok") for line in said[: notices[0]])
+    assert answers_before == 4  # the fourth message was the first to drop one
+    assert session.hidden > 0
+
+
+def test_piped_the_notice_goes_to_stderr():
+    session, _ = outgrowing_session()
+    out, err = piped(session, "".join(f"message {i}\n" for i in range(6)))
+    assert out == ["ok"] * 6  # still exactly one line per message
+    assert [line for line in err if NOTICE in line] == [err[0]] and len(err) == 1
+
+
+def test_a_short_chat_has_no_notice(chat_model):
+    model, tok = chat_model  # a context of 128 characters
+    out, err = piped(ChatSession(model, tok, GREEDY), "hi\nho\n")
+    assert len(out) == 2 and err == []
 
 
 # ------------------------------------------------------------------------- Ctrl-C

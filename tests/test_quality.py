@@ -63,6 +63,7 @@ def test_reduced_default_run_answers_taught_and_reworded_questions(tmp_path):
         out_dir=tmp_path / "run",
         model={"d_model": 128, "n_layers": 3, "n_heads": 4, "n_kv_heads": 4, "d_ff": 352},
         context_length=96,
+        batch_size=16,
         steps=250,
         lr=1e-3,
         sft_steps=250,

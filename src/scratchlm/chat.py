@@ -23,7 +23,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from scratchlm.chat_format import CHAT_SPECIAL_TOKENS, render_prompt
+from scratchlm.chat_format import CHAT_SPECIAL_TOKENS, ROLE_TOKENS, render_prompt
 from scratchlm.checkpoint.manager import CHECKPOINTS, CheckpointManager
 from scratchlm.config import SampleConfig
 from scratchlm.errors import CheckpointError, TokenizerError
@@ -72,6 +72,20 @@ def chat_prompt_ids(
     require_chat_tokens(tokenizer)
     budget = prompt_budget(model.config.context_length, max_new_tokens)
     return render_prompt(messages, tokenizer, max_tokens=budget)
+
+
+def hidden_exchanges(
+    model: TransformerLM,
+    tokenizer: Tokenizer,
+    messages: Sequence[Mapping[str, str]],
+    max_new_tokens: int,
+) -> int:
+    """How many of the oldest exchanges of ``messages`` (ending with a user message) the
+    prompt leaves out to fit the context (``chat_prompt_ids``); 0 when all of it fits.
+    Counted by the ``<|user|>`` tokens of the prompt: message text never holds one."""
+    ids = chat_prompt_ids(model, tokenizer, messages, max_new_tokens)
+    shown = ids.count(tokenizer.special_tokens[ROLE_TOKENS["user"]])
+    return sum(m["role"] == "user" for m in messages) - shown
 
 
 def stream_reply(

@@ -3,8 +3,9 @@ that reads lines and streams answers (``scratchlm chat``).
 
 The session keeps the whole conversation (``/save`` writes all of it); each answer is
 generated from as much of it as fits the context (``scratchlm.chat.stream_reply`` drops
-the oldest exchanges). Ctrl-C while an answer streams stops that answer, keeps what was
-said of it, and returns to the prompt; Ctrl-C at the prompt ends the chat.
+the oldest exchanges), and the REPL says so in one line when the dropping begins. Ctrl-C
+while an answer streams stops that answer, keeps what was said of it, and returns to the
+prompt; Ctrl-C at the prompt ends the chat.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from scratchlm.atomic import atomic_write_text
-from scratchlm.chat import require_chat_tokens, stream_reply
+from scratchlm.chat import hidden_exchanges, require_chat_tokens, stream_reply
 from scratchlm.chat_format import conversation_problem
 from scratchlm.config import SampleConfig
 from scratchlm.errors import ConfigError, DataError, ScratchLMError
@@ -79,6 +80,11 @@ class ChatSession:
         self.sample = sample
         self.name = name
         self.messages: list[dict[str, str]] = []
+        # Exchanges the model no longer sees (dropped to fit its context) as of the last
+        # message, and the line that says so when that message began the dropping (once
+        # per conversation: from then on nearly every message drops another).
+        self.hidden = 0
+        self.context_notice: str | None = None
         self.set_system(system)
 
     @property
@@ -98,6 +104,7 @@ class ChatSession:
         except ScratchLMError:
             self.messages.pop()  # nothing was answered
             raise
+        self._note_hidden()
         pieces: list[str] = []
         try:
             for piece in stream:
@@ -105,6 +112,19 @@ class ChatSession:
                 yield piece
         finally:
             self.messages.append({"role": "assistant", "content": "".join(pieces)})
+
+    def _note_hidden(self) -> None:
+        """Count the exchanges the prompt just left out; a notice if it is the first time."""
+        budget = self.sample.max_new_tokens
+        hidden = hidden_exchanges(self.model, self.tokenizer, self.messages, budget)
+        self.context_notice = None
+        if hidden and not self.hidden:
+            context = self.model.config.context_length
+            self.context_notice = (
+                f"[the conversation no longer fits the model's context of {context} tokens: "
+                "from now on it sees only the latest exchanges; /reset starts afresh]"
+            )
+        self.hidden = hidden
 
     def reset(self) -> None:
         """Forget the conversation; the system message stays."""
@@ -118,6 +138,7 @@ class ChatSession:
         if text:
             self.tokenizer.encode(text, allow_special=False)
         self.messages = [{"role": "system", "content": text}] if text else []
+        self.hidden, self.context_notice = 0, None
 
     def set_option(self, name: str, value: str) -> str:
         """Change one sampling setting from its text (``/set top_p 0.9``) and return its
@@ -161,6 +182,7 @@ class ChatSession:
         if problem is not None:
             raise DataError(f"{path} is not a valid conversation: {problem}")
         self.messages = [{"role": m["role"], "content": m["content"]} for m in messages]
+        self.hidden, self.context_notice = 0, None
 
     def settings_text(self) -> str:
         return "  ".join(f"{k}={getattr(self.sample, k)}" for k in SETTABLE)
@@ -309,6 +331,8 @@ def _answer(session: ChatSession, text: str, out: TextIO, err: TextIO, interacti
         return False
     out.write("\n")
     out.flush()
+    if session.context_notice:  # piped: stdout keeps one line per answer
+        _write_line(out if interactive else err, session.context_notice)
     return True
 
 

@@ -19,6 +19,7 @@ from scratchlm.atomic import atomic_write_text
 from scratchlm.builtin import END_OF_TEXT, builtin_corpus
 from scratchlm.chat import reply
 from scratchlm.checkpoint import CheckpointManager, RunLock, load_model, read_config
+from scratchlm.console import CountProgress
 from scratchlm.data import prepare
 from scratchlm.errors import TokenizerError
 from scratchlm.evals import FactReport, check_facts, read_fact_questions
@@ -53,8 +54,10 @@ class DefaultRun:
             "d_ff": 512,
         }
     )
-    context_length: int = 128
-    batch_size: int = 16
+    # 256 tokens hold a few exchanges of a chat; 8 windows of it a step train on as many
+    # tokens as 16 of 128 did, so the run takes about as long.
+    context_length: int = 256
+    batch_size: int = 8
     steps: int = 400
     lr: float = 2e-3
     sample_tokens: int = 40
@@ -79,7 +82,7 @@ def run_default(
         data = data_stage(run, tok, progress, echo)
         pretrained = pretrain_stage(run, data, progress, echo)
         tuned = sft_stage(run, pretrained, progress, echo)
-        conversation_stage(run, tuned, echo)
+        conversation_stage(run, tuned, progress, echo)
     return tuned
 
 
@@ -194,7 +197,9 @@ def _training_stage(number: int, what: str, config: Any, echo: Callable[[str], N
     return result.checkpoint
 
 
-def conversation_stage(run: DefaultRun, checkpoint: Path, echo: Callable[[str], None]) -> None:
+def conversation_stage(
+    run: DefaultRun, checkpoint: Path, progress: bool, echo: Callable[[str], None]
+) -> None:
     """[5] Three questions to the tuned model (greedy), the way `scratchlm chat` asks, then
     its score on the built-in fact questions, saved to ``facts.json`` in the run."""
     model, tok = load_model(checkpoint)
@@ -205,7 +210,8 @@ def conversation_stage(run: DefaultRun, checkpoint: Path, echo: Callable[[str], 
         text = reply(model, tok, messages, temperature=0, max_new_tokens=64)
         echo(f"      you> {question}")
         echo(f"      model> {_printable(text)}")
-    trained, reworded = fact_scores(model, tok, run)
+    echo("      checking its answers to the built-in fact questions (greedy)")
+    trained, reworded = fact_scores(model, tok, run, live=progress)
     echo(
         f"      answers holding the expected fact: {trained.summary()} of the trained "
         f"questions, {reworded.summary()} of reworded ones it never saw"
@@ -221,15 +227,18 @@ def conversation_stage(run: DefaultRun, checkpoint: Path, echo: Callable[[str], 
 
 
 def fact_scores(
-    model: TransformerLM, tokenizer: Tokenizer, run: DefaultRun
+    model: TransformerLM, tokenizer: Tokenizer, run: DefaultRun, *, live: bool = False
 ) -> tuple[FactReport, FactReport]:
     """Greedy answers to the run's fact questions, checked for their facts: the questions
     taught in the conversations (built in: ``chat_eval.jsonl``) and reworded ones held
-    out of them (``chat_heldout.jsonl``)."""
-    trained, reworded = (
-        check_facts(model, tokenizer, read_fact_questions(name))
-        for name in (run.trained_questions, run.reworded_questions)
-    )
+    out of them (``chat_heldout.jsonl``). Progress on stderr: a bar when ``live``, else
+    a line now and then (``console.CountProgress``)."""
+    sets = [read_fact_questions(name) for name in (run.trained_questions, run.reworded_questions)]
+    reports = []
+    with CountProgress(sum(map(len, sets)), "answering", "questions", live=live) as shown:
+        for questions in sets:
+            reports.append(check_facts(model, tokenizer, questions, on_progress=shown.part()))
+    trained, reworded = reports
     return trained, reworded
 
 

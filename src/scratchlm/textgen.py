@@ -15,7 +15,7 @@ in batches of bounded memory; chat (``scratchlm.chat``) sits above.
 from __future__ import annotations
 
 import codecs
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -115,6 +115,7 @@ def stream_rows(
     stop_ids: Sequence[int],
     truncate: bool = True,
     generator: torch.Generator | None = None,
+    on_step: Callable[[int, int], None] | None = None,
 ) -> Iterator[list[str]]:
     """The one text-generation loop: the continuations of several prompts (token ids),
     run by the engine as one batch. Yields, once per step, the new text of every row
@@ -123,6 +124,8 @@ def stream_rows(
     A row ends at a stop id, a stop string (left out of its text) or the budget; the
     loop ends when every row has. Joined, a row's pieces are its whole text.
     ``generator``: the random stream to sample from (default: a new one from the seed).
+    ``on_step(steps, ended)``, when given, hears after each step how many steps have run
+    and how many rows have ended (for progress displays).
     """
     if generator is None:
         generator = make_generator(settings.seed, next(model.parameters()).device)
@@ -137,7 +140,7 @@ def stream_rows(
     texts = [TextStream(tokenizer, settings.stop) for _ in prompts]
     ended = [False] * len(texts)
     try:
-        for tokens in steps:
+        for step, tokens in enumerate(steps, start=1):
             pieces = [""] * len(texts)
             for i, token in enumerate(tokens):
                 if token is None:  # a stop id: the engine has ended this row
@@ -145,6 +148,8 @@ def stream_rows(
                 elif not ended[i]:
                     pieces[i] = texts[i].push(token)
                     ended[i] = texts[i].stopped  # a stop string
+            if on_step is not None:
+                on_step(step, sum(ended))
             yield pieces
             if all(ended):
                 break
@@ -209,10 +214,12 @@ def generate(
     *,
     stop_ids: Sequence[int] | None = None,
     truncate: bool = True,
+    on_step: Callable[[int, int], None] | None = None,
     **overrides: Any,
 ) -> str | list[str]:
     """The continuation of one prompt, or of each of several prompts, which then run
-    together as one batch (one forward pass per step for all of them)."""
+    together as one batch (one forward pass per step for all of them). ``on_step``: as
+    in ``stream_rows``."""
     settings = resolve_settings(sample, overrides)
     prompts = [prompt] if isinstance(prompt, str) else list(prompt)
     texts = generate_rows(
@@ -222,6 +229,7 @@ def generate(
         settings,
         stop_ids=_default_stop_ids(tokenizer, stop_ids),
         truncate=truncate,
+        on_step=on_step,
     )
     return texts[0] if isinstance(prompt, str) else texts
 
@@ -235,12 +243,15 @@ def generate_samples(
     *,
     stop_ids: Sequence[int] | None = None,
     truncate: bool = True,
+    on_step: Callable[[int, int], None] | None = None,
     **overrides: Any,
 ) -> Iterator[str]:
     """``n`` continuations of ``prompt``, yielded batch by batch as each completes, so
     memory stays that of one batch (``batch_rows``) however large ``n`` is. The batches
     draw from one random generator: with a seed, all samples differ and the first
-    batch equals ``generate(model, tokenizer, [prompt] * rows, ...)``."""
+    batch equals ``generate(model, tokenizer, [prompt] * rows, ...)``. ``on_step(steps,
+    ended)`` counts the steps of all batches so far (batch b's first step is
+    b * max_new_tokens + 1) and the rows of the current batch that have ended."""
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ConfigError(f"the number of samples must be an integer >= 1, got {n!r}")
     settings = resolve_settings(sample, overrides)
@@ -248,16 +259,17 @@ def generate_samples(
     stops = _default_stop_ids(tokenizer, stop_ids)
     generator = make_generator(settings.seed, next(model.parameters()).device)
     rows = batch_rows(model)
-    for start in range(0, n, rows):
-        prompts = [ids] * min(rows, n - start)
+    for batch, start in enumerate(range(0, n, rows)):
+        done = batch * settings.max_new_tokens  # steps of the batches before this one
         yield from generate_rows(
             model,
             tokenizer,
-            prompts,
+            [ids] * min(rows, n - start),
             settings,
             stop_ids=stops,
             truncate=truncate,
             generator=generator,
+            on_step=None if on_step is None else lambda s, e, done=done: on_step(done + s, e),
         )
 
 
@@ -280,10 +292,11 @@ def generate_rows(
     stop_ids: Sequence[int],
     truncate: bool = True,
     generator: torch.Generator | None = None,
+    on_step: Callable[[int, int], None] | None = None,
 ) -> list[str]:
-    """The whole text of each row of ``stream_rows``."""
+    """The whole text of each row of ``stream_rows`` (``on_step``: as there)."""
     parts: list[list[str]] = [[] for _ in prompts]
-    for pieces in stream_rows(
+    rows = stream_rows(
         model,
         tokenizer,
         prompts,
@@ -291,7 +304,9 @@ def generate_rows(
         stop_ids=stop_ids,
         truncate=truncate,
         generator=generator,
-    ):
+        on_step=on_step,
+    )
+    for pieces in rows:
         for row, piece in zip(parts, pieces, strict=True):
             row.append(piece)
     return ["".join(row) for row in parts]

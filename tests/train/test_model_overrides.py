@@ -18,7 +18,7 @@ def test_an_override_contradicting_the_loaded_model_is_refused(tiny_config, pret
         build_model(config, run_tokenizer(config))
     same = tiny_config.replace(init_from=str(pretrained), model=dict(TINY))
     assert build_model(same, run_tokenizer(same)).config.n_layers == TINY["n_layers"]
-    with pytest.raises(ConfigError, match="unknown model field.*n_layer"):  # refused up front
+    with pytest.raises(ConfigError, match=r"unknown model field.*n_layer"):  # refused up front
         tiny_config.replace(init_from=str(pretrained), model={"n_layer": 3})
 
 

@@ -137,4 +137,4 @@ def test_cli_plot_help_has_an_example(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["plot", "--help"])
     assert exit_info.value.code == 0
-    assert "example:\n  scratchlm plot runs/" in capsys.readouterr().out
+    assert "examples:\n  scratchlm plot runs/" in capsys.readouterr().out

@@ -8,8 +8,10 @@ from pathlib import Path
 
 import torch
 
+from scratchlm.builtin import resolve_builtin
 from scratchlm.chat_format import END_OF_TURN, render_conversation, render_prompt
 from scratchlm.config import SampleConfig
+from scratchlm.data.chat_sources import read_conversations
 from scratchlm.train.config import SFT_DEFAULTS, TrainConfig
 from scratchlm.train.sft_data import (
     PAD_SEGMENT,
@@ -118,6 +120,10 @@ def test_instruction_tuning_teaches_fixed_answers(pretrained, tmp_path):
         [_conversation(q, a) for q, a in FACTS.items()], config.val_fraction
     )
     assert trained and held_out
+    # The samples at each evaluation answer the user's own held-out questions.
+    records = [json.loads(x) for x in (tmp_path / "sft" / "metrics.jsonl").read_text().splitlines()]
+    prompts = {r["prompt"] for r in records if r["kind"] == "sample"}
+    assert prompts and prompts <= {messages[0]["content"] for messages in held_out}
     right = 0
     for messages in trained:
         ids = render_prompt(messages[:1], tok)
@@ -141,6 +147,11 @@ def test_sft_command_on_the_builtin_conversations(pretrained, tmp_path, capsys):
     assert saved["conversations"] == ["builtin:chat"]
     samples = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     prompts = [r["prompt"] for r in samples if r["kind"] == "sample"]
-    assert prompts[:2] == SFT_DEFAULTS["sample_prompts"]
+    # No prompts given: the first questions of built-in conversations held out of training.
+    conversations, _ = read_conversations([str(resolve_builtin("builtin:chat"))])
+    train, val = split_conversations(conversations, saved["val_fraction"])
+    first_questions = {next(m["content"] for m in c if m["role"] == "user") for c in val}
+    assert len(set(prompts)) == 2 and set(prompts) <= first_questions
+    assert not set(prompts) & {m["content"] for messages in train for m in messages}
     assert main(["sft", "--data", "x.jsonl"]) == 2
     assert "--from" in capsys.readouterr().err

@@ -131,8 +131,9 @@ def chat_tok(prepared):
 
 
 def test_builtin_conversations_pack_into_rows_the_model_accepts(chat_tok):
-    sampler, val_x, val_y = load_sft_data(["builtin:chat"], chat_tok, 256, batch_size=4,
-                                          seed=3, val_fraction=0.1, skip_bad=False)  # fmt: skip
+    data = load_sft_data(["builtin:chat"], chat_tok, 256, batch_size=4,
+                         seed=3, val_fraction=0.1, skip_bad=False)  # fmt: skip
+    sampler, val_x, val_y = data.sampler, data.val_x, data.val_y
     rows = sampler.rows
     assert rows.x.shape[1] == 256 and (rows.lengths <= 256).all()
     assert float(rows.lengths.sum()) / rows.x.numel() > 0.85  # little padding

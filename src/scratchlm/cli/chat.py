@@ -13,9 +13,10 @@ from scratchlm.chat_repl import ChatSession, run_repl
 from scratchlm.checkpoint import load_model
 from scratchlm.cli.config_flags import add_config_flags, given_settings
 from scratchlm.config import SampleConfig
+from scratchlm.console import CountProgress
 from scratchlm.errors import ConfigError, ScratchLMError, TokenizerError
 from scratchlm.model import prepare_for_inference
-from scratchlm.textgen import generate_samples, stream
+from scratchlm.textgen import batch_rows, generate_samples, stream
 from scratchlm.train.runtime import pick_device
 
 EPILOG_CHAT = """examples:
@@ -130,10 +131,19 @@ def _generate(args: argparse.Namespace) -> int:
         return 0
     # Batches of bounded memory, printed as each completes; all rows share one
     # generator, so with a seed they still differ.
-    texts = generate_samples(model, tokenizer, args.prompt, args.n, sample)
-    for i, text in enumerate(texts, start=1):
-        print(f"--- {i} ---")
-        print(args.prompt + text, flush=True)
+    total = -(-args.n // batch_rows(model)) * sample.max_new_tokens  # tokens, all batches
+    with CountProgress(total, f"sampling {args.n}", "tokens") as progress:
+        texts = generate_samples(
+            model,
+            tokenizer,
+            args.prompt,
+            args.n,
+            sample,
+            on_step=lambda steps, ended: progress.update(min(steps, progress.total)),
+        )
+        for i, text in enumerate(texts, start=1):
+            print(f"--- {i} ---")
+            print(args.prompt + text, flush=True)
     return 0
 
 

@@ -20,7 +20,23 @@ from scratchlm.errors import CheckpointError
 FMT = argparse.RawDescriptionHelpFormatter
 
 
+def _refuse_directory_of_runs(path: Path, action: str) -> None:
+    """CheckpointError naming the runs inside ``path`` when it is no checkpoint and no run
+    directory but holds runs: ``runs/default`` holds ``pretrain`` and ``sft``."""
+    if not path.is_dir() or (path / MANIFEST).exists() or (path / CHECKPOINTS).is_dir():
+        return
+    runs = sorted(p for p in path.iterdir() if (p / CHECKPOINTS).is_dir())
+    if runs:
+        names = ", ".join(p.name for p in runs)
+        commands = "; ".join(f"scratchlm checkpoint {action} {p}" for p in runs)
+        raise CheckpointError(
+            f"{path} is not a checkpoint but a directory of runs ({names}): "
+            f"{action} each of them: {commands}"
+        )
+
+
 def _checkpoint_inspect(args: argparse.Namespace) -> int:
+    _refuse_directory_of_runs(Path(args.path), "inspect")
     info = inspect_checkpoint(args.path)
     print(json.dumps(info, indent=2, ensure_ascii=False) if args.json else format_report(info))
     return 0
@@ -28,6 +44,7 @@ def _checkpoint_inspect(args: argparse.Namespace) -> int:
 
 def _checkpoint_verify(args: argparse.Namespace) -> int:
     path = Path(args.path)
+    _refuse_directory_of_runs(path, "verify")
     run_dir = path.parent if path.name == CHECKPOINTS and path.is_dir() else path
     if (path / MANIFEST).exists() or not (run_dir / CHECKPOINTS).is_dir():
         verify_checkpoint(path)  # also the error for a path that is neither

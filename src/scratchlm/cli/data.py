@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from scratchlm.cli.config_flags import keyword_default
+from scratchlm.console import live_progress
 from scratchlm.data.encode import prepare
 from scratchlm.tokenizer import load_tokenizer
 
@@ -38,7 +39,7 @@ def _prepare(args: argparse.Namespace) -> int:
         strict=args.strict,
         workers=args.workers,
         force=args.force,
-        progress=not args.quiet,
+        progress=live_progress(args.quiet),
     )
     seconds = time.perf_counter() - start
     splits = meta["splits"]

@@ -8,6 +8,7 @@ import json
 from scratchlm.chat import default_chat_checkpoint, require_chat_tokens
 from scratchlm.cli.chat import add_chat_checkpoint, add_model_options, load_chat_model
 from scratchlm.cli.config_flags import keyword_default
+from scratchlm.console import CountProgress
 from scratchlm.evals import check_facts, read_fact_questions
 from scratchlm.pipeline import DefaultRun
 
@@ -29,10 +30,17 @@ def _facts(args: argparse.Namespace) -> int:
     path = args.checkpoint if args.checkpoint is not None else default_chat_checkpoint()
     model, tokenizer = load_chat_model(path, args.device, args.int8)
     require_chat_tokens(tokenizer)
-    reports = {
-        f: check_facts(model, tokenizer, questions, max_new_tokens=args.max_new_tokens)
-        for f, questions in sets.items()
-    }
+    reports = {}
+    total = sum(len(questions) for questions in sets.values())
+    with CountProgress(total, "answering", "questions") as progress:
+        for f, questions in sets.items():
+            reports[f] = check_facts(
+                model,
+                tokenizer,
+                questions,
+                max_new_tokens=args.max_new_tokens,
+                on_progress=progress.part(),
+            )
     if args.json:
         print(json.dumps({f: r.to_dict() for f, r in reports.items()}, indent=1))
         return 0

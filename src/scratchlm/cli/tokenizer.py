@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+from scratchlm.console import live_progress
 from scratchlm.errors import DataError, OutputExistsError
 from scratchlm.export.hf_tokenizer import save_hf_tokenizer
 from scratchlm.tokenizer import BPETokenizer, CharTokenizer, load_tokenizer, train_bpe
@@ -43,7 +44,7 @@ def _tokenizer_train(args: argparse.Namespace) -> int:
             pattern=resolve_pattern(args.pattern),
             num_workers=args.workers,
             strict=args.strict,
-            progress=not args.quiet,
+            progress=live_progress(args.quiet),
         )
         metadata = {
             "trained_on": [str(p) for p in args.inputs],

@@ -11,6 +11,7 @@ from typing import Any
 from scratchlm import pipeline
 from scratchlm.cli.config_flags import add_config_flags, given_settings
 from scratchlm.config import ModelConfig
+from scratchlm.console import live_progress
 from scratchlm.errors import ConfigError
 from scratchlm.train.assembly import nothing_to_resume
 from scratchlm.train.config import SFT_DEFAULTS, TrainConfig, load_run_config, resolve_config
@@ -78,7 +79,8 @@ def _run(
 def _train(args: argparse.Namespace) -> int:
     if not (args.data or args.resume or args.config):
         out = Path(args.out or pipeline.DefaultRun().out_dir)
-        pipeline.run_default(pipeline.DefaultRun(out_dir=out), progress=args.progress is not False)
+        progress = live_progress(quiet=args.progress is False)
+        pipeline.run_default(pipeline.DefaultRun(out_dir=out), progress=progress)
         return 0
     return _run(args, _flags(args), {}, "train")
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -134,18 +134,28 @@ def answer_questions(
     *,
     max_new_tokens: int = 64,
     batch_size: int = 32,
+    on_progress: Callable[[int], None] | None = None,
 ) -> list[str]:
     """The greedy answer to each question, asked as the only user message, in order.
 
     ``batch_size`` questions go through the engine together; the answers are the same
-    as one at a time (with int8 weights they can differ slightly: docs/model.md)."""
+    as one at a time (with int8 weights they can differ slightly: docs/model.md).
+    ``on_progress(answered)`` hears how many answers are complete as they end."""
     sample = SampleConfig(temperature=0.0, max_new_tokens=max_new_tokens)
     stop_ids = reply_stop_ids(tokenizer)
+    report = on_progress or (lambda answered: None)
     answers: list[str] = []
     for start in range(0, len(questions), batch_size):
         batch = questions[start : start + batch_size]
         prompts = [_prompt(model, tokenizer, q, max_new_tokens) for q in batch]
-        answers += generate_rows(model, tokenizer, prompts, sample, stop_ids=stop_ids)
+
+        def on_step(steps: int, ended: int, start: int = start) -> None:
+            report(start + ended)
+
+        answers += generate_rows(
+            model, tokenizer, prompts, sample, stop_ids=stop_ids, on_step=on_step
+        )
+        report(len(answers))  # rows cut by the budget end with the batch
     return answers
 
 
@@ -171,13 +181,16 @@ def check_facts(
     *,
     max_new_tokens: int = 64,
     batch_size: int = 32,
+    on_progress: Callable[[int], None] | None = None,
 ) -> FactReport:
-    """Ask every question greedily and check each answer for its fact."""
+    """Ask every question greedily and check each answer for its fact (``on_progress``:
+    as in ``answer_questions``)."""
     answers = answer_questions(
         model,
         tokenizer,
         [q.question for q in questions],
         max_new_tokens=max_new_tokens,
         batch_size=batch_size,
+        on_progress=on_progress,
     )
     return FactReport(list(questions), answers)

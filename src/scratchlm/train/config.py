@@ -29,14 +29,14 @@ PHASES = ("pretrain", "sft")
 DEFAULT_PROMPTS = ("The", "Water", "In the")
 
 # Instruction tuning starts from a trained model: a lower peak learning rate, fewer steps,
-# and prompts that are questions.
+# and no fixed prompts: it samples answers to questions held out of its own conversations.
 SFT_DEFAULTS: dict[str, Any] = {
     "phase": "sft",
     "out": "runs/sft",
     "steps": 300,
     "lr": 3e-4,
     "batch_size": 16,
-    "sample_prompts": ["Hello!", "Why is the sky blue?"],
+    "sample_prompts": [],
     "sample_tokens": 48,
 }
 
@@ -127,7 +127,8 @@ class TrainConfig:
     sample_prompts: list[str] = field(
         default_factory=lambda: list(DEFAULT_PROMPTS),
         metadata=flag_info(
-            "a prompt to sample from at each evaluation (repeatable)",
+            "a prompt to sample from at each evaluation (repeatable; sft without one: "
+            "the first questions of a few held-out conversations)",
             flag="--sample-prompt",
             metavar="TEXT",
         ),

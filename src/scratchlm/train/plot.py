@@ -1,4 +1,5 @@
-"""Loss curves of a training run as PNG files, drawn from ``RUN_DIR/metrics.jsonl``.
+"""Loss curves of a training run as PNG files, drawn from ``RUN_DIR/metrics.jsonl``; for
+a pipeline directory such as ``runs/default``, the curves of each run (stage) inside it.
 
 Matplotlib is an optional extra and is imported only here, when a plot is asked for.
 Figures are drawn through ``matplotlib.figure.Figure`` and the Agg canvas directly, not
@@ -17,7 +18,7 @@ from typing import Any
 
 from scratchlm.atomic import atomic_write_bytes
 from scratchlm.errors import ConfigError, DataError
-from scratchlm.train.metrics import metrics_path, read_metrics
+from scratchlm.train.metrics import METRICS_FILE, metrics_path, read_metrics
 
 # The x axes of the loss plots: (record field, file name part, axis label).
 LOSS_AXES = (("step", "steps", "step"), ("tokens", "tokens", "tokens"), ("time", "time", None))
@@ -71,16 +72,28 @@ def _points(records: list[dict[str, Any]], x: str, y: str) -> tuple[list[float],
     return [float(a) for a, _ in pairs], [float(b) for _, b in pairs]
 
 
-def plot_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None) -> list[Path]:
+def _loss_records(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The train records with a loss and the val records with a validation loss."""
+    records = read_metrics(path)
+    train = [r for r in records if r.get("kind") == "train" and r.get("loss") is not None]
+    val = [r for r in records if r.get("kind") == "val" and r.get("val_loss") is not None]
+    return train, val
+
+
+def plot_run(
+    run_dir: str | os.PathLike,
+    out_dir: str | os.PathLike | None = None,
+    *,
+    title: str | None = None,
+) -> list[Path]:
     """Write PNGs of a run's loss curves into ``out_dir`` (default: the run directory)
     and return their paths: ``loss_vs_steps.png``, ``loss_vs_tokens.png`` and
     ``loss_vs_time.png`` (train loss, raw and smoothed, with validation loss when the
     run has evaluated), and ``val_bpb.png`` when validation reported bits per byte.
-    ``run_dir`` may also be the metrics file itself. Each file is replaced atomically."""
+    ``run_dir`` may also be the metrics file itself. The plots' titles start with
+    ``title`` (default: the run directory's name). Each file is replaced atomically."""
     path = metrics_path(run_dir)
-    records = read_metrics(path)
-    train = [r for r in records if r.get("kind") == "train" and r.get("loss") is not None]
-    val = [r for r in records if r.get("kind") == "val" and r.get("val_loss") is not None]
+    train, val = _loss_records(path)
     if not train and not val:
         raise DataError(
             f"{path} has no train or val records: nothing to plot yet; "
@@ -89,7 +102,7 @@ def plot_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None = Non
     Figure, FigureCanvasAgg, EngFormatter = _matplotlib()
     out = Path(out_dir) if out_dir is not None else path.parent
     out.mkdir(parents=True, exist_ok=True)
-    title = path.parent.resolve().name
+    title = title or path.parent.resolve().name
 
     def save(fig: Any, name: str) -> Path:
         buf = io.BytesIO()
@@ -132,4 +145,36 @@ def plot_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None = Non
         ax.set(xlabel="step", ylabel="bits per byte", title=f"{title}: validation bits per byte")
         ax.grid(alpha=0.3)
         written.append(save(fig, "val_bpb.png"))
+    return written
+
+
+def run_stages(folder: str | os.PathLike) -> list[Path]:
+    """The runs directly inside ``folder``, by name: its subdirectories that hold a
+    metrics log (``runs/default`` gives ``pretrain`` and ``sft``). Empty for a run
+    directory itself or anything else."""
+    folder = Path(folder)
+    if not folder.is_dir() or (folder / METRICS_FILE).exists():
+        return []
+    return sorted(p for p in folder.iterdir() if (p / METRICS_FILE).is_file())
+
+
+def plot_runs(
+    path: str | os.PathLike, out_dir: str | os.PathLike | None = None
+) -> dict[str, list[Path]]:
+    """``plot_run`` for a run directory (or its metrics file), or for each run of a
+    pipeline directory (``run_stages``), each stage into its own directory or into
+    ``OUT_DIR/STAGE``. Returns the PNGs written per run, keyed by the run's path; a stage
+    with nothing to plot yet gets an empty list (DataError when no stage has anything)."""
+    stages = run_stages(path)
+    if not stages:
+        return {str(path): plot_run(path, out_dir)}
+    written: dict[str, list[Path]] = {}
+    for stage in stages:
+        out = Path(out_dir) / stage.name if out_dir is not None else None
+        has_losses = any(_loss_records(stage / METRICS_FILE))  # a stage may have just begun
+        title = f"{stage.resolve().parent.name}/{stage.name}"  # default/pretrain
+        written[str(stage)] = plot_run(stage, out, title=title) if has_losses else []
+    if not any(written.values()):
+        names = ", ".join(stage.name for stage in stages)
+        raise DataError(f"the runs in {path} ({names}) have no train or val records yet")
     return written

@@ -36,16 +36,47 @@ def format_stats(
     return "  ".join(parts)
 
 
+# The live line is redrawn when this many seconds have passed since it last was: by
+# time, not step count, so a slow run (a step every few seconds) shows each step and a
+# fast one does not spend its time drawing.
+REFRESH_SECONDS = 1.0
+# The ETA is the mean time of this many recent steps times the steps left.
+ETA_WINDOW = 50
+
+
+class RedrawTimer:
+    """Says when a live line is due for a redraw: at the first call, then whenever
+    ``every`` seconds have passed since the last redraw. ``clock`` returns seconds;
+    tests pass a fake one."""
+
+    def __init__(self, every: float, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.every = every
+        self._clock = clock
+        self._last: float | None = None
+
+    def due(self) -> bool:
+        """True (and the redraw counted as done now) when a redraw is due."""
+        now = self._clock()
+        if self._last is not None and now - self._last < self.every:
+            return False
+        self._last = now
+        return True
+
+
 class Progress:
     """The one-line console display of a training run, drawn by tqdm.
 
     ``step 1200/5000  24%|██▍       | ETA 41:10 | loss 3.1416  lr 3.00e-04 ...``. The ETA
-    comes first so that a narrow terminal, which cuts the line, still shows it.
-    ``enabled=False`` (other ranks, --quiet) prints nothing at all. ``file`` defaults to
-    stderr, so that stdout stays clean for results.
+    comes first so that a narrow terminal, which cuts the line, still shows it. It is the
+    steps left times the mean time of the recent steps of this process, each step's own
+    time (``update(seconds=...)``): time before a resume, evaluations, checkpoints and
+    pauses do not count, so stopping and resuming does not throw it off. The line is
+    redrawn by time (``RedrawTimer``). ``enabled=False`` (other ranks, --quiet, not a
+    terminal) prints nothing at all. ``file`` defaults to stderr, so that stdout stays
+    clean for results.
     """
 
-    BAR_FORMAT = "step {n_fmt}/{total_fmt} {percentage:3.0f}%|{bar:10}| ETA {remaining} | {desc}"
+    BAR_FORMAT = "step {n_fmt}/{total_fmt} {percentage:3.0f}%|{bar:10}| {desc}"
 
     def __init__(
         self,
@@ -54,21 +85,36 @@ class Progress:
         initial_step: int = 0,
         enabled: bool = True,
         file: TextIO | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        refresh_seconds: float = REFRESH_SECONDS,
     ) -> None:
         if total_steps < 1:
             raise ConfigError(f"total steps must be at least 1, got {total_steps}")
         self.enabled = enabled
+        self.total = total_steps
         self._file = file if file is not None else sys.stderr
+        self._redraw = RedrawTimer(refresh_seconds, clock=clock)
+        self._step_seconds: deque[float] = deque(maxlen=ETA_WINDOW)
+        self._stats = "starting"
+        self._rates: dict[str, float | None] = {"tokens_per_s": None, "mfu": None}
         self._bar = tqdm(
             total=total_steps,
             initial=initial_step,
-            desc="starting",
+            desc="ETA ? | starting",
             bar_format=self.BAR_FORMAT,
             file=self._file,
             disable=not enabled,
             dynamic_ncols=True,
             leave=True,
         )
+
+    def eta(self, step: int) -> float | None:
+        """Seconds until the last step at the recent steps' pace; None before any step
+        of this process has been timed."""
+        if not self._step_seconds:
+            return None
+        mean = sum(self._step_seconds) / len(self._step_seconds)
+        return max(self.total - step, 0) * mean
 
     def update(
         self,
@@ -77,18 +123,31 @@ class Progress:
         loss: float,
         lr: float,
         grad_norm: float | None,
-        tokens_per_s: float | None,
+        tokens_per_s: float | None = None,
         mfu: float | None = None,
+        seconds: float | None = None,
     ) -> None:
-        """Show that ``step`` (1-based, absolute) finished with these numbers. The line
-        is redrawn at most ten times a second, whatever the step rate."""
+        """Show that ``step`` (1-based, absolute) finished with these numbers, taking
+        ``seconds`` of its own (None: not timed). Throughput and MFU, measured over
+        several steps, keep their last known values when None. The line is redrawn when
+        the redraw timer says so, and at the last step."""
         if not self.enabled:
             return
-        stats = format_stats(
-            loss=loss, lr=lr, grad_norm=grad_norm, tokens_per_s=tokens_per_s, mfu=mfu
-        )
-        self._bar.set_description_str(stats, refresh=False)
-        self._bar.update(step - self._bar.n)  # negative after a rollback: tqdm allows it
+        if seconds is not None:
+            self._step_seconds.append(seconds)
+        for name, value in (("tokens_per_s", tokens_per_s), ("mfu", mfu)):
+            if value is not None:
+                self._rates[name] = value
+        self._stats = format_stats(loss=loss, lr=lr, grad_norm=grad_norm, **self._rates)
+        self._bar.n = step  # tqdm's own rate and ETA are not used: no update() call
+        if self._redraw.due() or step >= self.total:
+            self._describe()
+            self._bar.refresh()
+
+    def _describe(self) -> None:
+        eta = self.eta(self._bar.n)
+        shown = "?" if eta is None else tqdm.format_interval(eta)
+        self._bar.set_description_str(f"ETA {shown} | {self._stats}", refresh=False)
 
     def write(self, message: str) -> None:
         """Print ``message`` on its own line above the progress line."""
@@ -97,6 +156,8 @@ class Progress:
 
     def close(self) -> None:
         """Draw the final state and leave the line in place."""
+        if self.enabled:
+            self._describe()  # the latest numbers; close() draws them
         self._bar.close()
 
     def __enter__(self) -> Progress:

@@ -34,6 +34,7 @@ import bisect
 import hashlib
 import json
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -42,7 +43,7 @@ import torch
 from torch import Tensor
 
 from scratchlm.builtin import resolve_builtin
-from scratchlm.chat_format import ConversationTooLongError, render_conversation
+from scratchlm.chat_format import ConversationTooLongError, render_conversation, render_prompt
 from scratchlm.data.batches import RankedDraws
 from scratchlm.data.chat_sources import read_conversations
 from scratchlm.errors import DataError
@@ -56,12 +57,10 @@ PAD_SEGMENT = -1  # the segment id of the padding at the end of a packed row
 Example = tuple[list[int], list[int]]
 
 
-def render_examples(
+def _render_all(
     conversations: Sequence[list[dict[str, str]]], tokenizer: Any, context_length: int
-) -> list[Example]:
-    """Each conversation as ``(inputs, targets)`` of at most ``T`` ids. Conversations
-    longer than ``T + 1`` ids lose their oldest exchanges; one that cannot fit at all is
-    skipped with a warning (DataError when none fits)."""
+) -> tuple[list[Example], int]:
+    """The examples of the conversations that fit, and how many did not fit at all."""
     T = context_length
     examples, skipped = [], 0
     for messages in conversations:
@@ -72,10 +71,22 @@ def render_examples(
             continue
         targets = [t if keep else IGNORE_INDEX for t, keep in zip(ids[1:], mask[1:], strict=True)]
         examples.append((ids[:-1], targets))
-    if skipped:
-        log.warning("skipped %d conversation(s) too long for a context of %d", skipped, T)
     if not examples:
         raise DataError("no conversation fits the model's context: use shorter conversations")
+    return examples, skipped
+
+
+def render_examples(
+    conversations: Sequence[list[dict[str, str]]], tokenizer: Any, context_length: int
+) -> list[Example]:
+    """Each conversation as ``(inputs, targets)`` of at most ``T`` ids. Conversations
+    longer than ``T + 1`` ids lose their oldest exchanges; one that cannot fit at all is
+    skipped with a warning (DataError when none fits)."""
+    examples, skipped = _render_all(conversations, tokenizer, context_length)
+    if skipped:
+        log.warning(
+            "skipped %d conversation(s) too long for a context of %d", skipped, context_length
+        )
     return examples
 
 
@@ -85,6 +96,10 @@ def conversation_rows(
     """One conversation per row, padded at the end (validation): ``x`` (N, T) int64,
     ``y`` (N, T) int64 (-100 = no loss) and each row's length (N,)."""
     examples = render_examples(conversations, tokenizer, context_length)
+    return _padded_rows(examples, context_length)
+
+
+def _padded_rows(examples: Sequence[Example], context_length: int) -> tuple[Tensor, Tensor, Tensor]:
     x = torch.zeros(len(examples), context_length, dtype=torch.long)
     y = torch.full_like(x, IGNORE_INDEX)
     for i, (inputs, targets) in enumerate(examples):
@@ -192,6 +207,43 @@ class ConversationSampler(RankedDraws):
         return x, y, segment_ids
 
 
+@dataclass
+class ConversationData:
+    """What instruction tuning trains and validates on: the training sampler (packed
+    rows), the validation rows ``val_x``, ``val_y`` (N, T) (one conversation per row), and
+    the opening user messages of a few held-out conversations, the prompts a run samples
+    answers to when it is given none (they are the user's own questions, never seen in
+    training)."""
+
+    sampler: ConversationSampler
+    val_x: Tensor
+    val_y: Tensor
+    heldout_prompts: list[str]
+    trained: int  # training conversations (in ``sampler.rows``)
+
+
+def heldout_prompts(
+    conversations: Sequence[list[dict[str, str]]], tokenizer: Any, context_length: int, n: int
+) -> list[str]:
+    """The first user message of the first ``n`` of ``conversations`` (held out of
+    training) whose message takes at most half the context, so that a sample has room for
+    its answer (a chat prompt may always use half: ``chat.prompt_budget``); fewer when
+    fewer qualify, no message twice."""
+    prompts: list[str] = []
+    for messages in conversations:
+        text = next(m["content"] for m in messages if m["role"] == "user")
+        prompt = render_prompt([{"role": "user", "content": text}], tokenizer)
+        short = len(prompt) <= context_length // 2
+        if short and text not in prompts:
+            prompts.append(text)
+        if len(prompts) == n:
+            break
+    return prompts
+
+
+SAMPLED_HELDOUT = 2  # held-out questions sampled at each evaluation when none are given
+
+
 def load_sft_data(
     files: Sequence[str],
     tokenizer: Any,
@@ -203,20 +255,88 @@ def load_sft_data(
     skip_bad: bool,
     rank: int = 0,
     world_size: int = 1,
-) -> tuple[ConversationSampler, Tensor, Tensor]:
-    """The training sampler (packed rows) and the validation rows ``(val_x, val_y)``
-    (one conversation per row) of conversation files (any format ``read_conversations``
-    reads; ``builtin:chat`` names the built-in set)."""
+) -> ConversationData:
+    """The training sampler (packed rows), the validation rows and the held-out prompts
+    of conversation files (any format ``read_conversations`` reads; ``builtin:chat``
+    names the built-in set). Logs how many conversations were read, skipped (and why),
+    trained on and held out."""
     paths = [str(resolve_builtin(f)) for f in files]
     if not paths:
         raise DataError("instruction tuning needs conversations: pass --data FILE ...")
-    conversations, bad = read_conversations(paths, skip_bad=skip_bad)
-    if bad:
-        log.warning("skipped %d malformed conversation record(s)", bad)
+    conversations, malformed = read_conversations(paths, skip_bad=skip_bad)
     train, val = split_conversations(conversations, val_fraction)
-    examples = render_examples(train, tokenizer, context_length)
+    examples, too_long = _render_all(train, tokenizer, context_length)
+    val_examples, val_too_long = _render_all(val, tokenizer, context_length)
     rows = pack_examples(examples, context_length, seed=seed)
-    val_x, val_y, val_lengths = conversation_rows(val, tokenizer, context_length)
+    report = log.info if rank == 0 else log.debug  # once, not once per process
+    report(
+        "conversations: %s",
+        count_line(
+            read=len(conversations) + malformed,
+            malformed=malformed,
+            too_long=too_long + val_too_long,
+            trained=len(examples),
+            rows=len(rows.x),
+            heldout=len(val_examples),
+            context_length=context_length,
+            val_fraction=val_fraction,
+        ),
+    )
+    if too_long + val_too_long and rank == 0:
+        log.warning(
+            "skipped %d conversation(s) too long for the model's context of %d tokens",
+            too_long + val_too_long,
+            context_length,
+        )
+    val_x, val_y, val_lengths = _padded_rows(val_examples, context_length)
     width = int(val_lengths.max())
     sampler = ConversationSampler(rows, batch_size, seed=seed, rank=rank, world_size=world_size)
-    return sampler, val_x[:, :width], val_y[:, :width]
+    prompts = heldout_prompts(val, tokenizer, context_length, SAMPLED_HELDOUT)
+    return ConversationData(sampler, val_x[:, :width], val_y[:, :width], prompts, len(examples))
+
+
+def count_line(
+    *,
+    read: int,
+    malformed: int,
+    too_long: int,
+    trained: int,
+    rows: int,
+    heldout: int,
+    context_length: int,
+    val_fraction: float,
+) -> str:
+    """``30 read, 0 skipped; 27 for training (7 packed rows of 256 tokens), 3 held out
+    for validation (val_fraction 0.1)``, the skipped ones counted by reason."""
+    reasons = [
+        f"{malformed} malformed" if malformed else "",
+        f"{too_long} too long for the context" if too_long else "",
+    ]
+    why = ", ".join(r for r in reasons if r)
+    skipped = f"{malformed + too_long} skipped ({why})" if why else "0 skipped"
+    return (
+        f"{read} read, {skipped}; {trained} for training ({rows} packed rows of "
+        f"{context_length} tokens), {heldout} held out for validation "
+        f"(val_fraction {val_fraction:g})"
+    )
+
+
+# A run that goes over its training conversations this many times or more learns them by
+# heart: it is warned, with the steps that make TARGET_PASSES passes.
+MANY_PASSES = 100
+TARGET_PASSES = 10
+
+
+def passes_warning(rows: int, rows_per_step: int, steps: int, conversations: int) -> str | None:
+    """A warning when ``steps`` steps of ``rows_per_step`` packed rows (all processes
+    together) go over the ``rows`` training rows ``MANY_PASSES`` times or more; else None."""
+    passes = steps * rows_per_step / rows
+    if passes < MANY_PASSES:
+        return None
+    fewer = max(1, math.ceil(TARGET_PASSES * rows / rows_per_step))
+    return (
+        f"{steps} steps of {rows_per_step} rows make about {passes:,.0f} passes over the "
+        f"{conversations} training conversations ({rows} packed rows): the model will learn "
+        f"them by heart; train fewer steps (--steps {fewer} makes {TARGET_PASSES} passes) "
+        "or give more conversations"
+    )

@@ -109,7 +109,7 @@ class Trainer:
         )
         self.make_optimizer = functools.partial(build_optimizer, config=c)
         self.optimizer = self.make_optimizer(self.model)
-        self.sampler, self.val_x, self.val_y, self.bytes_per_token = training_data(
+        self.sampler, self.val_x, self.val_y, self.bytes_per_token, self.prompts = training_data(
             c, self.tokenizer, T, rank=self.dist.rank, world_size=self.dist.world_size
         )
         self.tokens_per_step = c.batch_size * c.grad_accum * T * self.dist.world_size
@@ -221,7 +221,9 @@ class Trainer:
                 latest = self.resume_from
                 if latest is not None:
                     self._restore(latest, data_and_rng=True)
-                    self._event(f"resumed from {latest.name} (step {self.state.step})")
+                    self._event(
+                        f"resumed from {latest.name} (step {self.state.step})", logging.INFO
+                    )
                 elif self.metrics is not None:  # it stopped before its first checkpoint
                     self.metrics.truncate_after(0)
             with SignalFlag() as stop:
@@ -246,8 +248,10 @@ class Trainer:
                 if done is None:  # rolled back to a checkpoint: nothing to report
                     continue
                 loss, grad_norm, lr = done
-                window_time += time.perf_counter() - t0
+                seconds = time.perf_counter() - t0  # the step alone: its ETA share
+                window_time += seconds
                 window_tokens += self.tokens_per_step
+                bar.update(self.state.step, loss=loss, lr=lr, grad_norm=grad_norm, seconds=seconds)
                 if self.state.step % c.log_every == 0 or self.state.step == self.total:
                     tps = window_tokens / max(window_time, 1e-9)
                     self._log_train(bar, loss, grad_norm, lr, tps)
@@ -262,7 +266,8 @@ class Trainer:
                 if due or new_best:
                     self.save_checkpoint(val_loss=val)
                 if signalled:
-                    self._event(f"stopped by {stop.name or 'a signal'} at step {self.state.step}")
+                    where = f"at step {self.state.step}"
+                    self._event(f"stopped by {stop.name or 'a signal'} {where}", logging.INFO)
                     return self._result(interrupted=stop.name or "signal")
         return self._result()
 
@@ -402,12 +407,12 @@ class Trainer:
         self._say(bar, f"step {self.state.step}: validation loss {self.state.last_val:.4f}{bpb}")
         texts = []  # none from a sharded model: generation would need every shard
         if not c.fsdp:
-            prompts, n = c.sample_prompts, c.sample_tokens
+            prompts, n = self.prompts, c.sample_tokens
             chat = c.phase == "sft"
             texts = draw_samples(
                 self.model, self.tokenizer, prompts, max_new_tokens=n, seed=c.seed, chat=chat
             )
-        for prompt, text in zip(c.sample_prompts[: len(texts)], texts, strict=True):
+        for prompt, text in zip(self.prompts[: len(texts)], texts, strict=True):
             self._record(kind="sample", prompt=prompt, text=text)
             shown = text if c.phase == "sft" else prompt + text  # an answer, or a continuation
             self._say(bar, f"  {prompt!r} -> {shown[:120]!r}")
@@ -425,9 +430,10 @@ class Trainer:
         else:
             log.info(message)
 
-    def _event(self, message: str) -> None:
+    def _event(self, message: str, level: int = logging.WARNING) -> None:
+        """Log and record a run event: a warning, or INFO for routine ones (a resume)."""
         if self.dist.is_main:
-            log.warning(message)
+            log.log(level, message)
             self._record(kind="event", message=message)
 
     def _record(self, **fields: Any) -> None:

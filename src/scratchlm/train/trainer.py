@@ -46,10 +46,10 @@ from scratchlm.train.assembly import (
 from scratchlm.train.config import CONFIG_FILE, TrainConfig
 from scratchlm.train.evaluate import draw_samples, evaluate
 from scratchlm.train.guard import DivergenceGuard
-from scratchlm.train.metrics import MetricsLog
 from scratchlm.train.optim import build_optimizer, clip_grad_norm
 from scratchlm.train.parallel import gather_to_cpu, scatter_from_cpu, wrap_for_training
 from scratchlm.train.progress import Progress, mfu, peak_flops
+from scratchlm.train.run_log import RunLog
 from scratchlm.train.runtime import (
     LossModule,
     SignalFlag,
@@ -125,8 +125,8 @@ class Trainer:
         self.peak = peak_flops(self.device, dtype)
         self.flops_per_token = self.model.flops_per_token(training=True)
         self.state = TrainState()  # the counters that checkpoints carry
-        self.metrics: MetricsLog | None = None  # opened by run (rank 0)
-        self.started = time.perf_counter()  # wall clock of this process's training
+        bar = c.progress and self.dist.is_main and sys.stderr.isatty()
+        self.run_log = RunLog(self.state, is_main=self.dist.is_main, bar_enabled=bar)
         self.last_checkpoint: Path | None = None
         self.fingerprints = run_fingerprints(
             c, self.tokenizer, self.sampler, (self.val_x, self.val_y)
@@ -142,7 +142,7 @@ class Trainer:
         sampler, tensors = split_tensors(self.sampler.state_dict(), "sampler.")
         state = self.state.state_dict()
         state.update(
-            elapsed=self._wall_time(),
+            elapsed=self.run_log.wall_time(),
             guard=self.guard.state_dict(),
             sampler=sampler,
             scaler=self.scaler.state_dict() if self.scaler.is_enabled() else None,
@@ -202,8 +202,7 @@ class Trainer:
             self.sampler.load_state_dict(join_tensors(state["sampler"], tensors, "sampler."))
             restore_rng_state(tensors)
         self.last_checkpoint = path
-        if self.metrics is not None:
-            self.metrics.truncate_after(self.state.step)
+        self.run_log.truncate_after(self.state.step)
 
     # ----------------------------------------------------------------------------------
     # The loop
@@ -214,23 +213,22 @@ class Trainer:
         try:
             if self.dist.is_main:  # only once everything checked out: a failed start leaves none
                 lock_run_dir(self.lock, resuming=self.resuming)
-                self.metrics = MetricsLog(self.run_dir, tensorboard=c.tensorboard)
+                self.run_log.open(self.run_dir, c.tensorboard)
                 c.save(self.run_dir / CONFIG_FILE)
-            self.started = time.perf_counter()
+            self.run_log.start_clock()
             if self.resuming:
                 latest = self.resume_from
                 if latest is not None:
                     self._restore(latest, data_and_rng=True)
-                    self._event(
+                    self.run_log.event(
                         f"resumed from {latest.name} (step {self.state.step})", logging.INFO
                     )
-                elif self.metrics is not None:  # it stopped before its first checkpoint
-                    self.metrics.truncate_after(0)
+                else:  # it stopped before its first checkpoint
+                    self.run_log.truncate_after(0)
             with SignalFlag() as stop:
                 return self._loop(stop)
         finally:
-            if self.metrics is not None:
-                self.metrics.close()
+            self.run_log.close()
             self.lock.release()
             shutdown_distributed(self.dist)
 
@@ -239,7 +237,7 @@ class Trainer:
         eval_every = c.resolved_eval_every(self.total)
         ckpt_every = c.resolved_checkpoint_every(self.total)
         self._announce()
-        bar = Progress(self.total, initial_step=self.state.step, enabled=self._bar_enabled)
+        bar = Progress(self.total, initial_step=self.state.step, enabled=self.run_log.bar_enabled)
         window_tokens, window_time = 0, 0.0
         with bar:
             while self.state.step < self.total:
@@ -267,7 +265,9 @@ class Trainer:
                     self.save_checkpoint(val_loss=val)
                 if signalled:
                     where = f"at step {self.state.step}"
-                    self._event(f"stopped by {stop.name or 'a signal'} {where}", logging.INFO)
+                    self.run_log.event(
+                        f"stopped by {stop.name or 'a signal'} {where}", logging.INFO
+                    )
                     return self._result(interrupted=stop.name or "signal")
         return self._result()
 
@@ -329,7 +329,7 @@ class Trainer:
             self.scaler.step(self.optimizer)
             self.scaler.update()
         else:
-            self._event(f"skipped the update of step {self.state.step}: {reason}")
+            self.run_log.event(f"skipped the update of step {self.state.step}: {reason}")
         self.optimizer.zero_grad(set_to_none=True)
         self.state.last_loss = loss_value
         if self.guard.should_roll_back:
@@ -357,7 +357,7 @@ class Trainer:
         self._restore(latest, data_and_rng=False)  # new data: the same would fail again
         self.state.lr_scale *= c.rollback_lr
         self.guard.skips_in_row = 0
-        self._event(
+        self.run_log.event(
             f"rolled back to {latest.name} after {what}; learning rate now x{self.state.lr_scale:g}"
         )
 
@@ -378,10 +378,10 @@ class Trainer:
         bar.update(
             self.state.step, loss=loss, lr=lr, grad_norm=grad_norm, tokens_per_s=tps, mfu=util
         )
-        self._record(
+        self.run_log.record(
             kind="train", loss=loss, lr=lr, grad_norm=grad_norm, tokens_per_s=tps, mfu=util
         )
-        if not self._bar_enabled and self.dist.is_main:
+        if not self.run_log.bar_enabled and self.dist.is_main:
             log.info("step %d/%d loss %.4f lr %.2e", self.state.step, self.total, loss, lr)
 
     def _evaluate(self, bar: Any) -> float | None:
@@ -402,9 +402,11 @@ class Trainer:
         self.state.last_val = result["val_loss"]
         if self.state.best_val is None or self.state.last_val < self.state.best_val:
             self.state.best_val = self.state.last_val
-        self._record(kind="val", **result)
+        self.run_log.record(kind="val", **result)
         bpb = f", {result['val_bpb']:.3f} bits/byte" if "val_bpb" in result else ""
-        self._say(bar, f"step {self.state.step}: validation loss {self.state.last_val:.4f}{bpb}")
+        self.run_log.say(
+            bar, f"step {self.state.step}: validation loss {self.state.last_val:.4f}{bpb}"
+        )
         texts = []  # none from a sharded model: generation would need every shard
         if not c.fsdp:
             prompts, n = self.prompts, c.sample_tokens
@@ -413,38 +415,10 @@ class Trainer:
                 self.model, self.tokenizer, prompts, max_new_tokens=n, seed=c.seed, chat=chat
             )
         for prompt, text in zip(self.prompts[: len(texts)], texts, strict=True):
-            self._record(kind="sample", prompt=prompt, text=text)
+            self.run_log.record(kind="sample", prompt=prompt, text=text)
             shown = text if c.phase == "sft" else prompt + text  # an answer, or a continuation
-            self._say(bar, f"  {prompt!r} -> {shown[:120]!r}")
+            self.run_log.say(bar, f"  {prompt!r} -> {shown[:120]!r}")
         return self.state.last_val
-
-    @property
-    def _bar_enabled(self) -> bool:
-        """A live progress line on rank 0 in a terminal; elsewhere (a log file, a pipe,
-        --quiet) the same numbers go to the log, one line each."""
-        return self.config.progress and self.dist.is_main and sys.stderr.isatty()
-
-    def _say(self, bar: Any, message: str) -> None:
-        if self._bar_enabled:
-            bar.write(message)
-        else:
-            log.info(message)
-
-    def _event(self, message: str, level: int = logging.WARNING) -> None:
-        """Log and record a run event: a warning, or INFO for routine ones (a resume)."""
-        if self.dist.is_main:
-            log.log(level, message)
-            self._record(kind="event", message=message)
-
-    def _record(self, **fields: Any) -> None:
-        if self.metrics is None:
-            return
-        record = {"step": self.state.step, "tokens": self.state.tokens, "time": self._wall_time()}
-        self.metrics.log({**record, **fields})
-
-    def _wall_time(self) -> float:
-        """Seconds of training so far, across resumes."""
-        return self.state.elapsed + (time.perf_counter() - self.started)
 
     def _result(self, interrupted: str | None = None) -> TrainResult:
         s = self.state

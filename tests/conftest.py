@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 
 import pytest
 import regex
+import torch
 from hypothesis import HealthCheck, settings
 from hypothesis.configuration import set_hypothesis_home_dir
 
@@ -198,3 +199,13 @@ def reference_counts() -> Callable[[str, Sequence[str], str], Counter]:
         return Counter(reference_pretokens(text, special_tokens, pattern))
 
     return counts
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test: tiny models run one op at a time far faster than
+    split over two busy shared cores. Restored after."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

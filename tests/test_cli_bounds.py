@@ -23,12 +23,8 @@ EOT = "<|endoftext|>"
 LETTERS = "abcdefghijklmnopqrstuvwxyz!?. "
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny models on shared cores: one thread (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _tiny(tok) -> TransformerLM:

@@ -16,7 +16,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import torch
 from safetensors import SafetensorError
 
 from scratchlm.builtin import END_OF_TEXT, builtin_corpus
@@ -26,14 +25,8 @@ from scratchlm.data import prepare
 from scratchlm.tokenizer import CharTokenizer
 from scratchlm.tokenizer.files import write_tokenizer_dir
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run one op at a time far faster than split over busy shared cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny models on shared cores: one thread (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -35,13 +35,8 @@ EOT = "<|endoftext|>"
 LETTERS = "abcdefghijklmnopqrstuvwxyz!?."
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run one op at a time far faster than split over busy shared cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny models on shared cores: one thread (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(tok) -> TransformerLM:

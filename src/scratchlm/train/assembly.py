@@ -29,6 +29,7 @@ from scratchlm.checkpoint import (
     resolve_checkpoint,
 )
 from scratchlm.checkpoint.files import STATE_JSON, TOKENIZER, read_json
+from scratchlm.checkpoint.fits import physical_memory
 from scratchlm.config import ModelConfig
 from scratchlm.data import data_fingerprint, read_meta, tokenizer_fingerprint
 from scratchlm.errors import ConfigError
@@ -95,7 +96,7 @@ def check_fits_in_memory(config: ModelConfig) -> None:
     """ConfigError when training a model of ``config`` certainly cannot fit in this
     machine's memory, before anything is allocated (the allocator would fail with a
     traceback, or the kernel kill the process)."""
-    total = _physical_memory()
+    total = physical_memory()
     if total is None:
         return
     params, buffers = _sizes(config)
@@ -120,14 +121,6 @@ def _sizes(config: ModelConfig) -> tuple[int, int]:
     per_layer = two.num_parameters() - one.num_parameters()
     params = one.num_parameters() + (config.n_layers - 1) * per_layer
     return params, sum(b.numel() for b in one.buffers())
-
-
-def _physical_memory() -> int | None:
-    """Bytes of RAM, or None where the system does not say."""
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, ValueError, OSError):
-        return None
 
 
 def check_resumable(saved: TrainConfig, wanted: TrainConfig) -> None:

@@ -19,6 +19,8 @@ import math
 import threading
 from collections.abc import Sequence
 
+from scratchlm.serve.engine import EngineStats
+
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 LabelValues = tuple[str, ...]
@@ -179,3 +181,85 @@ def parse_samples(text: str) -> dict[str, float]:
             key, _, value = line.rpartition(" ")
             samples[key] = float(value)
     return samples
+
+
+# ------------------------------------------------------------ the server's metrics
+
+# Seconds. Time to first token spans a queue wait; inter-token latency one decode step.
+TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+ITL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
+ROUTES = (
+    "/",
+    "/v1/chat/completions",
+    "/v1/completions",
+    "/v1/models",
+    "/health",
+    "/metrics",
+)
+
+
+class ServerMetrics:
+    """What ``GET /metrics`` shows: requests by route and status, time to first token
+    and inter-token latency (seen by the HTTP layer), and the engine's own counters and
+    gauges (copied from its stats when rendered)."""
+
+    content_type = CONTENT_TYPE
+
+    def __init__(self) -> None:
+        r = self.registry = Registry()
+        self.requests = r.counter(
+            "scratchlm_requests_total",
+            "HTTP requests answered, by route and status.",
+            ["route", "status"],
+        )
+        self.ttft = r.histogram(
+            "scratchlm_time_to_first_token_seconds",
+            "Seconds from submitting a generation to its first token.",
+            TTFT_BUCKETS,
+        )
+        self.itl = r.histogram(
+            "scratchlm_inter_token_latency_seconds",
+            "Seconds between two tokens of one generation.",
+            ITL_BUCKETS,
+        )
+        self.prompt_tokens = r.counter(
+            "scratchlm_prompt_tokens_total", "Prompt tokens admitted by the engine."
+        )
+        self.generated_tokens = r.counter(
+            "scratchlm_generated_tokens_total", "Tokens sampled by the engine."
+        )
+        self.finished = r.counter(
+            "scratchlm_generations_finished_total",
+            "Generations ended, by reason (stop, length, cancelled, error).",
+            ["reason"],
+        )
+        self.running = r.gauge("scratchlm_requests_running", "Generations prefilling or decoding.")
+        self.waiting = r.gauge("scratchlm_requests_waiting", "Generations queued for a slot.")
+        self.batch_size = r.gauge("scratchlm_batch_size", "Rows in the engine's last decode step.")
+        self.max_batch = r.gauge("scratchlm_max_batch", "Slots: generations run at once at most.")
+        self.max_queue = r.gauge("scratchlm_max_queue", "Generations that may wait at most.")
+
+    def request_done(self, path: str, status: int) -> None:
+        route = path if path in ROUTES else "/static" if path.startswith("/static/") else "other"
+        if path.startswith("/v1/models/"):
+            route = "/v1/models/{model}"
+        self.requests.inc(route=route, status=str(status))
+
+    def token_seen(self, index: int, since_last: float | None, since_start: float) -> None:
+        """One generated token of a request's choice ``index`` (serve.transport)."""
+        if since_last is None:
+            self.ttft.observe(since_start)
+        else:
+            self.itl.observe(since_last)
+
+    def render(self, stats: EngineStats) -> str:
+        self.prompt_tokens.set(stats.prompt_tokens_total)
+        self.generated_tokens.set(stats.generated_tokens_total)
+        for reason, count in stats.requests_finished_total.items():
+            self.finished.set(count, reason=reason)
+        self.running.set(stats.running)
+        self.waiting.set(stats.waiting)
+        self.batch_size.set(stats.batch_size)
+        self.max_batch.set(stats.max_batch)
+        self.max_queue.set(stats.max_queue)
+        return self.registry.render()

@@ -17,7 +17,7 @@ import time
 import pytest
 import torch
 
-import scratchlm.serve.engine as engine_module
+import scratchlm.serve.request_state as request_state
 from scratchlm.chat import chat_prompt_ids, reply, reply_stop_ids
 from scratchlm.chat_format import chat_tokenizer
 from scratchlm.config import SampleConfig, preset
@@ -33,6 +33,7 @@ from scratchlm.serve.engine import (
     RequestStream,
     TokenEvent,
 )
+from scratchlm.serve.slots import SlotCache
 from scratchlm.tokenizer import CharTokenizer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -234,6 +235,63 @@ def test_cancel_mid_stream_frees_the_slot_for_the_next_request(model, tok) -> No
     assert stats.generated_tokens_total == 3 + 5
 
 
+def test_cancel_before_admission_and_during_a_chunked_prefill(model, tok) -> None:
+    """A waiting request cancelled before it starts never runs; a long prompt cancelled
+    half-way through its chunked prefill ends at once, and the next long prompt
+    (reusing the prefill cache) still gets its own tokens."""
+    gated = GatedTokenizer(tok, at=2)  # the short request's second token
+    long_prompt = tuple(tok.encode((LETTERS * 2)[:50]))
+    engine = Engine(model, gated, max_batch=3, prefill_chunk=4)
+    never = engine.submit(request(tok, PROMPTS[0], greedy(5)))
+    never.cancel()
+    short = engine.submit(request(tok, "hi", greedy(20)))
+    long = engine.submit(GenerationRequest(long_prompt, greedy(5)))
+    with engine:
+        assert gated.reached.wait(60)  # the long prompt is part-way through its prefill
+        long.cancel()
+        gated.gate.set()
+        never_ids, _, never_finish = collect(never)
+        assert never_ids == [] and never_finish.reason == "cancelled"
+        ids, _, finish = collect(long)
+        assert ids == [] and finish.reason == "cancelled"
+        other = GenerationRequest(long_prompt[::-1], greedy(5))
+        again = collect(engine.submit(other))
+        assert collect(short)[0] == reference(model, tok.encode("hi"), greedy(20))
+        stats = engine.stats()
+    assert again[0] == reference(model, list(other.prompt_ids), greedy(5))
+    assert stats.requests_finished_total == {"cancelled": 2, "length": 2}
+    assert stats.prompt_tokens_total < 2 + 50 + 50  # the cancelled prefill stopped early
+
+
+def test_a_closed_event_loop_counts_as_cancelled(model, tok) -> None:
+    loop = asyncio.new_event_loop()
+    loop.close()
+    with Engine(model, tok, max_batch=1) as engine:
+        engine.submit(request(tok, PROMPTS[0], greedy(50)), loop=loop)
+        after = collect(engine.submit(request(tok, PROMPTS[1], greedy(4))))
+        stats = engine.stats()
+    assert after[2].reason == "length"
+    assert stats.requests_finished_total == {"cancelled": 1, "length": 1}
+    assert stats.generated_tokens_total < 50 + 4
+
+
+def test_the_batched_greedy_fast_path_agrees_with_sample_next(model, tok, monkeypatch) -> None:
+    def run():
+        with Engine(model, tok, max_batch=4) as engine:
+            streams = [engine.submit(request(tok, p, greedy(20))) for p in PROMPTS]
+            return [collect(s)[0] for s in streams]
+
+    fast = run()
+    init = request_state.RequestState.__init__
+
+    def no_fast_path(self, *args):
+        init(self, *args)
+        self.greedy = False
+
+    monkeypatch.setattr(request_state.RequestState, "__init__", no_fast_path)
+    assert run() == fast
+
+
 def test_leaving_the_iteration_early_cancels(model, tok) -> None:
     with Engine(model, tok, max_batch=1) as engine:
         stream = engine.submit(request(tok, PROMPTS[0], greedy(60)))
@@ -377,14 +435,14 @@ def test_async_iteration_on_a_loop(model, tok) -> None:
 def test_a_failing_request_ends_with_error_while_another_completes(
     model, tok, monkeypatch, caplog
 ) -> None:
-    sample_next = engine_module.sample_next
+    sample_next = request_state.sample_next
 
     def broken(logits, config, generator, history=None):
         if config.seed == 13:
             raise RuntimeError("injected failure")
         return sample_next(logits, config, generator, history)
 
-    monkeypatch.setattr(engine_module, "sample_next", broken)
+    monkeypatch.setattr(request_state, "sample_next", broken)
     bad = request(tok, PROMPTS[0], SampleConfig(temperature=1.0, seed=13, max_new_tokens=9))
     good = request(tok, PROMPTS[1], greedy(12))
     with Engine(model, tok) as engine:
@@ -402,15 +460,15 @@ def test_a_failing_decode_step_ends_its_rows_and_the_engine_goes_on(
     model, tok, monkeypatch
 ) -> None:
     calls = {"n": 0}
-    update = engine_module.SlotCache.view
+    view = SlotCache.view
 
     def view_once_broken(self):
         calls["n"] += 1
         if calls["n"] == 3:
             raise RuntimeError("injected step failure")
-        return update(self)
+        return view(self)
 
-    monkeypatch.setattr(engine_module.SlotCache, "view", view_once_broken)
+    monkeypatch.setattr(SlotCache, "view", view_once_broken)
     with Engine(model, tok, max_batch=2) as engine:
         first = [engine.submit(request(tok, p, greedy(10))) for p in PROMPTS[:2]]
         reasons = [collect(s)[2].reason for s in first]

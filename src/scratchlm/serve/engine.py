@@ -28,19 +28,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-import traceback
 from collections import Counter, deque
-from dataclasses import dataclass, field
 
 import torch
-from torch import Tensor
 
 from scratchlm.config import ModelConfig
 from scratchlm.errors import ConfigError
 from scratchlm.generate import eval_mode, fit_prompt
 from scratchlm.model import KVCache, TransformerLM
 from scratchlm.model.inference import is_prepared, prepare_for_inference
-from scratchlm.sampling import make_generator, penalties_active, sample_next
+from scratchlm.serve.request_state import RequestState
 from scratchlm.serve.requests import (
     MAX_LOGPROBS,
     EngineBusyError,
@@ -53,7 +50,6 @@ from scratchlm.serve.requests import (
     TokenLogprob,
 )
 from scratchlm.serve.slots import SlotCache
-from scratchlm.textgen import TextStream
 from scratchlm.tokenizer import Tokenizer
 
 __all__ = [
@@ -69,32 +65,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(eq=False)
-class _Live:
-    """A request the worker is serving: its stream and everything it keeps per request."""
-
-    stream: RequestStream
-    generator: torch.Generator
-    text: TextStream
-    prompt: list[int]
-    stop_ids: frozenset[int]
-    history: list[int] | None  # prompt + answer ids, for the penalties (None: none active)
-    prompt_logprobs: list[TokenLogprob | None] | None
-    prefilled: int = 0  # prompt tokens in the prefill cache
-    completion: int = 0  # tokens sampled
-    pending: int = -1  # the last sampled token, fed at the next decode step
-    finished: bool = False
-    greedy: bool = field(init=False)  # argmax without penalties: the batched fast path
-
-    def __post_init__(self) -> None:
-        s = self.stream.request.settings
-        self.greedy = s.temperature == 0 and self.history is None
-
-    @property
-    def request(self) -> GenerationRequest:
-        return self.stream.request
 
 
 class Engine:
@@ -142,8 +112,8 @@ class Engine:
         self._thread: threading.Thread | None = None
         # Worker-only state: admitted requests not yet in a slot (only the first one
         # has tokens in the prefill cache), and the requests in slots, row i = _active[i].
-        self._prefilling: deque[_Live] = deque()
-        self._active: list[_Live] = []
+        self._prefilling: deque[RequestState] = deque()
+        self._active: list[RequestState] = []
         # Statistics, written under _lock.
         self._running = 0
         self._batch_size = 0
@@ -271,25 +241,11 @@ class Engine:
                 cancelled.append(stream)
             while self._waiting and self._running < self.max_batch:
                 stream = self._waiting.popleft()
-                self._prefilling.append(self._admit(stream))
+                self._prefilling.append(RequestState(stream, self._tokenizer, self._device))
                 self._running += 1
         for stream in cancelled:
             self._end_stream(stream, "cancelled")
         return True
-
-    def _admit(self, stream: RequestStream) -> _Live:
-        request = stream.request
-        settings = request.settings
-        prompt = list(request.prompt_ids)
-        return _Live(
-            stream=stream,
-            generator=make_generator(settings.seed, self._device),
-            text=TextStream(self._tokenizer, settings.stop),
-            prompt=prompt,
-            stop_ids=frozenset(request.stop_ids),
-            history=list(prompt) if penalties_active(settings) else None,
-            prompt_logprobs=[None] if request.prompt_logprobs else None,
-        )
 
     def _step(self) -> None:
         for live in [x for x in self._prefilling if x.stream.cancelled]:
@@ -309,7 +265,7 @@ class Engine:
         if self._active:
             self._decode()
 
-    def _prefill(self, live: _Live, budget: int) -> int:
+    def _prefill(self, live: RequestState, budget: int) -> int:
         """Prefill up to ``budget`` more prompt tokens of ``live`` (the first of
         ``_prefilling``); when its prompt is done, sample its first token and give it a
         slot. Returns the tokens prefilled."""
@@ -321,11 +277,7 @@ class Engine:
         ids = torch.tensor([live.prompt[start:end]], dtype=torch.long, device=self._device)
         logits = self._model(ids, cache, last_only=live.prompt_logprobs is None)  # (1, T|1, V)
         if live.prompt_logprobs is not None:
-            # Logits at position j predict prompt token j + 1.
-            targets = live.prompt[start + 1 : end + 1]
-            live.prompt_logprobs += self._logprobs(
-                logits[0, : len(targets)], targets, live.request.logprobs or 0
-            )
+            live.add_prompt_logprobs(logits[0], start, end)
         live.prefilled = end
         with self._lock:
             self._prompt_tokens += end - start
@@ -335,8 +287,8 @@ class Engine:
         if live.request.settings.max_new_tokens == 0:
             self._finish(live, "length")
             return end - start
-        token = self._sample_one(live, logits[:, -1])  # (1, V) -> id
-        if not self._accept(live, token, self._token_logprob(live, logits[0, -1], token)):
+        token = live.sample(logits[:, -1])  # from (1, V)
+        if not self._take(live, token, live.token_logprob(logits[0, -1], token)):
             self._slots.add(cache)
             self._active.append(live)
         return end - start
@@ -358,9 +310,8 @@ class Engine:
         done = []
         for i, live in enumerate(rows):
             try:
-                token = chosen[i] if i in chosen else self._sample_one(live, logits[i : i + 1])
-                lp = self._token_logprob(live, logits[i], token)
-                if self._accept(live, token, lp):
+                token = chosen[i] if i in chosen else live.sample(logits[i : i + 1])
+                if self._take(live, token, live.token_logprob(logits[i], token)):
                     done.append(i)
             except Exception as error:
                 log.exception("sampling a request's token failed")
@@ -382,91 +333,30 @@ class Engine:
                 self._active[row] = self._active.pop()
         assert len(self._active) == self._slots.rows, (len(self._active), self._slots.rows)
 
-    # ------------------------------------------------------------------ per request
-
-    def _sample_one(self, live: _Live, logits: Tensor) -> int:
-        """The next token of one request from its logits (1, V)."""
-        history = None
-        if live.history is not None:
-            history = torch.tensor([live.history], dtype=torch.long, device=logits.device)
-        settings = live.request.settings
-        return int(sample_next(logits, settings, live.generator, history)[0])
-
-    def _token_logprob(self, live: _Live, logits: Tensor, token: int) -> TokenLogprob | None:
-        """The chosen token's logprob and the top k from logits (V,), when asked for."""
-        k = live.request.logprobs
-        return None if k is None else self._logprobs(logits[None], [token], k)[0]
-
-    @staticmethod
-    def _logprobs(logits: Tensor, tokens: list[int], k: int) -> list[TokenLogprob]:
-        """TokenLogprob of tokens[j] under logits[j] (T, V): log-softmax of the raw
-        float32 logits, and its top k."""
-        if not tokens:
-            return []
-        logp = torch.log_softmax(logits.float(), dim=-1)  # (T, V)
-        index = torch.tensor(tokens, device=logp.device)[:, None]  # (T, 1)
-        chosen = logp.gather(1, index)[:, 0].tolist()
-        if k:
-            values, ids = logp.topk(min(k, logp.shape[-1]), dim=-1)  # (T, k)
-            pairs = zip(ids.tolist(), values.tolist(), strict=True)
-            tops = [tuple(zip(i, v, strict=True)) for i, v in pairs]
-        else:
-            tops = [()] * len(tokens)
-        return [TokenLogprob(t, c, top) for t, c, top in zip(tokens, chosen, tops, strict=True)]
-
-    def _accept(self, live: _Live, token: int, logprob: TokenLogprob | None) -> bool:
-        """Take a sampled token into the answer; True when the request has ended."""
-        live.completion += 1
+    def _take(self, live: RequestState, token: int, logprob: TokenLogprob | None) -> bool:
+        """Take a sampled token into a request's answer; True when that ended it."""
         with self._lock:
             self._generated_tokens += 1
-        if live.history is not None:
-            live.history.append(token)
-        if token in live.stop_ids:
-            self._finish(live, "stop")
-            return True
-        live.stream.deliver(TokenEvent(token, live.text.push(token), logprob))
-        if live.text.stopped:
-            self._finish(live, "stop")
-        elif live.completion >= live.request.settings.max_new_tokens:
-            self._finish(live, "length")
-        elif len(live.prompt) + live.completion > self.config.context_length:
-            self._finish(live, "length")  # no room in the context to feed this token
-        else:
-            live.pending = token
-            return False
-        return True
+        reason = live.take(token, logprob, self.config.context_length)
+        if reason is not None:
+            self._finish(live, reason)
+        return reason is not None
 
-    def _finish(self, live: _Live, reason: str, error: BaseException | None = None) -> None:
-        """End a request's stream with a FinishEvent (once)."""
-        if live.finished:
-            return
-        live.finished = True
-        text = ""
-        if reason != "error":
-            text = live.text.finish()
-        logprobs = None if live.prompt_logprobs is None else tuple(live.prompt_logprobs)
-        message = None
-        if error is not None:
-            message = traceback.format_exception_only(error)[-1].strip()
-        with self._lock:
-            self._running -= 1
-        self._end_stream(live.stream, reason, text, live.completion, logprobs, message)
+    def _finish(self, live: RequestState, reason: str, error: Exception | None = None) -> None:
+        """End a request (once): counted first, so that a consumer who has read its
+        FinishEvent sees the stats without it."""
+        event = live.finish(reason, error)
+        if event is not None:
+            with self._lock:
+                self._running -= 1
+                self._finished[reason] += 1
+            live.stream.deliver(event)
 
-    def _end_stream(
-        self,
-        stream: RequestStream,
-        reason: str,
-        text: str = "",
-        completion: int = 0,
-        prompt_logprobs: tuple | None = None,
-        error: str | None = None,
-    ) -> None:
+    def _end_stream(self, stream: RequestStream, reason: str) -> None:
+        """End a request that was never admitted."""
         with self._lock:
             self._finished[reason] += 1
-        event = FinishEvent(
-            reason, text, len(stream.request.prompt_ids), completion, prompt_logprobs, error
-        )
-        stream.deliver(event)
+        stream.deliver(FinishEvent(reason, "", len(stream.request.prompt_ids), 0))
 
     def _end_waiting(self) -> None:
         with self._lock:

@@ -3,5 +3,5 @@
 # pytest exits 5 when it collected no tests; that is a failure here too.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh dev,hf,fast,data,plot
+bash scripts/setup.sh dev,hf,fast,data,plot,serve
 exec .venv/bin/python -m pytest "$@"

@@ -3,27 +3,27 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
-import errno
-import logging
 import os
-import signal
-import socket
 import sys
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
-
-import uvicorn
 
 from scratchlm.chat import default_chat_checkpoint
 from scratchlm.checkpoint.manager import CHECKPOINTS, resolve_checkpoint
 from scratchlm.cli.chat import add_chat_checkpoint, add_model_options, load_chat_model
-from scratchlm.errors import ConfigError, ScratchLMError
-from scratchlm.serve.app import DEFAULT_MAX_BODY, ServerSettings, build_app
+from scratchlm.errors import ConfigError
 from scratchlm.serve.engine import Engine
 
-log = logging.getLogger(__name__)
+# The HTTP stack is the optional extra `serve`: without it the command still shows its
+# help, and running it says what to install instead of a traceback.
+try:
+    from scratchlm.serve.app import DEFAULT_MAX_BODY, ServerSettings
+    from scratchlm.serve.server import bind, run_server
+except ModuleNotFoundError as missing:
+    if (missing.name or "").split(".")[0] not in ("starlette", "uvicorn", "anyio", "h11"):
+        raise  # not the extra: a real error
+    MISSING_EXTRA: str | None = missing.name
+    DEFAULT_MAX_BODY = 1 << 20
+else:
+    MISSING_EXTRA = None
 
 API_KEY_ENV = "SCRATCHLM_API_KEY"
 
@@ -127,82 +127,12 @@ def _check(args: argparse.Namespace) -> None:
         raise ConfigError("--api-key is empty: give a key, or leave it out for no authentication")
 
 
-def bind(host: str, port: int) -> socket.socket:
-    """A listening socket on ``host:port``; ScratchLMError (one line) when the port is in
-    use or the address is not this machine's."""
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    except socket.gaierror as e:
-        raise ConfigError(f"--host {host}: unknown address ({e.strerror})") from None
-    family, kind, proto, _, address = infos[0]
-    sock = socket.socket(family, kind, proto)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(address)
-        sock.listen(2048)
-    except OSError as e:
-        sock.close()
-        if e.errno == errno.EADDRINUSE:
-            raise ScratchLMError(
-                f"port {port} on {host} is already in use: stop what holds it, or pick "
-                "another with --port (0: any free port)"
-            ) from None
-        raise ScratchLMError(f"cannot listen on {host}:{port}: {e.strerror}") from None
-    sock.set_inheritable(True)
-    return sock
-
-
-def url_of(sock: socket.socket) -> str:
-    host, port = sock.getsockname()[:2]
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
-
-
-class _Server(uvicorn.Server):
-    """uvicorn's server, with the shutdown this command wants: on Ctrl-C or SIGTERM the
-    engine closes at once (answers in progress end, so their connections close) and
-    the signal is not raised again afterwards (uvicorn re-raises it by default)."""
-
-    def __init__(self, config: uvicorn.Config, engine: Engine) -> None:
-        super().__init__(config)
-        self.engine = engine
-
-    @contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-        handled = (signal.SIGINT, signal.SIGTERM)
-        previous = {sig: signal.signal(sig, self.handle_exit) for sig in handled}
-        try:
-            yield
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-
-    def handle_exit(self, sig: int, frame: object) -> None:
-        if not self.should_exit:
-            # close() joins the worker thread: not inside a signal handler.
-            threading.Thread(target=self.engine.close, name="engine-close").start()
-        super().handle_exit(sig, frame)  # type: ignore[arg-type]
-
-
-async def _announce_when_ready(server: uvicorn.Server, url: str) -> None:
-    while not server.started:
-        if server.should_exit:
-            return
-        await asyncio.sleep(0.02)
-    print(f"scratchlm serve: page at {url}/  API at {url}/v1", flush=True)
-
-
-async def _run(server: uvicorn.Server, sock: socket.socket) -> None:
-    ready = asyncio.ensure_future(_announce_when_ready(server, url_of(sock)))
-    try:
-        await server.serve(sockets=[sock])
-    finally:
-        ready.cancel()
-
-
 def _serve(args: argparse.Namespace) -> int:
+    if MISSING_EXTRA is not None:
+        raise ConfigError(
+            f"scratchlm serve needs the package {MISSING_EXTRA!r}: install the serve extra "
+            "(pip install 'scratchlm[serve]')"
+        )
     _check(args)
     path = args.checkpoint if args.checkpoint is not None else default_chat_checkpoint()
     name = args.model_name or model_name(path)
@@ -211,20 +141,7 @@ def _serve(args: argparse.Namespace) -> int:
         model, tokenizer = load_chat_model(path, args.device, args.int8)
         engine = Engine(model, tokenizer, max_batch=args.max_batch, max_queue=args.max_queue)
         settings = ServerSettings(name, api_key=args.api_key, max_body=args.max_body)
-        app = build_app(engine, tokenizer, settings)
-        config = uvicorn.Config(
-            app,
-            log_level="warning",
-            access_log=False,
-            timeout_graceful_shutdown=5,
-            lifespan="off",
-        )
-        server = _Server(config, engine)
-        engine.start()
-        try:
-            asyncio.run(_run(server, sock))
-        finally:
-            engine.close()
+        run_server(engine, tokenizer, settings, sock)
     finally:
         sock.close()
     print("scratchlm serve: stopped", file=sys.stderr, flush=True)

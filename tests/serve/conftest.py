@@ -57,7 +57,13 @@ def checkpoints(tmp_path_factory) -> dict[str, Path]:
     return found
 
 
-def child_env(**extra: str) -> dict[str, str]:
+@pytest.fixture(scope="session")
+def child_env() -> dict[str, str]:
+    """``child_environment()``, for tests that start other commands."""
+    return child_environment()
+
+
+def child_environment(**extra: str) -> dict[str, str]:
     """The environment of a child process: this checkout's source first on PYTHONPATH,
     one torch thread."""
     src = Path(scratchlm.__file__).resolve().parents[1]
@@ -119,7 +125,7 @@ def launch(
             stdout=subprocess.PIPE,
             stderr=log_file,
             text=True,
-            env=env if env is not None else child_env(),
+            env=env if env is not None else child_environment(),
             cwd=cwd,
         )
     lines: queue.Queue = queue.Queue()

@@ -35,22 +35,24 @@ READY = re.compile(r"^scratchlm serve: page at (http://\S+)/  API at (http://\S+
 START_TIMEOUT = 120  # seconds: importing torch on a loaded machine takes a while
 
 
-def tiny_model(tokenizer) -> TransformerLM:
+def tiny_model(tokenizer, **overrides) -> TransformerLM:
     torch.manual_seed(0)
-    return TransformerLM(preset("tiny", vocab_size=tokenizer.vocab_size)).eval()
+    config = preset("tiny", vocab_size=tokenizer.vocab_size, **overrides)
+    return TransformerLM(config).eval()
 
 
 @pytest.fixture(scope="session")
 def checkpoints(tmp_path_factory) -> dict[str, Path]:
-    """Tiny untrained checkpoints (context 128): "chat" (an instruction-tuned
-    tokenizer), "endless" (the chat model with its final norm zeroed: all logits equal,
-    so greedy repeats token 0 forever and never stops), "base" (no chat tokens)."""
+    """Tiny untrained checkpoints: "chat" (context 128, an instruction-tuned
+    tokenizer), "endless" (the chat model with a context of 4096 and its final norm
+    zeroed: all logits are equal, so greedy repeats token 0, a space, for thousands of
+    tokens and never stops by itself), "base" (context 128, no chat tokens)."""
     folder = tmp_path_factory.mktemp("serve-models")
     base = CharTokenizer(CHARS, [EOT])
     chat = chat_tokenizer(base)
     found = {}
     for name, tok in (("chat", chat), ("endless", chat), ("base", base)):
-        model = tiny_model(tok)
+        model = tiny_model(tok, context_length=4096 if name == "endless" else 128)
         if name == "endless":
             model.norm.weight.data.zero_()
         found[name] = save_checkpoint(model, None, 0, folder / name, tokenizer=tok)

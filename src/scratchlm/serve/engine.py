@@ -266,7 +266,7 @@ class Engine:
                 self._finish(live, "error", error)
         if self._active:
             self._decode()
-        else:
+        if not self._active:  # idle now: the gauge says so
             with self._lock:
                 self._batch_size = 0
 

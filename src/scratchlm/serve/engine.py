@@ -314,6 +314,9 @@ class Engine:
             chosen = dict(zip(greedy, argmax, strict=True))
         done = []
         for i, live in enumerate(rows):
+            if live.stream.cancelled:  # cancelled during the step: no token after cancel()
+                done.append(i)
+                continue
             try:
                 token = chosen[i] if i in chosen else live.sample(logits[i : i + 1])
                 if self._take(live, token, live.token_logprob(logits[i], token)):

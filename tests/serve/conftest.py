@@ -12,6 +12,7 @@ import os
 import queue
 import re
 import signal
+import string
 import subprocess
 import sys
 import threading
@@ -29,8 +30,9 @@ from scratchlm.model import TransformerLM
 from scratchlm.tokenizer import CharTokenizer
 
 EOT = "<|endoftext|>"
-# Letters, a space and the characters of the chat tokens, so a user can type one.
-CHARS = "abcdefghijklmnopqrstuvwxyz!?.,' <|>"
+# Letters, digits, a space, some punctuation and the characters of the chat tokens (so a
+# user can type one, or <script>). Characters outside it cannot be encoded (400).
+CHARS = string.ascii_letters + string.digits + " !?.,:;'\"()-/<|>"
 READY = re.compile(r"^scratchlm serve: page at (http://\S+)/  API at (http://\S+)/v1$")
 START_TIMEOUT = 120  # seconds: importing torch on a loaded machine takes a while
 

@@ -185,33 +185,46 @@ def test_seeds_reproduce_and_n_choices_use_seed_plus_index(client):
     assert len(unseeded) > 1  # no seed: fresh entropy each time
 
 
-def test_a_seed_gives_the_same_answer_under_concurrent_traffic(client, server):
-    fields = dict(model="chat", messages=HI, temperature=1, max_tokens=30, seed=1234)
-    alone = client.chat.completions.create(**fields).choices[0].message.content
+def test_seeded_and_greedy_answers_are_the_same_under_concurrent_traffic(client, server):
+    seeded = dict(model="chat", messages=HI, temperature=1, max_tokens=30, seed=1234)
+    greedy = dict(model="chat", messages=HI, temperature=0, max_tokens=30)
+    alone = [
+        client.chat.completions.create(**f).choices[0].message.content for f in (seeded, greedy)
+    ]
     busy = openai.OpenAI(base_url=server.api, api_key="unused", max_retries=0)
-    errors = []
+    errors, served, done = [], [], threading.Event()
 
-    def noise(i: int) -> None:
+    def noise(i: int) -> None:  # streams of other lengths and settings, until done
         try:
-            for _ in busy.chat.completions.create(
-                model="chat",
-                messages=[{"role": "user", "content": "noise " * (i + 1)}],
-                temperature=1,
-                max_tokens=40,
-                stream=True,
-            ):
-                pass
+            while not done.is_set():
+                for _ in busy.chat.completions.create(
+                    model="chat",
+                    messages=[{"role": "user", "content": "noise " * (i + 1)}],
+                    temperature=1,
+                    extra_body={"top_k": 5},  # a vLLM extension
+                    max_tokens=60,
+                    stream=True,
+                ):
+                    pass
+                served.append(i)
         except Exception as e:  # reported below
             errors.append(e)
 
     threads = [threading.Thread(target=noise, args=(i,)) for i in range(6)]
     for t in threads:
         t.start()
-    during = [client.chat.completions.create(**fields) for _ in range(2)]
-    for t in threads:
-        t.join()
-    assert not errors
-    assert [d.choices[0].message.content for d in during] == [alone, alone]
+    try:
+        during = [
+            client.chat.completions.create(**f).choices[0].message.content
+            for _ in range(2)
+            for f in (seeded, greedy)
+        ]
+    finally:
+        done.set()
+        for t in threads:
+            t.join()
+    assert not errors and served
+    assert during == alone * 2
 
 
 def test_chat_logprobs_are_the_models(client, local):

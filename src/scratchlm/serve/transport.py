@@ -197,6 +197,39 @@ async def merged_events(
     start = time.monotonic()
     last: list[float | None] = [None] * len(streams)
     finished: set[int] = set()
+    tasks: list[asyncio.Future] = []
+    try:
+        async with contextlib.aclosing(_tagged(streams, tasks)) as tagged:
+            async for i, event in tagged:
+                now = time.monotonic()
+                if isinstance(event, TokenEvent):
+                    if on_token is not None:
+                        on_token(i, None if last[i] is None else now - last[i], now - start)
+                    last[i] = now
+                else:
+                    finished.add(i)
+                yield i, event
+                if len(finished) == len(streams):
+                    return
+    finally:
+        for i, stream in enumerate(streams):
+            if i not in finished:
+                stream.cancel()
+        for task in tasks:
+            task.cancel()
+
+
+async def _tagged(
+    streams: Sequence[RequestStream], tasks: list[asyncio.Future]
+) -> AsyncIterator[tuple[int, Event]]:
+    """Every stream's events tagged with its index, in arrival order (never ending by
+    itself when there are several: the caller stops once each has finished). One
+    stream, the common case, is read directly; several are pumped by one task each
+    (added to ``tasks``) into a shared queue."""
+    if len(streams) == 1:
+        async for event in streams[0]:
+            yield 0, event
+        return
     queue: asyncio.Queue[tuple[int, Event | BaseException]] = asyncio.Queue()
 
     async def pump(i: int, stream: RequestStream) -> None:
@@ -206,26 +239,12 @@ async def merged_events(
         except Exception as e:
             queue.put_nowait((i, e))
 
-    tasks = [asyncio.ensure_future(pump(i, s)) for i, s in enumerate(streams)]
-    try:
-        while len(finished) < len(streams):
-            i, event = await queue.get()
-            if isinstance(event, BaseException):
-                raise event
-            now = time.monotonic()
-            if isinstance(event, TokenEvent):
-                if on_token is not None:
-                    on_token(i, None if last[i] is None else now - last[i], now - start)
-                last[i] = now
-            else:
-                finished.add(i)
-            yield i, event
-    finally:
-        for i, stream in enumerate(streams):
-            if i not in finished:
-                stream.cancel()
-        for task in tasks:
-            task.cancel()
+    tasks.extend(asyncio.ensure_future(pump(i, s)) for i, s in enumerate(streams))
+    while True:
+        i, event = await queue.get()
+        if isinstance(event, BaseException):
+            raise event
+        yield i, event
 
 
 async def collect(

@@ -30,6 +30,9 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 Event = TokenEvent | FinishEvent
 
+# One encoder for every event: json.dumps with options builds a new one per call.
+_encode_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
 # Past the limit the rest of a body is still read (and dropped) up to this many bytes,
 # so a client that sends it all before reading gets the 413 rather than a broken pipe.
 DRAIN_LIMIT = 64 << 20
@@ -161,7 +164,7 @@ class EventStream(Response):
         )
         try:
             async for item in self.items:
-                data = json.dumps(item, ensure_ascii=False, separators=(",", ":"))
+                data = _encode_json(item)
                 await send(
                     {
                         "type": "http.response.body",

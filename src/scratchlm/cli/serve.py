@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
+import logging
 import os
+import socket
 import sys
 
 from scratchlm.chat import default_chat_checkpoint
@@ -24,6 +27,8 @@ except ModuleNotFoundError as missing:
     DEFAULT_MAX_BODY = 1 << 20
 else:
     MISSING_EXTRA = None
+
+log = logging.getLogger(__name__)
 
 API_KEY_ENV = "SCRATCHLM_API_KEY"
 
@@ -137,6 +142,13 @@ def _serve(args: argparse.Namespace) -> int:
     path = args.checkpoint if args.checkpoint is not None else default_chat_checkpoint()
     name = args.model_name or model_name(path)
     sock = bind(args.host, args.port)  # before loading: a taken port fails fast
+    if args.api_key is None and not _loopback(sock):
+        log.warning(
+            "listening on %s without an API key: anyone who reaches this address can use "
+            "the model (--api-key or $%s sets one)",
+            args.host,
+            API_KEY_ENV,
+        )
     try:
         model, tokenizer = load_chat_model(path, args.device, args.int8)
         engine = Engine(model, tokenizer, max_batch=args.max_batch, max_queue=args.max_queue)
@@ -146,6 +158,14 @@ def _serve(args: argparse.Namespace) -> int:
         sock.close()
     print("scratchlm serve: stopped", file=sys.stderr, flush=True)
     return 0
+
+
+def _loopback(sock: socket.socket) -> bool:
+    """Whether ``sock`` listens on this machine only (127.0.0.0/8 or ::1)."""
+    try:
+        return ipaddress.ip_address(sock.getsockname()[0]).is_loopback
+    except ValueError:  # an IPv6 address with a scope (fe80::1%eth0): a network interface
+        return False
 
 
 PARSERS = {"serve": serve_parser}

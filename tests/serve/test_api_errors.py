@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import http.client
 import json
-import subprocess
-import sys
 import time
 from urllib.parse import urlsplit
 
 import openai
 import pytest
+
+from scratchlm.cli import main
 
 KEY = "s3cret-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -206,29 +206,36 @@ def test_a_full_queue_is_503_with_retry_after(start_server, checkpoints):
         assert server.stop() == 0
 
 
-def run_cli(*argv: str, env) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "scratchlm", "serve", *argv, "--device", "cpu"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-    )
-
-
-def one_error_line(done: subprocess.CompletedProcess) -> str:
-    lines = done.stderr.strip().splitlines()
-    assert done.returncode == 2 and len(lines) == 1, done.stderr
+def serve_error(capsys, *argv: str) -> str:
+    """The one stderr line of ``scratchlm serve ARGV`` failing before it serves (run in
+    this process: these errors come before the model loads)."""
+    code = main(["serve", *argv, "--device", "cpu"])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(lines) == 1, lines
     assert lines[0].startswith("scratchlm: error: ")
     return lines[0]
 
 
-def test_a_port_in_use_and_a_bad_checkpoint_are_one_line(server, checkpoints, child_env, tmp_path):
+@pytest.mark.parametrize(
+    ("argv", "words"),
+    [
+        (["{missing}"], "{missing} is neither a checkpoint directory"),
+        ([], "no checkpoint found under runs/"),
+        (["{chat}", "--max-batch", "0"], "--max-batch must be at least 1, got 0"),
+        (["{chat}", "--port", "70000"], "--port must be at most 65535"),
+        (["{chat}", "--max-body", "0"], "--max-body must be at least 1"),
+        (["{chat}", "--api-key", " "], "--api-key is empty"),
+        (["{chat}", "--host", "no-such-host.invalid"], "--host no-such-host.invalid"),
+    ],
+)
+def test_bad_arguments_are_one_line(capsys, checkpoints, tmp_path, monkeypatch, argv, words):
+    monkeypatch.chdir(tmp_path)  # no runs/ here
+    names = {"missing": str(tmp_path / "missing"), "chat": str(checkpoints["chat"])}
+    line = serve_error(capsys, *(a.format(**names) for a in argv))
+    assert words.format(**names) in line
+
+
+def test_a_port_in_use_is_one_line(capsys, server, checkpoints):
     port = str(urlsplit(server.url).port)
-    line = one_error_line(run_cli(str(checkpoints["chat"]), "--port", port, env=child_env))
-    assert f"port {port}" in line and "in use" in line
-    line = one_error_line(run_cli(str(tmp_path / "missing"), env=child_env))
-    assert "missing" in line
-    assert "--max-batch" in one_error_line(
-        run_cli(str(checkpoints["chat"]), "--max-batch", "0", env=child_env)
-    )
+    line = serve_error(capsys, str(checkpoints["chat"]), "--port", port)
+    assert f"port {port} on 127.0.0.1 is already in use" in line and "--port" in line

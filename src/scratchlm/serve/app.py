@@ -77,7 +77,9 @@ CLIENT_CLOSED = 499  # nginx's status for a request whose client left: metrics o
 
 @dataclass(frozen=True)
 class ServerSettings:
-    model_name: str
+    """What the app needs besides the engine and the tokenizer."""
+
+    model_name: str  # the model's id in the API (GET /v1/models, the "model" field)
     api_key: str | None = None  # None: no authentication
     max_body: int = DEFAULT_MAX_BODY  # bytes of a request body
 

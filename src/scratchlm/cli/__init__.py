@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sft": ("train", "instruction-tune a pretrained model on conversations"),
     "chat": ("chat", "talk to an instruction-tuned model"),
     "generate": ("chat", "continue a prompt with any model (raw completion)"),
+    "serve": ("serve", "serve a model over HTTP: OpenAI-compatible API and a chat page"),
     "prepare": ("data", "encode a corpus into train/val token files"),
     "eval": ("evals", "measure what a trained model knows"),
     "checkpoint": ("checkpoint", "inspect and verify checkpoints"),

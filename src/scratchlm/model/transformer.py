@@ -135,11 +135,13 @@ def build_attention_mask(
         mask = mask & (segments[:, None, :, None] == segments[:, None, None, :])  # (B,1,t,t)
     if keys_valid is not None:
         mask = mask & keys_valid[:, None, None, :]  # (B, 1, t, s)
-        # A padding query may see no key at all; let every query see itself so the
-        # softmax stays finite (its output is never used).
+        # A padding query may see no key at all; let such a query see itself so the
+        # softmax stays finite (its output is never used). Only such a query: in a
+        # ragged batch (rows of different lengths, newest at each row's own slot) a
+        # real query's own slot is not at s - t + i, and that slot may be unwritten.
         past = s - t
         itself = torch.arange(s, device=device) == past + torch.arange(t, device=device)[:, None]
-        mask = mask | itself  # (B, 1, t, s)
+        mask = mask | (itself & ~mask.any(-1, keepdim=True))  # (B, 1, t, s)
     return mask
 
 

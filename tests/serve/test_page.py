@@ -23,6 +23,7 @@ from scratchlm.chat_format import chat_tokenizer
 from scratchlm.checkpoint import save_checkpoint
 from scratchlm.config import preset
 from scratchlm.model import TransformerLM
+from scratchlm.serve.metrics import parse_samples
 from scratchlm.tokenizer import CharTokenizer
 
 BROWSER = Path(os.environ.get("SCRATCHLM_BROWSER", "/usr/bin/chromium"))
@@ -89,11 +90,16 @@ def get(url: str, path: str) -> str:
         return response.read().decode()
 
 
+def metrics(url: str) -> dict[str, float]:
+    return parse_samples(get(url, "/metrics"))
+
+
 def generated_tokens(url: str) -> float:
-    for line in get(url, "/metrics").splitlines():
-        if line.startswith("scratchlm_generated_tokens_total "):
-            return float(line.split()[1])
-    raise AssertionError("no scratchlm_generated_tokens_total in /metrics")
+    return metrics(url)["scratchlm_generated_tokens_total"]
+
+
+def cancelled(url: str) -> float:
+    return metrics(url).get('scratchlm_generations_finished_total{reason="cancelled"}', 0.0)
 
 
 def running(url: str) -> int:
@@ -119,7 +125,9 @@ def settings(page, **values: str) -> None:
 
 
 def test_an_answer_streams_in_and_stop_stops_the_server(page, server):
-    settings(page, temperature="0", max_tokens=str(CONTEXT - 100))
+    budget = CONTEXT - 100
+    settings(page, temperature="0", max_tokens=str(budget))
+    tokens_before, cancelled_before = generated_tokens(server.url), cancelled(server.url)
     page.click("#input")
     page.keyboard.type("hi")
     page.keyboard.press("Shift+Enter")  # a new line, not sent
@@ -140,12 +148,13 @@ def test_an_answer_streams_in_and_stop_stops_the_server(page, server):
     page.click("#stop")
     page.wait_for_selector("#send:not([hidden])")
     assert page.locator(".message.assistant .note").text_content() == "[stopped]"
-    # The server stops too: nothing running, and the token counter stands still, far short
-    # of the answer's budget.
+    # The server stops too: nothing running, the generation ended as cancelled, and the
+    # token counter stands still, short of the answer's budget.
     wait_until(lambda: running(server.url) == 0, "/health to show 0 running")
-    before = generated_tokens(server.url)
+    assert cancelled(server.url) == cancelled_before + 1
+    tokens = generated_tokens(server.url)
     time.sleep(0.5)
-    assert generated_tokens(server.url) == before < CONTEXT - 100
+    assert generated_tokens(server.url) == tokens < tokens_before + budget
     shown = answer_text(page)
     assert set(shown) == {"!"}  # id 0 repeated, as greedy gives
 

@@ -41,6 +41,7 @@ def main() -> None:
     parser.add_argument("model", nargs="?", help="checkpoint or run directory (default: newest)")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "serve-page.png")
     parser.add_argument("--question", action="append", help="ask this (repeatable)")
+    parser.add_argument("--system", default="", help="system prompt (default: none)")
     parser.add_argument(
         "--browser", default=os.environ.get("SCRATCHLM_BROWSER", "/usr/bin/chromium")
     )
@@ -57,7 +58,7 @@ def main() -> None:
             page = browser.new_page(viewport={"width": args.width, "height": args.height})
             page.goto(url)
             page.wait_for_function("document.getElementById('model').textContent !== 'connecting…'")
-            page.fill("#system", "You are a friendly science tutor.")
+            page.fill("#system", args.system)
             page.fill("#temperature", "0")
             page.fill("#max-tokens", "120")
             for question in args.question or QUESTIONS:

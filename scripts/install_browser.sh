@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Installs Debian's chromium for the web page test (tests/serve/test_page.py), where it is
-# missing. The test drives it with Playwright from PyPI at /usr/bin/chromium: no
-# `playwright install` download. Never fails: without root or apt-get it says why and the
-# page test skips, naming this script.
+# missing. The test drives it with Playwright from PyPI at /usr/bin/chromium (or
+# $SCRATCHLM_BROWSER): no `playwright install` download. Never fails: without root or
+# apt-get it says why, and the page test skips naming this script.
 set -uo pipefail
-browser=/usr/bin/chromium
+browser=${SCRATCHLM_BROWSER:-/usr/bin/chromium}
 
 if [ -x "$browser" ]; then
   exit 0

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import string
+import subprocess
 import time
 import urllib.request
 from pathlib import Path
@@ -26,13 +27,8 @@ from scratchlm.model import TransformerLM
 from scratchlm.serve.metrics import parse_samples
 from scratchlm.tokenizer import CharTokenizer
 
+ROOT = Path(__file__).resolve().parents[2]
 BROWSER = Path(os.environ.get("SCRATCHLM_BROWSER", "/usr/bin/chromium"))
-pytestmark = pytest.mark.skipif(
-    not BROWSER.exists(),
-    reason=f"no browser at {BROWSER}: scripts/install_browser.sh installs Debian's chromium "
-    "(needs root and apt-get), or set SCRATCHLM_BROWSER to a Chromium binary",
-)
-sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (the dev extra)")
 
 # Characters a user may type in these tests, <script> included. No space or newline: the
 # vocabulary is sorted, so "!" is id 0 and the endless answer is visible ("!!!...").
@@ -61,6 +57,13 @@ def server(endless_checkpoint, start_server):
 
 @pytest.fixture(scope="module")
 def browser():
+    """Debian's chromium, headless, driven by Playwright; skips the test without one."""
+    if not BROWSER.exists():
+        pytest.skip(
+            f"no browser at {BROWSER}: scripts/install_browser.sh installs Debian's chromium "
+            "(needs root and apt-get), or set SCRATCHLM_BROWSER to a Chromium binary"
+        )
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (the dev extra)")
     with sync_api.sync_playwright() as p:
         chromium = p.chromium.launch(
             executable_path=str(BROWSER), headless=True, args=["--no-sandbox"]
@@ -305,3 +308,50 @@ def get_with_key(url: str, path: str, key: str) -> str:
     )
     with urllib.request.urlopen(request, timeout=10) as response:
         return response.read().decode()
+
+
+# scripts/install_browser.sh, run with stand-in commands on PATH: `id` says who runs it,
+# apt-get records its arguments.
+
+
+def install_browser(tmp_path: Path, *, uid: int | None, apt: bool, browser: Path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(parents=True)
+    log = bin_dir / "apt.log"
+    if uid is not None:
+        (bin_dir / "id").write_text(f"#!/bin/sh\necho {uid}\n")
+    if apt:
+        (bin_dir / "apt-get").write_text(f'#!/bin/sh\necho "$*" >> {log}\n')
+    for tool in bin_dir.iterdir():
+        tool.chmod(0o755)
+    result = subprocess.run(
+        ["/bin/bash", str(ROOT / "scripts" / "install_browser.sh")],
+        env={"PATH": str(bin_dir), "SCRATCHLM_BROWSER": str(browser)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    return result, log.read_text().splitlines() if log.exists() else []
+
+
+def test_install_browser_installs_debians_chromium_as_root(tmp_path):
+    result, apt = install_browser(tmp_path, uid=0, apt=True, browser=tmp_path / "none")
+    assert result.returncode == 0
+    assert apt == ["update", "install -y chromium"]
+
+
+def test_install_browser_says_why_it_cannot_and_still_succeeds(tmp_path):
+    result, apt = install_browser(tmp_path, uid=1000, apt=True, browser=tmp_path / "none")
+    assert result.returncode == 0 and apt == []
+    assert "needs root" in result.stderr
+    result, apt = install_browser(tmp_path / "b", uid=0, apt=False, browser=tmp_path / "none")
+    assert result.returncode == 0 and "no apt-get" in result.stderr
+
+
+def test_install_browser_does_nothing_when_the_browser_is_there(tmp_path):
+    present = tmp_path / "chromium"
+    present.write_text("")
+    present.chmod(0o755)
+    result, apt = install_browser(tmp_path, uid=0, apt=True, browser=present)
+    assert result.returncode == 0 and apt == [] and result.stderr == ""

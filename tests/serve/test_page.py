@@ -257,6 +257,8 @@ def test_errors_are_shown_key_missing_queue_full_server_down(
         page.wait_for_selector("#error:not([hidden])")
         assert "API key" in page.text_content("#error") and "401" in page.text_content("#error")
         settings(page, api_key="sesame", temperature="0", max_tokens="3")
+        page.wait_for_selector("#error", state="hidden")  # the new key was tried and accepted
+        assert page.text_content("#model") != "not connected"
         page.fill("#input", "hello")
         page.press("#input", "Enter")
         page.wait_for_selector(".message.assistant .note, #send:not([hidden])")

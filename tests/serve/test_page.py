@@ -161,14 +161,23 @@ def test_an_answer_streams_in_and_stop_stops_the_server(page, server):
     shown = answer_text(page)
     assert set(shown) == {"!"}  # id 0 repeated, as greedy gives
 
-    # Reload: the conversation comes back from the browser's storage, and streams no more.
+    # Reload: the conversation comes back from the browser's storage.
     page.reload()
     page.wait_for_selector(".message.assistant")
     assert page.locator(".message.user .content").text_content() == "hello"
-    assert answer_text(page).startswith(shown[: len(shown) // 2])
+    assert answer_text(page) == shown
+    assert page.locator(".message.assistant .note").text_content() == "[stopped]"
     assert page.locator("#chats li").count() == 1
     assert page.locator("#chats li").text_content().startswith("hello")
     assert page.input_value("#temperature") == "0"  # settings are kept too
+
+    # Leaving the page mid-answer (a reload here) stops the generation as well.
+    page.fill("#input", "again")
+    page.press("#input", "Enter")
+    wait_until(lambda: len(answer_text(page)) > 0, "the second answer to start")
+    page.reload()
+    wait_until(lambda: running(server.url) == 0, "/health to show 0 running after a reload")
+    assert cancelled(server.url) == cancelled_before + 2
 
 
 def test_a_script_in_a_message_is_shown_as_text_not_run(page, server):

@@ -73,7 +73,7 @@ def browser():
 
 
 def open_page(browser, url: str, width: int = 1000, height: int = 700):
-    """A fresh browser context (empty localStorage) showing the page, connected to the model."""
+    """A fresh browser context (empty localStorage) showing the page at `url`."""
     context = browser.new_context(viewport={"width": width, "height": height})
     page = context.new_page()
     page.goto(url)

@@ -35,29 +35,37 @@ READY = re.compile(r"^scratchlm serve: page at (http://\S+)/  API at (http://\S+
 START_TIMEOUT = 120  # seconds: importing torch on a loaded machine takes a while
 
 
-def tiny_model(tokenizer) -> TransformerLM:
+def tiny_model(tokenizer, **overrides) -> TransformerLM:
     torch.manual_seed(0)
-    return TransformerLM(preset("tiny", vocab_size=tokenizer.vocab_size)).eval()
+    config = preset("tiny", vocab_size=tokenizer.vocab_size, **overrides)
+    return TransformerLM(config).eval()
 
 
 @pytest.fixture(scope="session")
 def checkpoints(tmp_path_factory) -> dict[str, Path]:
-    """Tiny untrained checkpoints (context 128): "chat" (an instruction-tuned
-    tokenizer), "endless" (the chat model with its final norm zeroed: all logits equal,
-    so greedy repeats token 0 forever and never stops), "base" (no chat tokens)."""
+    """Tiny untrained checkpoints: "chat" (context 128, an instruction-tuned
+    tokenizer), "endless" (the chat model with a context of 4096 and its final norm
+    zeroed: all logits are equal, so greedy repeats token 0, a space, for thousands of
+    tokens and never stops by itself), "base" (context 128, no chat tokens)."""
     folder = tmp_path_factory.mktemp("serve-models")
     base = CharTokenizer(CHARS, [EOT])
     chat = chat_tokenizer(base)
     found = {}
     for name, tok in (("chat", chat), ("endless", chat), ("base", base)):
-        model = tiny_model(tok)
+        model = tiny_model(tok, context_length=4096 if name == "endless" else 128)
         if name == "endless":
             model.norm.weight.data.zero_()
         found[name] = save_checkpoint(model, None, 0, folder / name, tokenizer=tok)
     return found
 
 
-def child_env(**extra: str) -> dict[str, str]:
+@pytest.fixture(scope="session")
+def child_env() -> dict[str, str]:
+    """``child_environment()``, for tests that start other commands."""
+    return child_environment()
+
+
+def child_environment(**extra: str) -> dict[str, str]:
     """The environment of a child process: this checkout's source first on PYTHONPATH,
     one torch thread."""
     src = Path(scratchlm.__file__).resolve().parents[1]
@@ -119,7 +127,7 @@ def launch(
             stdout=subprocess.PIPE,
             stderr=log_file,
             text=True,
-            env=env if env is not None else child_env(),
+            env=env if env is not None else child_environment(),
             cwd=cwd,
         )
     lines: queue.Queue = queue.Queue()

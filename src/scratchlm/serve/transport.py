@@ -47,18 +47,18 @@ async def read_json(request: Request, limit: int) -> Any:
     counted while a chunked body arrives), 400 when it is empty or not JSON."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise (
-            _too_large(limit, int(declared))
-            if int(declared) > DRAIN_LIMIT
-            else await _drain(request, limit)
-        )
+        size = int(declared)
+        if size <= DRAIN_LIMIT:
+            await _drain(request)
+        raise _too_large(limit, size)
     chunks: list[bytes] = []
     size = 0
     try:
         async for chunk in request.stream():
             size += len(chunk)
             if size > limit:
-                raise await _drain(request, limit)
+                await _drain(request)
+                raise _too_large(limit)
             chunks.append(chunk)
     except ClientDisconnect as e:
         raise ClientGone from e
@@ -83,15 +83,14 @@ def _too_large(limit: int, size: int | None = None) -> APIError:
     )
 
 
-async def _drain(request: Request, limit: int) -> APIError:
-    """Read and drop what is left of an oversized body (up to DRAIN_LIMIT), then the 413."""
-    size = limit
+async def _drain(request: Request) -> None:
+    """Read and drop what is left of an oversized body, up to DRAIN_LIMIT bytes."""
+    size = 0
     with contextlib.suppress(ClientDisconnect, RuntimeError):
         async for chunk in request.stream():
             size += len(chunk)
             if size > DRAIN_LIMIT:
                 break
-    return _too_large(limit)
 
 
 # ------------------------------------------------------------------- disconnects

@@ -223,6 +223,30 @@ def test_code_blocks_show_as_code_and_html_in_answers_as_text(page):
     assert page.evaluate("window.__pwned") is None
 
 
+def test_chats_export_to_a_file_and_import_in_another_browser(page, browser, server, tmp_path):
+    store_chat(page, ("user", "question"), ("assistant", "answer"))
+    with page.expect_download() as download:
+        page.click("#export")
+    exported = tmp_path / "chats.json"
+    download.value.save_as(exported)
+    assert json.loads(exported.read_text())["chats"][0]["messages"][1]["content"] == "answer"
+
+    context, other = open_page(browser, server.url)  # another browser: empty storage
+    try:
+        assert other.locator(".message").count() == 0
+        other.set_input_files("#import-file", str(exported))
+        other.wait_for_selector(".message.assistant")
+        assert other.locator(".message .content").all_text_contents() == ["question", "answer"]
+        assert other.locator("#chats li").count() == 1  # the empty new chat made way
+        bad = tmp_path / "bad.json"
+        bad.write_text("{not json")
+        other.set_input_files("#import-file", str(bad))
+        other.wait_for_selector("#error:has-text('not a chats file')")
+        assert other.locator(".message").count() == 2  # nothing lost
+    finally:
+        context.close()
+
+
 def test_a_bad_setting_shows_the_servers_message(page):
     settings(page, temperature="-1")
     page.fill("#input", "hello")

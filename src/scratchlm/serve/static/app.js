@@ -127,8 +127,10 @@ function renderCode(text, lang) {
   const copy = element("button", "copy", "Copy");
   copy.type = "button";
   copy.addEventListener("click", () => {
-    navigator.clipboard?.writeText(text).then(() => { copy.textContent = "Copied"; },
-                                              () => { copy.textContent = "Copy failed"; });
+    // The clipboard API exists only on https:// or localhost pages.
+    if (!navigator.clipboard) { copy.textContent = "No clipboard here"; return; }
+    navigator.clipboard.writeText(text).then(() => { copy.textContent = "Copied"; },
+                                             () => { copy.textContent = "Copy failed"; });
   });
   pre.append(code, copy);
   return pre;
@@ -155,7 +157,8 @@ function renderMessages() {
   const list = $("messages");
   list.replaceChildren(...messages.map(renderMessage));
   if (messages.length === 0) {
-    list.append(element("p", "empty", "Ask the model something. Enter sends, Shift+Enter a new line."));
+    const hint = "Ask the model something. Enter sends, Shift+Enter a new line.";
+    list.append(element("p", "empty", hint));
   }
   list.scrollTop = list.scrollHeight;
 }
@@ -209,16 +212,18 @@ async function responseError(response) {
     detail = body?.error?.message || "";
   } catch { /* not JSON: the status says enough */ }
   const status = response.status;
+  const said = detail || response.statusText;
   if (status === 401) {
-    return new ServerError(`The server needs an API key (401): enter it under Settings. ${detail}`.trim());
+    return new ServerError(`The server needs an API key (401): enter it under Settings. ${said}`);
   }
   if (status === 503 || status === 429) {
-    return new ServerError(`The server is busy: its queue is full (${status}). Try again in a moment. ${detail}`.trim());
+    return new ServerError(
+      `The server is busy: its queue is full (${status}). Try again in a moment. ${said}`);
   }
   if (status === 400 || status === 413) {
-    return new ServerError(`The server refused the request (${status}): ${detail || response.statusText}`);
+    return new ServerError(`The server refused the request (${status}): ${said}`);
   }
-  return new ServerError(`The server answered ${status}: ${detail || response.statusText}`);
+  return new ServerError(`The server answered ${status}: ${said}`);
 }
 
 // fetch, with a network failure (server down) turned into a message saying so.
@@ -227,7 +232,8 @@ async function request(path, options) {
     return await fetch(path, options);
   } catch (err) {
     if (err.name === "AbortError") throw err;
-    throw new ServerError(`Cannot reach the server at ${location.origin}: is \`scratchlm serve\` still running? (${err.message})`);
+    throw new ServerError(`Cannot reach the server at ${location.origin}: `
+                          + `is \`scratchlm serve\` still running? (${err.message})`);
   }
 }
 
@@ -257,7 +263,9 @@ function chatRequest(messages) {
   if ((s.system || "").trim()) body.messages.push({ role: "system", content: s.system });
   for (const m of messages) body.messages.push({ role: m.role, content: m.content });
   // Numbers go as typed: a bad value comes back from the server as a 400 naming the field.
-  const numbers = { temperature: s.temperature, top_p: s.top_p, max_tokens: s.max_tokens, seed: s.seed };
+  const numbers = {
+    temperature: s.temperature, top_p: s.top_p, max_tokens: s.max_tokens, seed: s.seed,
+  };
   for (const [name, text] of Object.entries(numbers)) {
     const typed = (text || "").trim();
     if (typed !== "") body[name] = Number.isNaN(Number(typed)) ? typed : Number(typed);
@@ -272,7 +280,8 @@ async function streamChat(messages, signal, onText) {
   });
   if (!response.ok) throw await responseError(response);
   const reader = response.body.getReader();
-  const decoder = new TextDecoder();  // {stream: true} below: a character split across reads is kept whole
+  // decode(..., {stream: true}) keeps a character split across two reads whole.
+  const decoder = new TextDecoder();
   let buffer = "", finish = null;
   for (;;) {
     const { value, done } = await reader.read();
@@ -286,7 +295,9 @@ async function streamChat(messages, signal, onText) {
       const data = line.slice(5).trim();
       if (data === "[DONE]") return finish;
       const event = JSON.parse(data);
-      if (event.error) throw new ServerError(`The server stopped with an error: ${event.error.message}`);
+      if (event.error) {
+        throw new ServerError(`The server stopped with an error: ${event.error.message}`);
+      }
       for (const choice of event.choices || []) {
         if (choice.delta?.content) onText(choice.delta.content);
         if (choice.finish_reason) finish = choice.finish_reason;

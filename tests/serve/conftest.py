@@ -149,13 +149,19 @@ def launch(
 
 @pytest.fixture(scope="session")
 def start_server(tmp_path_factory):
-    """``start_server(checkpoint, *flags, env=None) -> ServerProcess``; every server
-    still running at the end of the session is stopped."""
+    """``start_server(checkpoint, *flags, env=None, cwd=None) -> ServerProcess`` (checkpoint
+    None: the server's default, found under ``cwd``/runs); every server still running
+    at the end of the session is stopped."""
     started: list[ServerProcess] = []
     folder = tmp_path_factory.mktemp("serve-logs")
 
-    def start(checkpoint: Path | None, *flags: str, env: dict[str, str] | None = None):
-        server = launch(checkpoint, *flags, cwd=folder, env=env)
+    def start(
+        checkpoint: Path | None,
+        *flags: str,
+        env: dict[str, str] | None = None,
+        cwd: Path | None = None,
+    ) -> ServerProcess:
+        server = launch(checkpoint, *flags, cwd=cwd or folder, env=env)
         started.append(server)
         return server
 

@@ -4,9 +4,12 @@ same tiny model run in this process (and against ``scratchlm chat``)."""
 
 from __future__ import annotations
 
+import http.client
+import json
 import subprocess
 import sys
 import threading
+from urllib.parse import urlsplit
 
 import openai
 import pytest
@@ -265,3 +268,36 @@ def test_completion_logprobs_with_echo(client, local):
     )
     assert scored.choices[0].text == "sky" and scored.usage.completion_tokens == 0
     assert scored.choices[0].logprobs.token_logprobs == lp.token_logprobs[:3]
+
+
+def test_n_streamed_choices_interleave_and_match_the_whole_answers(client):
+    fields = dict(model="chat", messages=HI, temperature=1, max_tokens=10, n=3, seed=5)
+    whole = client.chat.completions.create(**fields)
+    texts, finishes = ["", "", ""], [None, None, None]
+    chunks = list(client.chat.completions.create(**fields, stream=True))
+    assert [c.choices[0].delta.role for c in chunks[:3]] == ["assistant"] * 3
+    for chunk in chunks:
+        (choice,) = chunk.choices
+        texts[choice.index] += choice.delta.content or ""
+        finishes[choice.index] = choice.finish_reason or finishes[choice.index]
+    assert texts == [c.message.content for c in whole.choices]
+    assert finishes == [c.finish_reason for c in whole.choices]
+
+
+def test_the_raw_event_stream(server):
+    """What a browser or curl sees: text/event-stream, `data: {json}` events separated
+    by blank lines, `data: [DONE]` last."""
+    parts = urlsplit(server.url)
+    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
+    body = {"messages": HI, "max_tokens": 5, "stream": True}
+    connection.request("POST", "/v1/chat/completions", json.dumps(body), {"Accept": "*/*"})
+    response = connection.getresponse()
+    assert response.status == 200
+    assert response.getheader("content-type") == "text/event-stream; charset=utf-8"
+    assert response.getheader("cache-control") == "no-cache"
+    events = response.read().decode().split("\n\n")
+    connection.close()
+    assert events[-2:] == ["data: [DONE]", ""]
+    assert all(e.startswith("data: {") and "\n" not in e for e in events[:-2])
+    chunks = [json.loads(e.removeprefix("data: ")) for e in events[:-2]]
+    assert chunks[-1]["choices"][0]["finish_reason"] in ("stop", "length")

@@ -11,6 +11,7 @@ so a stop string of several characters always spans several tokens.
 from __future__ import annotations
 
 import asyncio
+import copy
 import threading
 import time
 
@@ -23,7 +24,7 @@ from scratchlm.chat_format import chat_tokenizer
 from scratchlm.config import SampleConfig, preset
 from scratchlm.errors import ScratchLMError
 from scratchlm.generate import generate_ids
-from scratchlm.model import TransformerLM
+from scratchlm.model import TransformerLM, prepare_for_inference
 from scratchlm.serve.engine import (
     Engine,
     EngineBusyError,
@@ -477,3 +478,13 @@ def test_a_failing_decode_step_ends_its_rows_and_the_engine_goes_on(
     assert reasons == ["error", "error"]
     assert after[0] == reference(model, tok.encode(PROMPTS[2]), greedy(6))
     assert stats.running == 0
+
+
+def test_a_prepared_int8_model_serves_the_tokens_generate_gives_it(model, tok) -> None:
+    int8 = prepare_for_inference(copy.deepcopy(model), int8=True)
+    prompt = tok.encode(PROMPTS[2])
+    with Engine(int8, tok, max_batch=2) as engine:
+        noise = engine.submit(request(tok, PROMPTS[0], greedy(20)))
+        ids, _, _ = collect(engine.submit(GenerationRequest(tuple(prompt), greedy(20))))
+        collect(noise)
+    assert ids == reference(int8, prompt, greedy(20))

@@ -94,7 +94,7 @@ def test_remove_moves_the_last_row_into_the_freed_slot() -> None:
     assert slots.rows == 2 and slots.lengths[:2] == [2, 4]
 
 
-@pytest.mark.parametrize("position", ["rope", "learned"])
+@pytest.mark.parametrize("position", ["rope", "learned", "cope"])
 def test_a_ragged_decode_step_equals_each_row_alone(position: str) -> None:
     """Rows of lengths 1, 9 and 4 decode together for a few steps; every row's logits
     equal a full uncached forward pass of that row's sequence."""

@@ -125,7 +125,8 @@ def build_attention_mask(
     t: int, s: int, keys_valid: Tensor | None, segments: Tensor | None, device: torch.device
 ) -> Tensor | None:
     """The boolean mask (B or 1, 1, t, s) for t queries, the last t of s key slots: causal,
-    real keys only (keys_valid (B, s), False at padding), and within one segment
+    real keys only (keys_valid (B, s), False at padding or at slots a row of a ragged
+    batch has not written: the serving engine's slot cache), and within one segment
     (segments (B, t) segment numbers, packed rows, s == t). None means plain causal
     attention, which the fused kernel does without a mask."""
     if keys_valid is None and segments is None and (t == s or t == 1):

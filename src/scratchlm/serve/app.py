@@ -21,7 +21,7 @@ import asyncio
 import hmac
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -47,14 +47,17 @@ from scratchlm.serve.engine import (
     Engine,
     EngineBusyError,
     EngineClosedError,
+    FinishEvent,
     GenerationRequest,
     RequestStream,
+    TokenEvent,
 )
 from scratchlm.serve.metrics import ServerMetrics
 from scratchlm.serve.prompts import chat_prompt, completion_prompts
 from scratchlm.serve.protocol import APIError, error_body, parse_chat, parse_completion
 from scratchlm.serve.transport import (
     ClientGone,
+    Event,
     EventStream,
     collect,
     merged_events,
@@ -93,6 +96,12 @@ async def _off_loop(prepare: Callable[..., T], *args: Any) -> T:
         raise
     except ScratchLMError as e:
         raise APIError(400, str(e), code="invalid_value") from None
+
+
+def _cancel(streams: list[RequestStream]) -> None:
+    """Cancel the streams still generating (a finished one ignores it)."""
+    for stream in streams:
+        stream.cancel()
 
 
 class _Guard:
@@ -170,8 +179,7 @@ class OpenAIServer:
             for request in requests:
                 streams.append(self.engine.submit(request, loop=loop))
         except ScratchLMError as e:
-            for stream in streams:
-                stream.cancel()
+            _cancel(streams)
             if isinstance(e, EngineBusyError):
                 raise APIError(
                     503,
@@ -184,8 +192,17 @@ class OpenAIServer:
             raise APIError(400, str(e), code="invalid_value") from None
         return streams
 
-    def _events(self, streams: list[RequestStream]):
+    def _events(self, streams: list[RequestStream]) -> AsyncIterator[tuple[int, Event]]:
         return merged_events(streams, on_token=self.metrics.token_seen)
+
+    async def _collect(
+        self, request: Request, events: AsyncIterator[tuple[int, Event]], streams: list
+    ) -> list[tuple[list[TokenEvent], FinishEvent]]:
+        """Every stream's whole answer; ClientGone if the client leaves first."""
+        try:
+            return await until_disconnect(request.receive, collect(events, len(streams)))
+        finally:
+            _cancel(streams)  # frees the slots of a client that left (a no-op otherwise)
 
     async def chat_completions(self, request: Request) -> Response:
         parsed = parse_chat(await read_json(request, self.settings.max_body))
@@ -195,8 +212,9 @@ class OpenAIServer:
         reply = Reply.new("chatcmpl", self.settings.model_name)
         events = self._events(streams)
         if parsed.common.stream:
-            return EventStream(chat_chunks(reply, parsed, self.tokenizer, events, len(streams)))
-        results = await until_disconnect(request.receive, collect(events, len(streams)))
+            chunks = chat_chunks(reply, parsed, self.tokenizer, events, len(streams))
+            return EventStream(chunks, on_close=lambda: _cancel(streams))
+        results = await self._collect(request, events, streams)
         return JSONResponse(chat_body(reply, parsed, self.tokenizer, results))
 
     async def completions(self, request: Request) -> Response:
@@ -207,8 +225,9 @@ class OpenAIServer:
         reply = Reply.new("cmpl", self.settings.model_name)
         events = self._events(streams)
         if parsed.common.stream:
-            return EventStream(completion_chunks(reply, parsed, self.tokenizer, prompts, events))
-        results = await until_disconnect(request.receive, collect(events, len(streams)))
+            chunks = completion_chunks(reply, parsed, self.tokenizer, prompts, events)
+            return EventStream(chunks, on_close=lambda: _cancel(streams))
+        results = await self._collect(request, events, streams)
         return JSONResponse(completion_body(reply, parsed, self.tokenizer, prompts, results))
 
     # ----------------------------------------------------------------- others

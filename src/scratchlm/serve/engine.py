@@ -221,6 +221,8 @@ class Engine:
             log.exception("the serving engine's worker stopped")
             raise
         finally:
+            with self._lock:  # also after a crash: submit refuses rather than queue forever
+                self._closed = True
             for live in [*self._prefilling, *self._active]:
                 self._finish(live, "cancelled")
             self._prefilling.clear()
@@ -264,6 +266,9 @@ class Engine:
                 self._finish(live, "error", error)
         if self._active:
             self._decode()
+        if not self._active:  # idle now: the gauge says so
+            with self._lock:
+                self._batch_size = 0
 
     def _prefill(self, live: RequestState, budget: int) -> int:
         """Prefill up to ``budget`` more prompt tokens of ``live`` (the first of
@@ -309,6 +314,9 @@ class Engine:
             chosen = dict(zip(greedy, argmax, strict=True))
         done = []
         for i, live in enumerate(rows):
+            if live.stream.cancelled:  # cancelled during the step: no token after cancel()
+                done.append(i)
+                continue
             try:
                 token = chosen[i] if i in chosen else live.sample(logits[i : i + 1])
                 if self._take(live, token, live.token_logprob(logits[i], token)):

@@ -12,8 +12,8 @@ the setting ``scratchlm chat`` uses), not OpenAI's 1.0, as vLLM takes a model's 
 generation defaults. Extensions beyond OpenAI, as in vLLM: ``top_k`` (0 or -1 = off),
 ``min_p`` and ``repetition_penalty``.
 
-Turning a request into engine requests (rendering, tokenising) is ``serve.requests``;
-response bodies and stream chunks are ``serve.responses``.
+Turning a request into engine requests (rendering, tokenising) is ``serve.prompts``;
+response bodies and stream chunks are ``serve.chunks`` and ``serve.responses``.
 """
 
 from __future__ import annotations

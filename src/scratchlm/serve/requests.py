@@ -5,7 +5,9 @@ A ``RequestStream`` is filled by the engine's worker thread and read by one cons
 blocking iteration (a thread-safe queue), or ``async for`` on the event loop given at
 submit (the worker hands each event to that loop with ``call_soon_threadsafe``).
 Leaving the iteration early cancels the request, so an abandoned stream never keeps a
-slot busy.
+slot busy: at once for ``for``; for ``async for`` when the async generator is closed
+(``aclose()``, or the loop's clean-up), so an HTTP handler should call ``cancel()``
+itself when its client goes away.
 """
 
 from __future__ import annotations

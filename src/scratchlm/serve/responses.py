@@ -18,6 +18,14 @@ from typing import Any
 from scratchlm.serve.engine import TokenLogprob
 from scratchlm.tokenizer import Tokenizer
 
+# JSON has no -Infinity: a logprob that underflowed float32 is shown as OpenAI shows
+# such values.
+LOGPROB_FLOOR = -9999.0
+
+
+def _finite(logprob: float) -> float:
+    return logprob if logprob >= LOGPROB_FLOOR else LOGPROB_FLOOR
+
 
 def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
     return {
@@ -39,7 +47,8 @@ def chat_logprob(tokenizer: Tokenizer, lp: TokenLogprob) -> dict[str, Any]:
 
     def entry(token_id: int, logprob: float) -> dict[str, Any]:
         raw = tokenizer.id_to_token(token_id)
-        return {"token": token_text(tokenizer, token_id), "logprob": logprob, "bytes": list(raw)}
+        text = token_text(tokenizer, token_id)
+        return {"token": text, "logprob": _finite(logprob), "bytes": list(raw)}
 
     return {**entry(lp.token_id, lp.logprob), "top_logprobs": [entry(i, p) for i, p in lp.top]}
 
@@ -139,8 +148,10 @@ class LegacyLogprobs:
     def add(self, token_id: int, lp: TokenLogprob | None) -> None:
         """The next token; ``lp`` None for the first prompt token, which has none."""
         self.tokens.append(token_text(self.tokenizer, token_id))
-        self.token_logprobs.append(None if lp is None else lp.logprob)
-        top = None if lp is None else {token_text(self.tokenizer, i): p for i, p in lp.top}
+        self.token_logprobs.append(None if lp is None else _finite(lp.logprob))
+        top = None
+        if lp is not None:
+            top = {token_text(self.tokenizer, i): _finite(p) for i, p in lp.top}
         self.top_logprobs.append(top)
         self.text_offset.append(self._chars)
         self._chars += len(self._decoder.decode(self.tokenizer.id_to_token(token_id)))

@@ -122,10 +122,13 @@ async def until_disconnect(receive: Receive, work: Awaitable[T]) -> T:
 class EventStream(Response):
     """A Server-Sent Events response: ``data: {json}`` per item, then ``data: [DONE]``.
 
-    The items come from an async iterator (closed when the response ends, also when the
-    client leaves mid-stream: its cleanup then cancels the generation)."""
+    The items come from an async iterator, closed when the response ends; ``on_close``
+    runs then too, also when the client left before the first item (the iterator's own
+    cleanup never ran then): it cancels the generation."""
 
-    def __init__(self, items: AsyncIterator[dict[str, Any]]) -> None:
+    def __init__(
+        self, items: AsyncIterator[dict[str, Any]], on_close: Callable[[], None] | None = None
+    ) -> None:
         # Not Response.__init__: it would declare a Content-Length for an empty body.
         self.status_code = 200
         self.background = None
@@ -135,6 +138,7 @@ class EventStream(Response):
             (b"x-accel-buffering", b"no"),  # proxies such as nginx: do not buffer
         ]
         self.items = items
+        self.on_close = on_close
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         writer = asyncio.ensure_future(self._write(send))
@@ -145,6 +149,8 @@ class EventStream(Response):
             for t in (writer, watcher):
                 t.cancel()
             results = await asyncio.gather(writer, watcher, return_exceptions=True)
+            if self.on_close is not None:
+                self.on_close()
         error = results[0]
         if isinstance(error, Exception):  # a bug: the client got what was written so far
             raise error

@@ -73,17 +73,18 @@ def browser():
 
 
 def open_page(browser, url: str, width: int = 1000, height: int = 700):
-    """A fresh browser context (empty localStorage) showing the page at `url`."""
+    """A fresh browser context (empty localStorage) showing the page at `url`, once it has
+    asked the server for the model (connected or not)."""
     context = browser.new_context(viewport={"width": width, "height": height})
     page = context.new_page()
     page.goto(url)
+    page.wait_for_function("document.getElementById('model').textContent !== 'connecting…'")
     return context, page
 
 
 @pytest.fixture
 def page(browser, server):
     context, page = open_page(browser, server.url)
-    page.wait_for_function("document.getElementById('model').textContent !== 'connecting…'")
     yield page
     context.close()
 

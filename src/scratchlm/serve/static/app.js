@@ -249,9 +249,15 @@ async function fetchModelId() {
 }
 
 // At start and after a new API key: the model's name in the header, or why there is none.
+// Success clears only the error that connecting showed, not one shown meanwhile.
+let connectError = null;
 function connect() {
-  fetchModelId().then(clearError, (err) => {
+  fetchModelId().then(() => {
+    if (connectError !== null && $("error").textContent === connectError) clearError();
+    connectError = null;
+  }, (err) => {
     $("model").textContent = "not connected";
+    connectError = err.message;
     showError(err.message);
   });
 }

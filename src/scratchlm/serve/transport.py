@@ -182,10 +182,6 @@ class EventStream(Response):
             await self.items.aclose()  # type: ignore[attr-defined]
 
 
-def _body(data: bytes, more: bool = True) -> dict[str, Any]:
-    return {"type": "http.response.body", "body": data, "more_body": more}
-
-
 # ---------------------------------------------------------------- engine events
 
 

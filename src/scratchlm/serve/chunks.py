@@ -83,7 +83,7 @@ def chat_body(reply: Reply, request: ChatRequest, tokenizer: Tokenizer, results:
             logprobs = [r.chat_logprob(tokenizer, t.logprob) for t in tokens if t.logprob]
         choices.append(r.chat_choice(index, text, finish.reason, logprobs))
     usage = _usage_once_per_prompt([f for _, f in results], request.common.n)
-    return r.chat_completion(reply.id, reply.created, reply.model, choices, usage)
+    return r.completion("chat.completion", reply.id, reply.created, reply.model, choices, usage)
 
 
 async def chat_chunks(
@@ -153,7 +153,7 @@ def completion_body(
             text = prompt.text + text
         choices.append(r.completion_choice(index, text, finish.reason, logprobs))
     usage = _usage_once_per_prompt([f for _, f in results], n)
-    return r.completion(reply.id, reply.created, reply.model, choices, usage)
+    return r.completion("text_completion", reply.id, reply.created, reply.model, choices, usage)
 
 
 async def completion_chunks(

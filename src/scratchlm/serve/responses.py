@@ -53,24 +53,6 @@ def chat_logprob(tokenizer: Tokenizer, lp: TokenLogprob) -> dict[str, Any]:
     return {**entry(lp.token_id, lp.logprob), "top_logprobs": [entry(i, p) for i, p in lp.top]}
 
 
-def chat_completion(
-    request_id: str,
-    created: int,
-    model: str,
-    choices: list[dict[str, Any]],
-    token_usage: dict[str, int],
-) -> dict[str, Any]:
-    return {
-        "id": request_id,
-        "object": "chat.completion",
-        "created": created,
-        "model": model,
-        "system_fingerprint": None,
-        "choices": choices,
-        "usage": token_usage,
-    }
-
-
 def chat_choice(
     index: int, text: str, finish_reason: str, logprobs: list[dict[str, Any]] | None
 ) -> dict[str, Any]:
@@ -172,15 +154,17 @@ class LegacyLogprobs:
 
 
 def completion(
+    kind: str,
     request_id: str,
     created: int,
     model: str,
     choices: list[dict[str, Any]],
     token_usage: dict[str, int],
 ) -> dict[str, Any]:
+    """A whole answer's body: ``kind`` "chat.completion" or "text_completion"."""
     return {
         "id": request_id,
-        "object": "text_completion",
+        "object": kind,
         "created": created,
         "model": model,
         "system_fingerprint": None,

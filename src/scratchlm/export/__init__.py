@@ -14,4 +14,9 @@ from scratchlm.export.hf import architecture_for, from_hf, to_hf
 __all__ = [
     "GGUF_DTYPES",
     "architecture_for",
-    "check_gguf_dtype", "from_gguf", "from_hf", "to_gguf", "to_hf"]
+    "check_gguf_dtype",
+    "from_gguf",
+    "from_hf",
+    "to_gguf",
+    "to_hf",
+]

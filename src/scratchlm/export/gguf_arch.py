@@ -162,7 +162,9 @@ def key_map(arch: str, c: ModelConfig) -> list[KeyMapping]:
         for kind in ("weight", "bias"):
             qkv = tuple(f"{ours}.self_attn.{p}_proj.{kind}" for p in "qkv")
             keys.append(KeyMapping(f"{blk}.attn_qkv.{kind}", qkv))
-            keys += [rename(f"{blk}.{g}.{kind}", f"{ours}.{o}.{kind}") for g, o in GPT2_LAYER.items()]
+            keys += [
+                rename(f"{blk}.{g}.{kind}", f"{ours}.{o}.{kind}") for g, o in GPT2_LAYER.items()
+            ]
     keys.append(rename("output_norm.weight", "norm.weight"))
     if arch == GPT2:
         keys.append(rename("output_norm.bias", "norm.bias"))

@@ -126,6 +126,10 @@ def _value(field: Any, gguf: Any) -> Any:
     def one(part: np.ndarray, t: Any) -> Any:
         if t == types.STRING:
             return bytes(part).decode("utf-8", errors="replace")
+        if t == types.FLOAT32:
+            # The shortest decimal of the float32 (1e-05, not 9.999999747378752e-06):
+            # the value as written in a config, which float32 cannot hold exactly.
+            return float(str(part[0]))
         value = part.tolist()[0]
         return bool(value) if t == types.BOOL else value
 

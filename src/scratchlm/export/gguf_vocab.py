@@ -99,8 +99,7 @@ def tokenizer_metadata(tok: BPETokenizer, n_rows: int) -> dict[str, Any]:
     meta.update({f"tokenizer.ggml.{k}_token_id": v for k, v in named.items() if v is not None})
     if chat:
         meta["tokenizer.chat_template"] = CHAT_TEMPLATE
-    if tok.metadata:
-        meta[METADATA_KEY] = json.dumps(tok.metadata, ensure_ascii=False, sort_keys=True)
+    meta[METADATA_KEY] = json.dumps(tok.metadata, ensure_ascii=False, sort_keys=True)
     return meta
 
 
@@ -144,9 +143,9 @@ def tokenizer_from_metadata(meta: Mapping[str, Any]) -> BPETokenizer:
             metadata = json.loads(meta[METADATA_KEY])
         except (TypeError, json.JSONDecodeError) as e:
             raise TokenizerError(f"GGUF {METADATA_KEY} is not JSON: {e}") from None
-    tok = BPETokenizer(
-        vocab, pairs, list(control), pattern=PATTERN_OF_PRE[pre], metadata=metadata
-    )
+        if not isinstance(metadata, dict):
+            raise TokenizerError(f"GGUF {METADATA_KEY} is not a JSON object")
+    tok = BPETokenizer(vocab, pairs, list(control), pattern=PATTERN_OF_PRE[pre], metadata=metadata)
     if tok.special_tokens != control or any(tok.vocab[i] != t for i, t in vocab.items()):
         raise TokenizerError("GGUF control tokens repeat another token's text")
     return tok

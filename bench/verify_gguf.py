@@ -304,6 +304,8 @@ def verify(
         ok = check_chat(f32, model, tok, question) and ok
     q8 = Llama(model_path=str(files["q8_0"]), logits_all=True, **opts)
     check_q8(q8, model, from_gguf(files["q8_0"])[0], tok, prompt)
+    f32.close()  # now, not at interpreter exit, when llama.cpp's bindings are gone
+    q8.close()
     return ok
 
 

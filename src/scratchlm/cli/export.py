@@ -4,7 +4,9 @@ Hugging Face transformers folders and GGUF files (llama.cpp, Ollama, LM Studio).
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from scratchlm.checkpoint import load_model, resolve_checkpoint, save_checkpoint
 from scratchlm.errors import CheckpointError, OutputExistsError
@@ -19,16 +21,22 @@ def _refuse_existing(out: str, force: bool) -> None:
         raise OutputExistsError(f"output path {out} exists: choose another or pass --force")
 
 
-def _export_hf(args: argparse.Namespace) -> int:
-    _refuse_existing(args.out_dir, args.force)
+def _load_for_export(args: argparse.Namespace, out: str, what: str) -> tuple[Any, Any]:
+    """The model and tokenizer of ``args.checkpoint``, once ``out`` is known to be free."""
+    _refuse_existing(out, args.force)
     folder = resolve_checkpoint(args.checkpoint)
     print(f"loading {folder}")
     model, tokenizer = load_model(folder)
     if tokenizer is None:
         raise CheckpointError(
-            f"checkpoint {folder} has no tokenizer.json, and a Hugging Face folder needs "
-            "one: save the checkpoint with its tokenizer"
+            f"checkpoint {folder} has no tokenizer.json, and {what} needs one: save the "
+            "checkpoint with its tokenizer"
         )
+    return model, tokenizer
+
+
+def _export_hf(args: argparse.Namespace) -> int:
+    model, tokenizer = _load_for_export(args, args.out_dir, "a Hugging Face folder")
     out = to_hf(model, tokenizer, args.out_dir, force=args.force)
     print(f"wrote Hugging Face folder {out}")
     return 0
@@ -36,24 +44,17 @@ def _export_hf(args: argparse.Namespace) -> int:
 
 def _export_gguf(args: argparse.Namespace) -> int:
     check_gguf_dtype(args.dtype)
-    _refuse_existing(args.out_file, args.force)
-    folder = resolve_checkpoint(args.checkpoint)
-    print(f"loading {folder}")
-    model, tokenizer = load_model(folder)
-    if tokenizer is None:
-        raise CheckpointError(
-            f"checkpoint {folder} has no tokenizer.json, and a GGUF file needs one: save "
-            "the checkpoint with its tokenizer"
-        )
+    model, tokenizer = _load_for_export(args, args.out_file, "a GGUF file")
     out = to_gguf(model, tokenizer, args.out_file, dtype=args.dtype, force=args.force)
     print(f"wrote GGUF file {out} ({args.dtype}, {out.stat().st_size:,} bytes)")
     return 0
 
 
-def _import_gguf(args: argparse.Namespace) -> int:
+def _import(args: argparse.Namespace, source: str, read: Callable[[str], tuple]) -> int:
+    """Read ``source`` with ``read`` (from_hf, from_gguf) and save it as a checkpoint."""
     _refuse_existing(args.out_checkpoint, args.force)
-    print(f"loading {args.gguf_file}")
-    model, tokenizer = from_gguf(args.gguf_file)
+    print(f"loading {source}")
+    model, tokenizer = read(source)
     out = save_checkpoint(
         model, None, 0, args.out_checkpoint, tokenizer=tokenizer, force=args.force
     )
@@ -62,14 +63,11 @@ def _import_gguf(args: argparse.Namespace) -> int:
 
 
 def _import_hf(args: argparse.Namespace) -> int:
-    _refuse_existing(args.out_checkpoint, args.force)
-    print(f"loading {args.hf_dir}")
-    model, tokenizer = from_hf(args.hf_dir)
-    out = save_checkpoint(
-        model, None, 0, args.out_checkpoint, tokenizer=tokenizer, force=args.force
-    )
-    print(f"wrote checkpoint {out} ({model.num_parameters():,} parameters)")
-    return 0
+    return _import(args, args.hf_dir, from_hf)
+
+
+def _import_gguf(args: argparse.Namespace) -> int:
+    return _import(args, args.gguf_file, from_gguf)
 
 
 def export_parser(exp: argparse.ArgumentParser) -> None:

@@ -18,7 +18,6 @@ gguf = pytest.importorskip("gguf")
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("accelerate")  # transformers loads gguf_file= through it
 
-from tests.conftest import MIXED_TEXT  # noqa: E402
 
 from scratchlm.chat_format import CHAT_SPECIAL_TOKENS, CHAT_TEMPLATE  # noqa: E402
 from scratchlm.checkpoint import load_model, save_checkpoint  # noqa: E402
@@ -37,7 +36,7 @@ MERGES_VOCAB = 320  # 256 bytes + 64 merges; the specials follow
 ROWS = 336  # embedding rows: more than the tokenizer's ids, as padded vocabularies have
 TOL = 1e-5
 # Q8_0 against float32 on the trained test model (``trained``), over SAMPLE's first 64
-# tokens: measured max |dlogit| 0.11, logits' standard deviation 1.6.
+# tokens: measured max |dlogit| 0.13, logits' standard deviation 1.6.
 Q8_TOL = 0.25
 TEXT = (
     "Once upon a time there was a little robot who liked to count the stars. "
@@ -45,7 +44,13 @@ TEXT = (
     "Café, naïve, 日本語, emoji 🤖 and tabs\tand newlines\n"
 ) * 20
 SAMPLE = [
-    *MIXED_TEXT.splitlines(keepends=True),
+    "The quick brown fox. It's 2024, and 1234567 numbers! We'll see: they're here.\n",
+    "Hello,   world!\tTabs\tand  double  spaces.\r\nWindows line\r\n",
+    "日本語のテキストです。東京は大きい都市です。\n",
+    "Emoji: 😀👍🏽 👨\u200d👩\u200d👧 and café, naïve, e\u0301 (combining), Ωμέγα.\n",
+    "Control: \x01\x07\x1b[0m done\n",
+    f"{EOT}Second document starts here.{EOT}{EOT}Third one, isn't it?\n",
+    "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa " + " " * 60 + "x\n",
     "<|system|>Be brief.<|end|><|user|>Hi 👋🏽<|end|><|assistant|>Hello!<|end|>",
     "\x00\x01\x7f \u00a0\u3000 e\u0301 ﬁ Ǆ ½ ² 한국어 Ελληνικά русский عربى हिन्दी",
 ]
@@ -53,7 +58,7 @@ SAMPLE = [
 
 def _tokenizer(tmp_path_factory, pattern: str | None = None) -> BPETokenizer:
     corpus = tmp_path_factory.mktemp("corpus") / "text.txt"
-    corpus.write_text(TEXT + MIXED_TEXT, encoding="utf-8")
+    corpus.write_text(TEXT + "".join(SAMPLE).replace("\x00", ""), encoding="utf-8")  # no NUL: text
     kwargs = {} if pattern is None else {"pattern": pattern}
     vocab, merges = train_bpe(corpus, MERGES_VOCAB, [EOT], num_workers=1, **kwargs)
     return BPETokenizer(vocab, merges, SPECIALS, **kwargs)
@@ -263,7 +268,7 @@ def test_q8_0_logits_close_and_greedy_continuation_equal(tmp_path, tokenizer, tr
     assert hf_diff <= TOL  # transformers dequantises the same bytes to the same weights
     prompt = tokenizer.encode("Once upon a time the robot")
     expected = _greedy(ours, prompt, 32)
-    assert "little robot" in tokenizer.decode(expected)  # it learned the text
+    assert tokenizer.decode(expected)[:40] in TEXT  # it learned the text
     assert _greedy(back, prompt, 32) == expected
 
 
@@ -338,7 +343,10 @@ def test_import_refuses_other_architectures_types_and_broken_files(tmp_path, tok
     good = to_gguf(_llama(False), tokenizer, tmp_path / "m.gguf").read_bytes()
     (tmp_path / "cut.gguf").write_bytes(good[: len(good) // 2])
     (tmp_path / "junk.gguf").write_bytes(b"GGUF" + bytes(range(256)) * 4)
-    for name in ("cut.gguf", "junk.gguf", "missing.gguf"):
+    # A header declaring a billion tensors is refused before gguf-py walks it.
+    huge = b"GGUF" + (3).to_bytes(4, "little") + (10**9).to_bytes(8, "little") + bytes(8)
+    (tmp_path / "huge.gguf").write_bytes(huge)
+    for name in ("cut.gguf", "junk.gguf", "huge.gguf", "missing.gguf"):
         with pytest.raises(ScratchLMError) as e:
             from_gguf(tmp_path / name)
         assert "\n" not in str(e.value)

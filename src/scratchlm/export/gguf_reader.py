@@ -3,14 +3,16 @@
 Reads what ``to_gguf`` writes, and any file within the same limits: a byte-level BPE
 tokenizer with a pre-tokenizer scratchlm knows, tensors in F32, F16 or Q8_0 (Q8_0 is
 dequantised to float32; F32 and F16 values are taken exactly). The file is untrusted:
-gguf-py memory-maps it, so reading the header allocates little, and every tensor's name,
-type and shape is checked against the metadata's configuration, built on the meta device,
-before any weight is allocated.
+its header may declare only so many tensors and metadata entries; gguf-py then
+memory-maps it (each array a view of the file, so what it builds is bounded by the file's
+size), and every tensor's name, type and shape is checked against the metadata's
+configuration, built on the meta device, before any weight is allocated.
 """
 
 from __future__ import annotations
 
 import os
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +34,10 @@ from scratchlm.model import TransformerLM
 from scratchlm.tokenizer import BPETokenizer
 
 TYPES = ("F32", "F16", "Q8_0")
+# magic, version, tensor count, metadata count (little-endian, as llama.cpp writes).
+HEADER = struct.Struct("<4sIQQ")
+MAX_TENSORS = 1 << 16  # 12 tensors per layer: thousands of layers
+MAX_METADATA = 1 << 12
 
 
 def from_gguf(path: str | os.PathLike) -> tuple[TransformerLM, BPETokenizer]:
@@ -45,6 +51,7 @@ def from_gguf(path: str | os.PathLike) -> tuple[TransformerLM, BPETokenizer]:
         raise ConfigError(
             "GGUF import needs the gguf package: pip install 'scratchlm[gguf]'"
         ) from None
+    _check_header(file)
     try:
         reader = gguf.GGUFReader(file)
     except Exception as e:  # gguf-py raises ValueError, struct errors, ... on a bad file
@@ -104,6 +111,23 @@ def from_gguf(path: str | os.PathLike) -> tuple[TransformerLM, BPETokenizer]:
     model = TransformerLM(config)
     model.load_state_dict(state, strict=True)
     return model.float().eval(), tokenizer
+
+
+def _check_header(file: Path) -> None:
+    """Refuse a file whose header declares more tensors or metadata entries than any
+    model scratchlm reads has, before gguf-py builds an object per entry."""
+    with open(file, "rb") as f:
+        head = f.read(HEADER.size)
+    if len(head) < HEADER.size or head[:4] != b"GGUF":
+        raise ScratchLMError(f"{file} is not a GGUF file (no GGUF header)")
+    _, version, n_tensors, n_kv = HEADER.unpack(head)
+    if version not in (2, 3):
+        raise ScratchLMError(f"{file}: GGUF version {version} is not supported (2 or 3)")
+    if n_tensors > MAX_TENSORS or n_kv > MAX_METADATA:
+        raise ScratchLMError(
+            f"{file} declares {n_tensors:,} tensors and {n_kv:,} metadata entries: more than "
+            f"a llama or gpt2 file holds (at most {MAX_TENSORS:,} and {MAX_METADATA:,} here)"
+        )
 
 
 def _decode(t: Any, shape: tuple[int, ...], gguf: Any) -> np.ndarray:

@@ -4,6 +4,6 @@
 # pytest exits 5 when it collected no tests; that is a failure here too.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh dev,hf,fast,data,plot,serve
+bash scripts/setup.sh dev,hf,fast,data,plot,serve,gguf
 bash scripts/install_browser.sh
 exec .venv/bin/python -m pytest "$@"

@@ -222,7 +222,7 @@ def from_hf_tokenizer_json(data: Mapping[str, Any], **kwargs: Any) -> BPETokeniz
     if tok.special_tokens != {c: i for i, c in added.items()}:
         raise TokenizerError("two added tokens or vocab entries share the same text")
     if model.get("ignore_merges"):
-        _check_ignore_merges(tok)
+        check_ignore_merges(tok)
     return tok
 
 
@@ -270,7 +270,7 @@ def _parse_merge(merge: Any, index: int) -> tuple[bytes, bytes]:
     return chars_to_token(parts[0], where), chars_to_token(parts[1], where)
 
 
-def _check_ignore_merges(tok: BPETokenizer) -> None:
+def check_ignore_merges(tok: BPETokenizer) -> None:
     """With ``ignore_merges`` HF emits a pre-token found in the vocab as that token
     without applying merges; that equals our encoding when every token's merges
     rebuild exactly that token."""

@@ -103,24 +103,44 @@ def score_ids(
 
     Each row is context + continuation without its last token, cut from the left to the
     model's context length; the logits at the continuation's positions give its log
-    probabilities. ``on_batch(n)`` hears how many pairs each forward pass scored.
+    probabilities. A continuation longer than the context (lm-eval's hf model refuses
+    one) is scored in pieces that fit, each piece's tokens predicted from the tokens
+    before them. ``on_batch(n)`` hears how many rows each forward pass scored.
     """
     window = model.config.context_length
-    for context, continuation in pairs:
+    pieces: list[tuple[list[int], list[int]]] = []
+    owner: list[int] = []
+    for i, (context, continuation) in enumerate(pairs):
         if not context or not continuation:
             raise ScratchLMError("a request needs a non-empty context and continuation")
-        if len(continuation) > window:
-            raise ScratchLMError(
-                f"a continuation of {len(continuation)} tokens does not fit the model's "
-                f"context of {window}: score it in rolling windows instead"
-            )
+        whole = [*context, *continuation]
+        for start in range(len(context), len(whole), window):
+            pieces.append((whole[:start], whole[start : start + window]))
+            owner.append(i)
+    scored = _score_rows(model, pieces, batch_size, on_batch)
+    logprob = [0.0] * len(pairs)
+    greedy = [True] * len(pairs)
+    for i, s in zip(owner, scored, strict=True):
+        logprob[i] += s.logprob
+        greedy[i] = greedy[i] and s.is_greedy
+    return [Scored(lp, g) for lp, g in zip(logprob, greedy, strict=True)]
+
+
+def _score_rows(
+    model: TransformerLM,
+    pairs: Sequence[tuple[list[int], list[int]]],
+    batch_size: int,
+    on_batch: Callable[[int], None] | None,
+) -> list[Scored]:
+    """``score_ids`` for continuations that fit the context, batched."""
+    window = model.config.context_length
     # Longest first, like lm-eval's hf model: a batch's first row is its longest.
     order = sorted(range(len(pairs)), key=lambda i: -(len(pairs[i][0]) + len(pairs[i][1])))
     results: list[Scored | None] = [None] * len(pairs)
     device = next(model.parameters()).device
     for start in range(0, len(order), batch_size):
         batch = order[start : start + batch_size]
-        rows = [(list(pairs[i][0]) + list(pairs[i][1]))[-(window + 1) :][:-1] for i in batch]
+        rows = [(pairs[i][0] + pairs[i][1])[-(window + 1) :][:-1] for i in batch]
         width = max(len(r) for r in rows)
         ids = torch.zeros((len(rows), width), dtype=torch.long)  # (B, T), right-padded
         for r, row in enumerate(rows):

@@ -11,11 +11,20 @@ from scratchlm.chat import default_chat_checkpoint, require_chat_tokens
 from scratchlm.cli.chat import add_chat_checkpoint, add_model_options, load_chat_model
 from scratchlm.cli.config_flags import keyword_default
 from scratchlm.console import CountProgress
-from scratchlm.errors import DataError
+from scratchlm.errors import ConfigError, DataError
 from scratchlm.evals import check_facts, read_fact_questions
 from scratchlm.evals.bpb import BitsPerByte, file_bits_per_byte
 from scratchlm.evals.scoring import centred_average, format_table
-from scratchlm.evals.tasks import TASKS, parse_task_names, run_tasks
+from scratchlm.evals.tasks import EXTRA_HINT, TASKS, parse_task_names, run_tasks
+
+# lm-eval is the optional extra `eval`: without it the other eval commands still run,
+# and `eval tasks` says what to install instead of a traceback.
+try:
+    from scratchlm.evals.lm_eval_model import ScratchLMEval
+except ModuleNotFoundError as missing:
+    if (missing.name or "").split(".")[0] != "lm_eval":
+        raise  # not the extra: a real error
+    ScratchLMEval = None
 from scratchlm.pipeline import DefaultRun
 
 FMT = argparse.RawDescriptionHelpFormatter
@@ -118,19 +127,15 @@ def _bpb_dict(r: BitsPerByte) -> dict:
 
 def _tasks(args: argparse.Namespace) -> int:
     names = parse_task_names(args.tasks)  # a bad name fails before the model loads
+    if ScratchLMEval is None:
+        raise ConfigError(f"evaluating tasks needs lm-eval: {EXTRA_HINT}")
     if args.limit is not None and args.limit < 1:
         raise DataError(f"--limit must be at least 1, got {args.limit}")
     # The data is local; never let the datasets library look for it on the Hub.
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     model, tokenizer = load_chat_model(args.checkpoint, args.device)
-    scores = run_tasks(
-        model,
-        tokenizer,
-        names,
-        limit=args.limit,
-        batch_size=args.batch_size,
-        show_progress=not args.json,
-    )
+    lm = ScratchLMEval(model, tokenizer, batch_size=args.batch_size, show_progress=not args.json)
+    scores = run_tasks(lm, names, limit=args.limit)
     if args.json:
         doc = {
             "checkpoint": str(args.checkpoint),

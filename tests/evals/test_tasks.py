@@ -109,3 +109,12 @@ def test_missing_task_data_file_is_a_data_error(tmp_path):
     pytest.importorskip("lm_eval")
     with pytest.raises(DataError, match=r"install_eval_data\.sh"):
         tasks_module.task_configs(["piqa"], tmp_path)
+
+
+@pytest.mark.parametrize("action", ["bpb", "tasks"])
+def test_help_has_examples(capsys, action):
+    with pytest.raises(SystemExit) as info:
+        main(["eval", action, "--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: scratchlm eval") and "examples:" in out

@@ -91,7 +91,14 @@ examples:
 """
 
 
+def _check_positive(**values: int | None) -> None:
+    for name, value in values.items():
+        if value is not None and value < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+
+
 def _bpb(args: argparse.Namespace) -> int:
+    _check_positive(stride=args.stride, batch_size=args.batch_size)
     files = [Path(f) for f in args.files]
     for f in files:  # a typo fails before the model loads
         if not f.is_file():
@@ -129,8 +136,7 @@ def _tasks(args: argparse.Namespace) -> int:
     names = parse_task_names(args.tasks)  # a bad name fails before the model loads
     if ScratchLMEval is None:
         raise ConfigError(f"evaluating tasks needs lm-eval: {EXTRA_HINT}")
-    if args.limit is not None and args.limit < 1:
-        raise DataError(f"--limit must be at least 1, got {args.limit}")
+    _check_positive(limit=args.limit, batch_size=args.batch_size)
     # The data is local; never let the datasets library look for it on the Hub.
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     model, tokenizer = load_chat_model(args.checkpoint, args.device)

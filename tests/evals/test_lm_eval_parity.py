@@ -143,8 +143,9 @@ def _task(tmp_path) -> dict:
 
 
 def test_task_accuracies_match_lm_eval_hf_model(models, tmp_path, monkeypatch, one_thread):
+    datasets = pytest.importorskip("datasets")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "cache")
     ours, hf = models
     results = []
     for lm in (ours, hf):

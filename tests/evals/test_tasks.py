@@ -36,8 +36,12 @@ def checkpoint(tiny_model, tiny_tokenizer, tmp_path):
 
 @pytest.fixture
 def offline_datasets(tmp_path, monkeypatch):
+    """No network, and the datasets library's cache in tmp_path (set on its config too:
+    the environment is read once, when the library is first imported)."""
+    datasets = pytest.importorskip("datasets")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf-cache"))
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf-cache")
 
 
 @needs_data

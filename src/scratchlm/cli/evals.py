@@ -140,7 +140,7 @@ def _tasks(args: argparse.Namespace) -> int:
     # The data is local; never let the datasets library look for it on the Hub.
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     model, tokenizer = load_chat_model(args.checkpoint, args.device)
-    lm = ScratchLMEval(model, tokenizer, batch_size=args.batch_size, show_progress=not args.json)
+    lm = ScratchLMEval(model, tokenizer, batch_size=args.batch_size)  # progress: on stderr
     scores = run_tasks(lm, names, limit=args.limit)
     if args.json:
         doc = {

@@ -15,7 +15,7 @@ from scratchlm.errors import ConfigError, DataError
 from scratchlm.evals import check_facts, read_fact_questions
 from scratchlm.evals.bpb import BitsPerByte, file_bits_per_byte
 from scratchlm.evals.scoring import centred_average, format_table
-from scratchlm.evals.tasks import EXTRA_HINT, TASKS, parse_task_names, run_tasks
+from scratchlm.evals.tasks import EXTRA_HINT, TASKS, data_root, parse_task_names, run_tasks
 
 # lm-eval is the optional extra `eval`: without it the other eval commands still run,
 # and `eval tasks` says what to install instead of a traceback.
@@ -137,6 +137,7 @@ def _tasks(args: argparse.Namespace) -> int:
     if ScratchLMEval is None:
         raise ConfigError(f"evaluating tasks needs lm-eval: {EXTRA_HINT}")
     _check_positive(limit=args.limit, batch_size=args.batch_size)
+    data_root()  # missing data fails before the model loads
     # The data is local; never let the datasets library look for it on the Hub.
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     model, tokenizer = load_chat_model(args.checkpoint, args.device)

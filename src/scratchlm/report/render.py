@@ -1,0 +1,375 @@
+"""A report dict (``Report.to_dict()``) as a Markdown page: a summary table of every
+stage first, then evaluations, the comparison, each stage in detail, and the machine.
+Missing pieces are written as missing, with the reason.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Sequence
+from typing import Any
+
+# The plots shown on the page (the others are linked): file name -> caption.
+SHOWN_PLOTS = {"loss_vs_steps.png": "loss", "val_bpb.png": "validation bits per byte"}
+MISSING = "—"
+
+
+def count(n: float | None) -> str:
+    """2,270,976 -> '2.27 M'; small numbers as they are."""
+    if n is None:
+        return MISSING
+    for size, unit in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(n) >= size:
+            return f"{n / size:.3g} {unit}"
+    return f"{n:,.0f}" if float(n).is_integer() else f"{n:.3g}"
+
+
+def _commas(n: int | None) -> str:
+    return MISSING if n is None else f"{n:,}"
+
+
+def number(x: float | None, digits: int = 4) -> str:
+    return MISSING if x is None else f"{x:.{digits}g}"
+
+
+def rate(x: float | None) -> str:
+    return MISSING if x is None else f"{x:,.0f}"
+
+
+def duration(seconds: float | None) -> str:
+    """3725 -> '1 h 2 min'; 75 -> '1 min 15 s'; 4.2 -> '4.2 s'."""
+    if seconds is None:
+        return MISSING
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, s = divmod(round(seconds), 60)
+    if minutes < 60:
+        return f"{minutes} min {s} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes} min"
+
+
+def at_step(value: float | None, step: int | None) -> str:
+    if value is None:
+        return MISSING
+    return f"{value:.4f} at step {step:,}" if step is not None else f"{value:.4f}"
+
+
+def _cell(text: Any) -> str:
+    """Text that is safe inside a table cell: no pipes or line breaks."""
+    return str(text).replace("|", "\\|").replace("\r", " ").replace("\n", " ")
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[Any]], align: str = "") -> list[str]:
+    """A Markdown table; ``align``: one letter per column, l or r (default: l, then r)."""
+    align = align or "l" + "r" * (len(header) - 1)
+    marks = {"l": ":--", "r": "--:"}
+    lines = ["| " + " | ".join(_cell(h) for h in header) + " |"]
+    lines.append("|" + "|".join(marks[a] for a in align) + "|")
+    lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
+    return [*lines, ""]
+
+
+def _missing(stage: dict[str, Any], section: str) -> str:
+    why = (stage.get("missing") or {}).get(section)
+    return f"*missing: {why}*" if why else f"*{MISSING}*"
+
+
+def _stage_get(stage: dict[str, Any], path: str) -> Any:
+    data: Any = stage
+    for key in path.split("."):
+        data = data.get(key) if isinstance(data, dict) else None
+    return data
+
+
+def summary_rows(stages: list[dict[str, Any]]) -> list[list[str]]:
+    """The at-a-glance table: one row per figure, one column per stage."""
+
+    def row(label: str, show) -> list[str]:
+        return [label, *(show(s) for s in stages)]
+
+    def decode(s: dict[str, Any]) -> str:
+        d = s.get("decode")
+        if not d:
+            return MISSING
+        return f"{rate(d['fp32_tokens_per_s'])} / {rate(d['int8_tokens_per_s'])}"
+
+    t = "training."
+    return [
+        row("parameters", lambda s: count(_stage_get(s, "model.parameters"))),
+        row("steps", lambda s: _commas(_stage_get(s, t + "steps"))),
+        row("tokens trained", lambda s: count(_stage_get(s, t + "tokens"))),
+        row("tokens per parameter", lambda s: number(_stage_get(s, t + "tokens_per_parameter"), 3)),
+        row(
+            "best validation bpb",
+            lambda s: at_step(
+                _stage_get(s, t + "best_val_bpb"), _stage_get(s, t + "best_val_bpb_step")
+            ),
+        ),
+        row(
+            "best validation loss",
+            lambda s: at_step(
+                _stage_get(s, t + "best_val_loss"), _stage_get(s, t + "best_val_loss_step")
+            ),
+        ),
+        row("final train loss", lambda s: number(_stage_get(s, t + "final_train_loss"))),
+        row("training tokens/s", lambda s: rate(_stage_get(s, t + "tokens_per_s"))),
+        row("wall time", lambda s: duration(_stage_get(s, t + "wall_time_s"))),
+        row("decode tokens/s, fp32 / int8", decode),
+    ]
+
+
+def evaluation_rows(scores: dict[str, Any]) -> list[list[str]]:
+    """Rows of an evaluation's fields; a group with accuracy, hits and total (the fact
+    checks) becomes one row: '90.0% (81 of 90)'."""
+    rows, used = [], set()
+    for key in scores:
+        group = key.removesuffix(".accuracy")
+        if key.endswith(".accuracy") and {f"{group}.hits", f"{group}.total"} <= scores.keys():
+            acc, hits, total = scores[key], scores[f"{group}.hits"], scores[f"{group}.total"]
+            rows.append([group, f"{acc:.1%} ({hits} of {total})"])
+            used |= {key, f"{group}.hits", f"{group}.total"}
+    for key, value in scores.items():
+        if key not in used:
+            rows.append([key, number(value) if isinstance(value, float) else f"`{value}`"])
+    return rows
+
+
+def evaluation_section(evaluations: list[dict[str, Any]], heading: str) -> list[str]:
+    lines = [heading, ""]
+    if not evaluations:
+        return [
+            *lines,
+            "*none in this run* (e.g. `scratchlm eval`, facts.json of the default run)",
+            "",
+        ]
+    for e in evaluations:
+        lines.append(f"**{e['file']}**")
+        lines.append("")
+        if e.get("error"):
+            lines += [f"*unreadable: {e['error']}*", ""]
+        elif not e.get("scores"):
+            lines += ["*no numbers in it*", ""]
+        else:
+            lines += table(["field", "value"], evaluation_rows(e["scores"]))
+    return lines
+
+
+def comparison_section(comparison: dict[str, Any]) -> list[str]:
+    t = comparison["thresholds"]
+    score_rule = "any drop" if t["score"] == 0 else f"{t['score']:.1%}"
+    lines = [f"## Compared with `{comparison['other']}`", ""]
+    if comparison["regressions"]:
+        lines.append(f"**{len(comparison['regressions'])} regression(s):**")
+        lines.append("")
+        lines += [f"- ⚠ {r}" for r in comparison["regressions"]]
+    else:
+        lines.append("**No regressions.**")
+    lines.append("")
+    rows = []
+    for f in comparison["figures"]:
+        delta = MISSING if f["delta"] is None else f"{f['delta']:+.4g}"
+        verdict = "⚠ regression" if f["regression"] else ""
+        rows.append([f["name"], number(f["this"], 5), number(f["other"], 5), delta, verdict])
+    lines += table(["figure", "this run", "other run", "Δ", ""], rows, "lrrrl")
+    lines.append(
+        f"Flagged when worse than the other run by more than: validation bpb or loss "
+        f"{t['bpb']:.1%}, tokens per second {t['speed']:.0%}, evaluation scores "
+        f"{score_rule}."
+    )
+    return [*lines, ""]
+
+
+def stage_section(stage: dict[str, Any], multi: bool) -> list[str]:
+    level = "###" if multi else "##"
+    lines = [f"## Stage: {stage['name']}" if multi else "## Details", ""]
+    lines += [
+        f"Run directory `{stage['path']}`; checkpoint `{stage.get('checkpoint') or MISSING}`.",
+        "",
+    ]
+
+    lines += [f"{level} Training", ""]
+    tr = stage.get("training")
+    if tr is None:
+        lines += [_missing(stage, "training"), ""]
+    else:
+        mfu = (
+            MISSING + " (peak FLOP/s of the device not known)"
+            if tr["mfu"] is None
+            else f"{tr['mfu']:.1%}"
+        )
+        peak = (
+            MISSING + " (not recorded)"
+            if tr["peak_memory_bytes"] is None
+            else f"{count(tr['peak_memory_bytes'])}B"
+        )
+        rows = [
+            ["phase", tr.get("phase") or MISSING],
+            ["steps", f"{tr['steps']:,}"],
+            ["tokens", f"{tr['tokens']:,}"],
+            ["tokens per parameter", number(tr.get("tokens_per_parameter"), 3)],
+            ["tokens/s (median of the logged steps)", rate(tr["tokens_per_s"])],
+            ["MFU", mfu],
+            ["peak memory", peak],
+            ["wall time", duration(tr["wall_time_s"])],
+            ["final train loss", number(tr["final_train_loss"])],
+            ["best validation loss", at_step(tr["best_val_loss"], tr["best_val_loss_step"])],
+            ["best validation bpb", at_step(tr["best_val_bpb"], tr["best_val_bpb_step"])],
+            ["last validation loss", number(tr["last_val_loss"])],
+        ]
+        lines += table(["figure", "value"], rows, "ll")
+        for event in tr.get("events") or []:
+            lines.append(f"- event: {event}")
+        if tr.get("events"):
+            lines.append("")
+    plots = stage.get("plots") or []
+    shown = [p for p in plots if p.rsplit("/", 1)[-1] in SHOWN_PLOTS]
+    if shown:  # side by side: HTML, since Markdown images have no width
+        width = "49%" if len(shown) > 1 else "70%"
+        images = [
+            f'<img src="{p}" alt="{SHOWN_PLOTS[p.rsplit("/", 1)[-1]]}" width="{width}">'
+            for p in shown
+        ]
+        lines += ["<p>" + " ".join(images) + "</p>", ""]
+    others = [p for p in plots if p not in shown]
+    if others:
+        lines += ["More plots: " + ", ".join(f"[{p.rsplit('/', 1)[-1]}]({p})" for p in others), ""]
+    missing = stage.get("missing") or {}
+    if not plots:
+        lines += [
+            f"Loss curves: {_missing(stage, 'plots' if 'plots' in missing else 'curves')}",
+            "",
+        ]
+
+    lines += [f"{level} Data", ""]
+    d = stage.get("data")
+    if d is None:
+        lines += [_missing(stage, "data"), ""]
+    else:
+        rows = [["sources", ", ".join(f"`{s}`" for s in d["sources"]) or MISSING]]
+        if d.get("train_tokens") is not None:
+            rows += [
+                ["train tokens", f"{d['train_tokens']:,} in {d['train_documents']:,} documents"],
+                ["validation tokens", f"{d['val_tokens']:,} in {d['val_documents']:,} documents"],
+                ["bytes per token", number(d["bytes_per_token"], 3)],
+            ]
+        lines += table(["figure", "value"], rows, "ll")
+
+    lines += [f"{level} Model", ""]
+    m = stage.get("model")
+    if m is None:
+        lines += [_missing(stage, "model"), ""]
+    else:
+        c = m["config"]
+        shape = (
+            f"{c['n_layers']} layers, d_model {c['d_model']}, {c['n_heads']} heads "
+            f"({c.get('n_kv_heads') or c['n_heads']} KV), d_ff {c.get('d_ff') or MISSING}, "
+            f"context {c['context_length']}, vocabulary {c['vocab_size']:,}"
+        )
+        variant = f"{c['position']}, {c['norm']}, {c['ffn']}" + (
+            ", tied embeddings" if c.get("tie_embeddings") else ""
+        )
+        rows = [
+            [
+                "parameters",
+                f"{m['parameters']:,} ({m['non_embedding_parameters']:,} without embeddings)",
+            ],
+            ["FLOPs per token (training, full context)", count(m["flops_per_token"])],
+            ["shape", shape],
+            ["variant", variant],
+        ]
+        lines += table(["figure", "value"], rows, "ll")
+
+    lines += [f"{level} Decode speed", ""]
+    dec = stage.get("decode")
+    if dec is None:
+        lines += [_missing(stage, "decode"), ""]
+    else:
+        lines += table(
+            ["weights", "tokens/s"],
+            [["float32", rate(dec["fp32_tokens_per_s"])], ["int8", rate(dec["int8_tokens_per_s"])]],
+        )
+        lines += [
+            f"Batch 1, greedy, KV cache: {dec['new_tokens']} tokens after a "
+            f"{dec['prompt_tokens']}-token prompt, best of 3, {dec['threads']} thread(s), "
+            "on the machine below.",
+            "",
+        ]
+
+    lines += [f"{level} Export", ""]
+    exports = stage.get("exports") or []
+    if not exports:
+        lines += ["not exported", ""]
+    else:
+        rows = []
+        for e in exports:
+            diff = MISSING if e["max_abs_logit_diff"] is None else f"{e['max_abs_logit_diff']:.2e}"
+            rows.append(
+                [f"`{e['path']}`", e["format"], diff, e.get("checked_with") or e.get("note") or ""]
+            )
+        lines += table(
+            ["export", "format", "max abs logit difference", "read back with"], rows, "llrl"
+        )
+
+    lines += [f"{level} Samples", ""]
+    samples = stage.get("samples") or []
+    if not samples:
+        lines += [_missing(stage, "samples"), ""]
+    for s in samples:
+        where = "greedy, now" if s["source"] == "greedy" else f"logged at {s['source']}"
+        text = " ".join(s["text"].split()) or "*(empty)*"
+        lines += [f"- **{_cell(s['prompt'])}** → {text} <sub>({where})</sub>"]
+    return [*lines, ""]
+
+
+def environment_section(env: dict[str, Any]) -> list[str]:
+    commit = env.get("git_commit")
+    if commit is None:
+        code = f"scratchlm {env['scratchlm_version']} (not a git checkout)"
+    else:
+        dirty = ", with uncommitted changes" if env.get("git_dirty") else ""
+        code = f"scratchlm {env['scratchlm_version']}, commit `{commit[:12]}`{dirty}"
+    rows = [
+        ["code", code],
+        ["CPU", f"{env.get('cpu') or MISSING} ({env.get('cpu_count') or MISSING} logical cores)"],
+        ["GPU", env.get("gpu") or "none"],
+        ["torch threads", env["torch_threads"]],
+        ["python / torch", f"{env['python']} / {env['torch']}"],
+        ["platform", env["platform"]],
+    ]
+    lines = [
+        "## Environment",
+        "",
+        "Where this report was made (the decode speeds were measured here).",
+        "",
+    ]
+    return lines + table(["item", "value"], rows, "ll")
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    """The Markdown page of a report dict."""
+    stages = report["stages"]
+    multi = len(stages) > 1
+    name = report["run_dir"].rstrip("/").rsplit("/", 1)[-1] or report["run_dir"]
+    made = datetime.datetime.fromisoformat(report["created"]).strftime("%Y-%m-%d %H:%M UTC")
+    lines = [
+        f"# Run report: {name}",
+        "",
+        f"`{report['run_dir']}` · made {made} · scratchlm "
+        f"{report['environment']['scratchlm_version']} · report format {report['version']}",
+        "",
+        "## At a glance",
+        "",
+    ]
+    lines += table(["figure", *(s["name"] for s in stages)], summary_rows(stages))
+    comparison = report.get("comparison")
+    if comparison:
+        lines += comparison_section(comparison)
+    lines += evaluation_section(report.get("evaluations") or [], "## Evaluations")
+    for stage in stages:
+        if stage.get("evaluations"):
+            lines += evaluation_section(stage["evaluations"], f"## Evaluations: {stage['name']}")
+    for stage in stages:
+        lines += stage_section(stage, multi)
+    lines += environment_section(report["environment"])
+    return "\n".join(lines).rstrip() + "\n"

@@ -24,6 +24,7 @@ from scratchlm.data import prepare
 from scratchlm.errors import TokenizerError
 from scratchlm.evals import FactReport, check_facts, read_fact_questions
 from scratchlm.model import TransformerLM, prepare_for_inference
+from scratchlm.report import write_report
 from scratchlm.tokenizer import BPETokenizer, Tokenizer, load_tokenizer, train_bpe
 from scratchlm.tokenizer.files import FILENAME, write_tokenizer_dir
 from scratchlm.tokenizer.report import compression, longest_tokens, show_split
@@ -83,6 +84,8 @@ def run_default(
         pretrained = pretrain_stage(run, data, progress, echo)
         tuned = sft_stage(run, pretrained, progress, echo)
         conversation_stage(run, tuned, progress, echo)
+        report = write_report(run.out_dir)
+        echo(f"      the run's report card: {report} (scratchlm report {run.out_dir})")
     return tuned
 
 

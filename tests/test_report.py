@@ -119,14 +119,14 @@ def test_a_checkpoint_only_is_reported_with_its_gaps(tmp_path, one_thread):
     assert "Loss curves: *missing: no metrics.jsonl*" in page
 
 
-def write_metrics(run: Path, bpbs: list[float], tokens_per_s: float = 1000.0) -> None:
+def write_metrics(run: Path, bpbs: list[float], speed: float = 1000.0) -> None:
     """Hand-written metrics: a train record per step, a val record every 2 steps."""
     with MetricsLog(run) as log:
         for i, bpb in enumerate(bpbs):
             step = 2 * (i + 1)
             for s in (step - 1, step):
-                log.log({"step": s, "tokens": 100 * s, "time": 0.5 * s, "kind": "train",
-                         "loss": 4.0 - 0.1 * s, "tokens_per_s": tokens_per_s, "mfu": None})  # fmt: skip
+                stamp = {"step": s, "tokens": 100 * s, "time": 0.5 * s}
+                log.log({**stamp, "kind": "train", "loss": 4.0 - 0.1 * s, "tokens_per_s": speed})
             log.log({"step": step, "tokens": 100 * step, "time": 0.5 * step, "kind": "val",
                      "val_loss": 2 * bpb, "val_bpb": bpb})  # fmt: skip
 
@@ -165,7 +165,7 @@ def test_evaluation_files_in_the_run_are_shown(tmp_path):
                 "trained.total": 2,
             },
             "error": None,
-        }  # fmt: skip
+        }
     ]
     sft = report["stages"][1]
     assert [e["file"] for e in sft["evaluations"]] == ["sft/broken.json", "sft/evals/tasks.json"]

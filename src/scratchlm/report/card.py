@@ -159,6 +159,8 @@ def write_report(
     when it has one, else it is reported afresh (without plots, and without decode
     speed when ``speed`` is False)."""
     out = Path(out_dir) if out_dir is not None else Path(run_dir)
+    if compare is not None and not Path(compare).exists():  # before the work, not after
+        raise DataError(f"{compare} does not exist: --compare takes a run directory")
     report = build_report(run_dir, out, speed=speed, echo=echo)
     if compare is not None:
         other_path = Path(compare)

@@ -202,7 +202,7 @@ def find_checkpoint(stage: Path) -> Path | None:
     try:
         return resolve_checkpoint(stage)
     except ScratchLMError as e:
-        log.info("no checkpoint in %s: %s", stage, e)
+        log.debug("no checkpoint in %s: %s", stage, e)
         return None
 
 

@@ -7,10 +7,10 @@ import json
 from pathlib import Path
 
 import pytest
-from test_report import write_metrics
 
 from scratchlm.cli import main
 from scratchlm.report import THRESHOLDS, compare_reports
+from test_report import write_metrics
 
 
 def report_of(run: Path, capsys, *extra: str) -> dict:

@@ -84,6 +84,12 @@ def test_speed_threshold():
     result = compare_reports(slower, base)
     assert [f.name for f in result.figures if f.regression] == ["decode fp32 tokens/s"]
     assert compare_reports(base, slower).regressions == []  # faster is never a regression
+    elsewhere = {**slower, "environment": {"cpu": "another CPU", "torch_threads": 8}}
+    result = compare_reports(elsewhere, base)
+    assert not result.same_machine and result.regressions == []  # shown, not judged
+    assert any(
+        f.name == "decode fp32 tokens/s" and f.delta == pytest.approx(-11) for f in result.figures
+    )
 
 
 def test_compare_reads_the_other_runs_report_json(tmp_path, capsys):

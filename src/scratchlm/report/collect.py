@@ -140,6 +140,7 @@ class DecodeSpeed:
     int8_tokens_per_s: float | None
     prompt_tokens: int
     new_tokens: int
+    repeats: int  # the figures are the best of this many runs
     threads: int
 
 

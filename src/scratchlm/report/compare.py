@@ -42,6 +42,9 @@ class Figure:
 class Comparison:
     other: str  # the run (or report.json) compared with
     thresholds: dict[str, float]
+    # Speeds are judged only between reports made on the same kind of machine (CPU,
+    # GPU, threads): on another machine a slower figure says nothing about the run.
+    same_machine: bool = True
     figures: list[Figure] = field(default_factory=list)
     regressions: list[str] = field(default_factory=list)  # one line each
 
@@ -119,6 +122,11 @@ def _scores(evaluations: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def _machine(report: dict[str, Any]) -> tuple[Any, ...]:
+    env = report.get("environment") or {}
+    return env.get("cpu"), env.get("gpu"), env.get("torch_threads")
+
+
 def _stage_pairs(
     this: dict[str, Any], other: dict[str, Any]
 ) -> list[tuple[str, dict | None, dict | None]]:
@@ -136,6 +144,7 @@ def compare_reports(
 ) -> Comparison:
     """The key figures of ``this`` report beside ``other``'s, with regressions flagged."""
     result = Comparison(other=other_name, thresholds=dict(THRESHOLDS))
+    result.same_machine = _machine(this) == _machine(other)
     for stage_name, mine, theirs in _stage_pairs(this, other):
         prefix = f"{stage_name}: " if stage_name else ""
         for label, path, better, kind in STAGE_FIGURES:
@@ -144,6 +153,8 @@ def compare_reports(
                 or _get(theirs, "training.best_val_bpb") is not None
             ):
                 kind = None  # judged by bpb, which does not depend on the tokenizer
+            if kind == "speed" and not result.same_machine:
+                kind = None
             row = _figure(prefix + label, _get(mine, path), _get(theirs, path), better, kind)
             if row is not None:
                 result.figures.append(row)

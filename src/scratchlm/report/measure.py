@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 # the first generated token to the last (so the prompt's forward pass is not counted).
 SPEED_PROMPT_TOKENS = 16
 SPEED_NEW_TOKENS = 64
-SPEED_REPEATS = 3  # the best of these: the least disturbed by other work on the machine
+SPEED_REPEATS = 5  # the best of these: the least disturbed by other work on the machine
 # Samples: prompts when the run's settings name none, and the tokens of each answer.
 PRETRAIN_PROMPTS = ("The", "Water boils", "Plants")
 CHAT_PROMPTS = ("Hello! Who are you?", "Why is the sky blue?", "What is the capital of France?")
@@ -67,7 +67,7 @@ def decode_speed(
     speeds = {}
     for int8 in (False, True):
         prepared = prepare_for_inference(copy.deepcopy(model).float(), int8=int8)
-        _decode_tokens_per_s(prepared, prompt, min(4, new_tokens))  # warm-up
+        _decode_tokens_per_s(prepared, prompt, new_tokens)  # warm-up: caches, thread pool
         speeds[int8] = max(
             _decode_tokens_per_s(prepared, prompt, new_tokens) for _ in range(repeats)
         )
@@ -76,6 +76,7 @@ def decode_speed(
         int8_tokens_per_s=speeds[True],
         prompt_tokens=prompt_tokens,
         new_tokens=new_tokens,
+        repeats=repeats,
         threads=torch.get_num_threads(),
     )
 

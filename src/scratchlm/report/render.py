@@ -32,6 +32,17 @@ def number(x: float | None, digits: int = 4) -> str:
     return MISSING if x is None else f"{x:.{digits}g}"
 
 
+def figure(x: float | None, *, sign: bool = False) -> str:
+    """A figure of a comparison: integers with thousands separators, values from
+    100 up without decimals, others to 4 significant digits."""
+    if x is None:
+        return MISSING
+    plus = "+" if sign else ""
+    if float(x).is_integer() or abs(x) >= 100:
+        return f"{x:{plus},.0f}"
+    return f"{x:{plus}.4g}"
+
+
 def rate(x: float | None) -> str:
     return MISSING if x is None else f"{x:,.0f}"
 
@@ -168,15 +179,19 @@ def comparison_section(comparison: dict[str, Any]) -> list[str]:
     lines.append("")
     rows = []
     for f in comparison["figures"]:
-        delta = MISSING if f["delta"] is None else f"{f['delta']:+.4g}"
         verdict = "⚠ regression" if f["regression"] else ""
-        rows.append([f["name"], number(f["this"], 5), number(f["other"], 5), delta, verdict])
+        row = [f["name"], figure(f["this"]), figure(f["other"]), figure(f["delta"], sign=True)]
+        rows.append([*row, verdict])
     lines += table(["figure", "this run", "other run", "Δ", ""], rows, "lrrrl")
     lines.append(
         f"Flagged when worse than the other run by more than: validation bpb or loss "
         f"{t['bpb']:.1%}, tokens per second {t['speed']:.0%}, evaluation scores "
         f"{score_rule}."
     )
+    if not comparison.get("same_machine", True):
+        lines.append(
+            " The two reports were made on different machines: speeds are shown, not judged."
+        )
     return [*lines, ""]
 
 
@@ -291,8 +306,8 @@ def stage_section(stage: dict[str, Any], multi: bool) -> list[str]:
         )
         lines += [
             f"Batch 1, greedy, KV cache: {dec['new_tokens']} tokens after a "
-            f"{dec['prompt_tokens']}-token prompt, best of 3, {dec['threads']} thread(s), "
-            "on the machine below.",
+            f"{dec['prompt_tokens']}-token prompt, best of {dec['repeats']}, "
+            f"{dec['threads']} thread(s), on the machine below.",
             "",
         ]
 

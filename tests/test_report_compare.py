@@ -109,3 +109,34 @@ def test_compare_with_no_run_is_one_line(tmp_path, capsys):
     assert main(["report", str(tmp_path / "new"), "--compare", str(tmp_path / "nope")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("scratchlm: error: ") and "nope does not exist" in err
+
+
+def eval_results(run: Path, acc: float, bpb: float) -> None:
+    """Result files as `scratchlm eval tasks --json` and `eval bpb --json` print them."""
+    (run / "evals").mkdir()
+    task = {"task": "piqa", "questions": 10, "chance": 0.5, "acc": {"value": acc, "stderr": 0.1},
+            "acc_norm": None, "centred": 2 * acc - 1}  # fmt: skip
+    tasks = {"tasks": {"piqa": task}, "limit": 10, "centred_average": 2 * acc - 1}
+    (run / "evals" / "tasks.json").write_text(json.dumps(tasks))
+    rows = [{"file": "a.txt", "bpb": bpb, "tokens": 5, "bytes": 20, "nats": 3.0}]
+    (run / "evals" / "bpb.json").write_text(json.dumps(rows))
+
+
+def test_eval_results_are_shown_and_compared(tmp_path, capsys):
+    old, new = tmp_path / "old", tmp_path / "new"
+    for run, acc, bpb in ((old, 0.7, 1.2), (new, 0.6, 1.3)):
+        write_metrics(run, [1.5])
+        eval_results(run, acc, bpb)
+    report = report_of(new, capsys, "--compare", str(old))
+    [bpb_file, tasks_file] = report["evaluations"]
+    assert bpb_file["file"] == "evals/bpb.json" and bpb_file["scores"]["a.txt.bpb"] == 1.3
+    assert tasks_file["scores"]["tasks.piqa.acc.value"] == 0.6
+    page = (new / "report.md").read_text()
+    assert "| tasks.piqa.acc | 0.6000 ± 0.1000 |" in page
+    flagged = {f["name"] for f in report["comparison"]["figures"] if f["regression"]}
+    assert flagged == {
+        "evals/bpb.json: a.txt.bpb",
+        "evals/tasks.json: tasks.piqa.acc.value",
+        "evals/tasks.json: tasks.piqa.centred",
+        "evals/tasks.json: centred_average",
+    }

@@ -48,7 +48,7 @@ NOT_EVALUATIONS = {
 # Folders of a run where evaluation results may also be kept.
 EVAL_FOLDERS = ("evals", "eval")
 # An evaluation file's numbers shown at most (a file of thousands is summarised).
-MAX_EVAL_FIELDS = 40
+MAX_EVAL_FIELDS = 100
 # Train-loss points kept in report.json (the full curve is in metrics.jsonl).
 MAX_CURVE_POINTS = 400
 # Fields a train record may carry for peak accelerator memory, in bytes.
@@ -355,6 +355,13 @@ def flatten_scores(data: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def _entry_name(index: int, entry: dict[str, Any]) -> str:
+    for key in ("task", "name", "file"):
+        if isinstance(entry.get(key), str):
+            return entry[key]
+    return str(index)
+
+
 def find_evaluations(folder: Path, root: Path) -> list[Evaluation]:
     """Every evaluation results file in ``folder`` (and its ``evals/`` folder): each
     ``*.json`` that is not a file of the run's own (settings, checkpoint, tokenizer,
@@ -370,6 +377,8 @@ def find_evaluations(folder: Path, root: Path) -> list[Evaluation]:
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
             found.append(Evaluation(file=where, scores={}, error=str(e)))
             continue
+        if isinstance(data, list):  # one result per entry (a file, a task): by its name
+            data = {_entry_name(i, x): x for i, x in enumerate(data) if isinstance(x, dict)}
         scores = flatten_scores(data)
         if len(scores) > MAX_EVAL_FIELDS:
             scores = dict(list(scores.items())[:MAX_EVAL_FIELDS])

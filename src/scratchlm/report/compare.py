@@ -22,7 +22,7 @@ THRESHOLDS = {
     "score": 0.0,  # evaluation accuracies and scores: any drop
 }
 # Evaluation fields judged as scores (higher is better) or as bits per byte (lower).
-SCORE_SUFFIXES = ("accuracy", "acc", "acc_norm", "score", "centered", "core")
+SCORE_SUFFIXES = ("accuracy", "acc", "acc_norm", "score", "centred", "centered", "average", "core")
 BPB_MARK = "bpb"
 
 
@@ -105,7 +105,9 @@ def _figure(
 def _evaluation_kind(key: str) -> tuple[str | None, str | None]:
     """Which way an evaluation field is better and its threshold; (None, None) when it
     is no score (a count, a setting)."""
-    last = key.rsplit(".", 1)[-1].lower()
+    parts = key.lower().split(".")
+    # {"acc": {"value": 0.3, "stderr": 0.01}}: the value is acc's
+    last = parts[-2] if parts[-1] == "value" and len(parts) > 1 else parts[-1]
     if BPB_MARK in last:
         return "lower", "bpb"
     if last.endswith(SCORE_SUFFIXES):

@@ -132,7 +132,8 @@ def summary_rows(stages: list[dict[str, Any]]) -> list[list[str]]:
 
 def evaluation_rows(scores: dict[str, Any]) -> list[list[str]]:
     """Rows of an evaluation's fields; a group with accuracy, hits and total (the fact
-    checks) becomes one row: '90.0% (81 of 90)'."""
+    checks) becomes one row: '90.0% (81 of 90)', a value with its stderr another:
+    '0.3100 ± 0.0200'."""
     rows, used = [], set()
     for key in scores:
         group = key.removesuffix(".accuracy")
@@ -140,6 +141,13 @@ def evaluation_rows(scores: dict[str, Any]) -> list[list[str]]:
             acc, hits, total = scores[key], scores[f"{group}.hits"], scores[f"{group}.total"]
             rows.append([group, f"{acc:.1%} ({hits} of {total})"])
             used |= {key, f"{group}.hits", f"{group}.total"}
+    for key in scores:
+        group = key.removesuffix(".value")
+        if key.endswith(".value") and f"{group}.stderr" in scores and key not in used:
+            value, stderr = scores[key], scores[f"{group}.stderr"]
+            if isinstance(value, int | float) and isinstance(stderr, int | float):
+                rows.append([group, f"{value:.4f} ± {stderr:.4f}"])
+                used |= {key, f"{group}.stderr"}
     for key, value in scores.items():
         if key not in used:
             rows.append([key, number(value) if isinstance(value, float) else f"`{value}`"])
@@ -162,7 +170,7 @@ def evaluation_section(evaluations: list[dict[str, Any]], heading: str) -> list[
         elif not e.get("scores"):
             lines += ["*no numbers in it*", ""]
         else:
-            lines += table(["field", "value"], evaluation_rows(e["scores"]))
+            lines += table(["field", "value"], evaluation_rows(e["scores"]), "ll")
     return lines
 
 

@@ -203,6 +203,30 @@ def comparison_section(comparison: dict[str, Any]) -> list[str]:
     return [*lines, ""]
 
 
+def plots_block(stage: dict[str, Any]) -> list[str]:
+    """The loss and bpb plots side by side (the others linked), or why there are none."""
+    lines: list[str] = []
+    plots = stage.get("plots") or []
+    shown = [p for p in plots if p.rsplit("/", 1)[-1] in SHOWN_PLOTS]
+    if shown:  # side by side: HTML, since Markdown images have no width
+        width = "49%" if len(shown) > 1 else "70%"
+        images = [
+            f'<img src="{p}" alt="{SHOWN_PLOTS[p.rsplit("/", 1)[-1]]}" width="{width}">'
+            for p in shown
+        ]
+        lines += ["<p>" + " ".join(images) + "</p>", ""]
+    others = [p for p in plots if p not in shown]
+    if others:
+        lines += ["More plots: " + ", ".join(f"[{p.rsplit('/', 1)[-1]}]({p})" for p in others), ""]
+    missing = stage.get("missing") or {}
+    if not plots:
+        lines += [
+            f"Loss curves: {_missing(stage, 'plots' if 'plots' in missing else 'curves')}",
+            "",
+        ]
+    return lines
+
+
 def stage_section(stage: dict[str, Any], multi: bool) -> list[str]:
     level = "###" if multi else "##"
     lines = [f"## Stage: {stage['name']}" if multi else "## Details", ""]
@@ -211,7 +235,7 @@ def stage_section(stage: dict[str, Any], multi: bool) -> list[str]:
         "",
     ]
 
-    lines += [f"{level} Training", ""]
+    lines += [f"{level} Training", "", *plots_block(stage)]
     tr = stage.get("training")
     if tr is None:
         lines += [_missing(stage, "training"), ""]
@@ -245,25 +269,6 @@ def stage_section(stage: dict[str, Any], multi: bool) -> list[str]:
             lines.append(f"- event: {event}")
         if tr.get("events"):
             lines.append("")
-    plots = stage.get("plots") or []
-    shown = [p for p in plots if p.rsplit("/", 1)[-1] in SHOWN_PLOTS]
-    if shown:  # side by side: HTML, since Markdown images have no width
-        width = "49%" if len(shown) > 1 else "70%"
-        images = [
-            f'<img src="{p}" alt="{SHOWN_PLOTS[p.rsplit("/", 1)[-1]]}" width="{width}">'
-            for p in shown
-        ]
-        lines += ["<p>" + " ".join(images) + "</p>", ""]
-    others = [p for p in plots if p not in shown]
-    if others:
-        lines += ["More plots: " + ", ".join(f"[{p.rsplit('/', 1)[-1]}]({p})" for p in others), ""]
-    missing = stage.get("missing") or {}
-    if not plots:
-        lines += [
-            f"Loss curves: {_missing(stage, 'plots' if 'plots' in missing else 'curves')}",
-            "",
-        ]
-
     lines += [f"{level} Data", ""]
     d = stage.get("data")
     if d is None:

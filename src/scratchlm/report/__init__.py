@@ -2,9 +2,10 @@
 evaluations, decode speed, exports and samples, as report.json (versioned) and
 report.md with its plots; ``--compare`` sets two runs side by side.
 
-Modules: ``environment`` (machine and code), ``collect`` (facts from the run's files),
-``measure`` (what needs the model), ``compare``, ``render`` (Markdown), ``card`` (all
-of it, written to files).
+Modules: ``schema`` (the dataclasses of report.json), ``environment`` (machine and
+code), ``collect`` (facts from the run's files), ``measure`` (what needs the model),
+``compare``, ``format`` and ``render`` (Markdown), ``card`` (all of it, written to
+files).
 """
 
 from scratchlm.report.card import (

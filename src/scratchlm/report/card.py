@@ -26,8 +26,6 @@ from scratchlm.checkpoint import load_model
 from scratchlm.errors import DataError, ScratchLMError
 from scratchlm.report.collect import (
     REPORT_JSON,
-    Evaluation,
-    Stage,
     collect_stage,
     find_evaluations,
     find_exports,
@@ -37,6 +35,7 @@ from scratchlm.report.compare import Comparison, compare_reports
 from scratchlm.report.environment import Environment, collect_environment
 from scratchlm.report.measure import decode_speed, export_parity, greedy_samples, has_chat_tokens
 from scratchlm.report.render import render_markdown
+from scratchlm.report.schema import Evaluation, Stage
 from scratchlm.train.plot import plot_run
 
 log = logging.getLogger(__name__)

@@ -21,7 +21,7 @@ from scratchlm.errors import ScratchLMError
 from scratchlm.export.hf import from_hf
 from scratchlm.generate import generate_ids
 from scratchlm.model import TransformerLM, prepare_for_inference
-from scratchlm.report.collect import DecodeSpeed, ExportFacts, Sample
+from scratchlm.report.schema import DecodeSpeed, ExportFacts, Sample
 from scratchlm.textgen import generate
 from scratchlm.tokenizer import Tokenizer
 

@@ -141,6 +141,8 @@ def test_metrics_only_no_checkpoint(tmp_path):
     assert (tr["best_val_bpb"], tr["best_val_bpb_step"]) == (1.5, 4)
     assert tr["tokens_per_parameter"] is None  # no model to count
     assert stage["model"] is None and stage["missing"]["model"] == "no valid checkpoint"
+    assert stage["missing"]["decode"] == "no checkpoint to measure"
+    assert stage["missing"]["samples"] == "no checkpoint to ask"
     assert "val_bpb.png" in stage["plots"]
 
 

@@ -28,7 +28,6 @@ from scratchlm.report.collect import (
     REPORT_JSON,
     collect_stage,
     find_evaluations,
-    find_exports,
     find_stages,
 )
 from scratchlm.report.compare import Comparison, compare_reports
@@ -64,12 +63,15 @@ def _measure(stage: Stage, root: Path, speed: bool, echo: Callable[[str], None])
     """Fill in what needs the model: decode speed, greedy samples, export parity."""
     if stage.checkpoint is None:
         stage.missing["decode"] = "no checkpoint to measure"
-        stage.missing["samples"] = stage.missing.get("samples", "no checkpoint")
+        if not stage.samples:  # none logged either
+            stage.missing["samples"] = "no checkpoint to ask"
         return
     try:
         model, tokenizer = load_model(stage.checkpoint)
     except ScratchLMError as e:
-        stage.missing["decode"] = stage.missing["samples"] = f"the checkpoint did not load: {e}"
+        stage.missing["decode"] = f"the checkpoint did not load: {e}"
+        if not stage.samples:
+            stage.missing["samples"] = stage.missing["decode"]
         return
     model = model.float()
     if speed:
@@ -104,8 +106,6 @@ def build_report(
     stages = []
     for stage_dir in find_stages(root):
         stage = collect_stage(stage_dir, root)
-        if stage_dir == root:  # a lone run: exports kept beside it belong to it
-            stage.exports = stage.exports or find_exports(root, root)
         _measure(stage, root, speed, echo)
         if (
             plots

@@ -210,3 +210,20 @@ def test_hf_export_parity_is_measured(trained_run, tmp_path, one_thread):
     assert export["path"] == "hf" and export["format"] == "hf"
     assert export["checked_with"] == "transformers"
     assert export["max_abs_logit_diff"] < 1e-4
+
+
+def test_exports_at_the_top_of_a_pipeline_belong_to_its_last_stage(tmp_path):
+    root = tmp_path / "pipeline"
+    write_metrics(root / "pretrain", [2.0])
+    write_metrics(root / "sft", [1.0])
+    (root / "hf").mkdir()
+    (root / "hf" / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    (root / "model.gguf").write_bytes(b"GGUF")
+    report = build_report(root, speed=False).to_dict()
+    assert [s["name"] for s in report["stages"]] == ["pretrain", "sft"]  # hf is no run
+    pretrain, sft = report["stages"]
+    assert pretrain["exports"] == []
+    assert [(e["path"], e["format"]) for e in sft["exports"]] == [
+        ("model.gguf", "gguf"),
+        ("hf", "hf"),
+    ]

@@ -28,6 +28,7 @@ from scratchlm.report.collect import (
     REPORT_JSON,
     collect_stage,
     find_evaluations,
+    find_exports,
     find_stages,
 )
 from scratchlm.report.compare import Comparison, compare_reports
@@ -104,8 +105,12 @@ def build_report(
     root = Path(run_dir)
     out = Path(out_dir) if out_dir is not None else root
     stages = []
-    for stage_dir in find_stages(root):
+    stage_dirs = find_stages(root)
+    for stage_dir in stage_dirs:
         stage = collect_stage(stage_dir, root)
+        if stage_dir != root and stage_dir == stage_dirs[-1]:
+            # Exports at the top of a pipeline directory are of its final model.
+            stage.exports += find_exports(root, root, skip=stage_dirs)
         _measure(stage, root, speed, echo)
         if (
             plots

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import statistics
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -64,8 +65,10 @@ PEAK_MEMORY_FIELDS = ("peak_memory_bytes", "peak_mem_bytes", "max_memory_allocat
 
 
 def _looks_like_run(folder: Path) -> bool:
+    """A run (metrics, checkpoints, settings) or a checkpoint (its manifest: an HF
+    export also has a config.json, but no manifest)."""
     return any(
-        (folder / name).exists() for name in (METRICS_FILE, CHECKPOINTS, CONFIG_FILE, CONFIG)
+        (folder / name).exists() for name in (METRICS_FILE, CHECKPOINTS, CONFIG_FILE, MANIFEST)
     )
 
 
@@ -83,7 +86,7 @@ def find_stages(run_dir: Path) -> list[Path]:
     if not stages:
         raise DataError(
             f"{run_dir} is not a run directory: it holds no {METRICS_FILE}, {CHECKPOINTS}/, "
-            f"{CONFIG_FILE} or {CONFIG}, and no run folder inside"
+            f"{CONFIG_FILE} or checkpoint, and no run folder inside"
         )
     return stages
 
@@ -287,13 +290,14 @@ def find_evaluations(folder: Path, root: Path) -> list[Evaluation]:
     return found
 
 
-def find_exports(folder: Path, root: Path) -> list[ExportFacts]:
-    """Exports kept in ``folder`` or one level below: Hugging Face folders (config.json
-    with a ``model_type``, no checkpoint manifest) and ``.gguf`` files."""
+def find_exports(folder: Path, root: Path, skip: Sequence[Path] = ()) -> list[ExportFacts]:
+    """Exports kept in ``folder`` or one level below (but not in ``skip``: the stages of
+    a pipeline directory): Hugging Face folders (config.json with a ``model_type``, no
+    checkpoint manifest) and ``.gguf`` files."""
     found = []
     candidates = [folder, *sorted(p for p in folder.iterdir() if p.is_dir())]
     for path in candidates:
-        if path.name == CHECKPOINTS:
+        if path.name == CHECKPOINTS or path in skip:
             continue
         rel = str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
         config = read_json_file(path / CONFIG) if not (path / MANIFEST).exists() else None

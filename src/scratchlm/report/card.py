@@ -83,10 +83,8 @@ def _measure(stage: Stage, root: Path, speed: bool, echo: Callable[[str], None])
     if tokenizer is None:
         stage.missing["samples"] = "the checkpoint has no tokenizer"
     else:
-        chat = (stage.training is not None and stage.training.phase == "sft") and has_chat_tokens(
-            tokenizer
-        )
         prompts = [s.prompt for s in stage.samples]
+        chat = has_chat_tokens(tokenizer)  # a tuned model answers; a base one continues
         stage.samples = greedy_samples(model, tokenizer, prompts, chat=chat) + stage.samples
     stage.exports = [export_parity(model, e, root) for e in stage.exports]
 

@@ -40,7 +40,10 @@ def test_worse_bpb_and_fewer_facts_are_flagged(tmp_path, capsys):
     row = next(f for f in comparison["figures"] if f["name"] == "pretrain: best val bpb")
     assert (row["this"], row["other"]) == (1.6, 1.5)
     assert row["delta"] == pytest.approx(0.1)
+    assert comparison["plot"] == "compare.png"
+    assert (new / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     page = (new / "report.md").read_text()
+    assert '<img src="compare.png"' in page
     assert f"## Compared with `{old}`" in page
     assert "**2 regression(s):**" in page
     assert "| pretrain: best val bpb | 1.6 | 1.5 | +0.1 | ⚠ regression |" in page

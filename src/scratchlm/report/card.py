@@ -31,7 +31,8 @@ from scratchlm.report.collect import (
     find_exports,
     find_stages,
 )
-from scratchlm.report.compare import Comparison, compare_reports
+from scratchlm.report.compare import Comparison, compare_reports, stage_pairs
+from scratchlm.report.compare_plot import compare_plot
 from scratchlm.report.environment import Environment, collect_environment
 from scratchlm.report.measure import decode_speed, export_parity, greedy_samples, has_chat_tokens
 from scratchlm.report.render import render_markdown
@@ -42,6 +43,7 @@ log = logging.getLogger(__name__)
 
 REPORT_VERSION = 1
 REPORT_MD = "report.md"
+COMPARE_PNG = "compare.png"
 
 
 @dataclass
@@ -171,7 +173,18 @@ def write_report(
         else:
             echo(f"  {other_path}: no {REPORT_JSON}, reporting it first")
             other = build_report(other_path, speed=speed, plots=False, echo=echo).to_dict()
-        report.comparison = compare_reports(report.to_dict(), other, other_name=str(other_path))
+        this = report.to_dict()
+        report.comparison = compare_reports(this, other, other_name=str(other_path))
+        names = (Path(run_dir).resolve().name, other_path.resolve().name)
+        if names[0] == names[1]:
+            names = ("this run", "other run")
+        out.mkdir(parents=True, exist_ok=True)
+        try:
+            drawn = compare_plot(stage_pairs(this, other), names, out / COMPARE_PNG)
+        except ScratchLMError as e:  # matplotlib missing: the table says it all
+            log.warning("no comparison plot: %s", e)
+        else:
+            report.comparison.plot = COMPARE_PNG if drawn else None
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / REPORT_JSON, json.dumps(report.to_dict(), indent=1) + "\n")
     atomic_write_text(out / REPORT_MD, render_markdown(report.to_dict()))

@@ -45,6 +45,7 @@ class Comparison:
     # Speeds are judged only between reports made on the same kind of machine (CPU,
     # GPU, threads): on another machine a slower figure says nothing about the run.
     same_machine: bool = True
+    plot: str | None = None  # both runs' curves, relative to report.md
     figures: list[Figure] = field(default_factory=list)
     regressions: list[str] = field(default_factory=list)  # one line each
 
@@ -129,9 +130,11 @@ def _machine(report: dict[str, Any]) -> tuple[Any, ...]:
     return env.get("cpu"), env.get("gpu"), env.get("torch_threads")
 
 
-def _stage_pairs(
+def stage_pairs(
     this: dict[str, Any], other: dict[str, Any]
 ) -> list[tuple[str, dict | None, dict | None]]:
+    """``(stage name, this run's stage, the other's)``, matched by name; two lone runs
+    are one pair (name "") whatever their names."""
     mine, theirs = this.get("stages") or [], other.get("stages") or []
     if len(mine) == 1 and len(theirs) == 1:
         return [("", mine[0], theirs[0])]
@@ -147,7 +150,7 @@ def compare_reports(
     """The key figures of ``this`` report beside ``other``'s, with regressions flagged."""
     result = Comparison(other=other_name, thresholds=dict(THRESHOLDS))
     result.same_machine = _machine(this) == _machine(other)
-    for stage_name, mine, theirs in _stage_pairs(this, other):
+    for stage_name, mine, theirs in stage_pairs(this, other):
         prefix = f"{stage_name}: " if stage_name else ""
         for label, path, better, kind in STAGE_FIGURES:
             if label == "best val loss" and (

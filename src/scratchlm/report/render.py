@@ -129,6 +129,11 @@ def comparison_section(comparison: dict[str, Any]) -> list[str]:
     else:
         lines.append("**No regressions.**")
     lines.append("")
+    if comparison.get("plot"):
+        lines += [
+            f'<p><img src="{comparison["plot"]}" alt="both runs\' curves" width="100%"></p>',
+            "",
+        ]
     rows = []
     for f in comparison["figures"]:
         verdict = "⚠ regression" if f["regression"] else ""

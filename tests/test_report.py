@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -79,6 +80,7 @@ def test_report_holds_the_runs_figures(trained_run, tmp_path, one_thread, capsys
     assert stage["data"]["bytes_per_token"] == meta["splits"]["train"]["bytes_per_token"]
     assert stage["data"]["sources"] == meta["inputs"]
     assert stage["decode"]["fp32_tokens_per_s"] > 0 and stage["decode"]["int8_tokens_per_s"] > 0
+    assert stage["decode"]["cpu_count"] == os.cpu_count()
     greedy = [s for s in stage["samples"] if s["source"] == "greedy"]
     assert greedy and greedy[0]["prompt"] == "Water"  # the run's own prompt first
     assert any(s["source"] == "step 6" for s in stage["samples"])  # logged while training

@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from scratchlm.report.schema import is_busy
+
 # How much worse a figure may get before it is flagged as a regression, relative to the
 # other run's value. Validation bpb and loss are deterministic for a given run on a CPU,
 # so a small margin suffices; speeds vary with the machine's load, hence 10%; a fact
@@ -46,6 +48,8 @@ class Comparison:
     # GPU, threads): on another machine a slower figure says nothing about the run.
     same_machine: bool = True
     plot: str | None = None  # both runs' curves, relative to report.md
+    # A decode speed of either run was measured on a busy machine: not judged.
+    busy: bool = False
     figures: list[Figure] = field(default_factory=list)
     regressions: list[str] = field(default_factory=list)  # one line each
 
@@ -125,6 +129,11 @@ def _scores(evaluations: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def _busy(stage: dict[str, Any] | None) -> bool:
+    decode = (stage or {}).get("decode") or {}
+    return is_busy(decode.get("load_average"), decode.get("cpu_count"))
+
+
 def _machine(report: dict[str, Any]) -> tuple[Any, ...]:
     env = report.get("environment") or {}
     return env.get("cpu"), env.get("gpu"), env.get("torch_threads")
@@ -160,6 +169,9 @@ def compare_reports(
                 kind = None  # judged by bpb, which does not depend on the tokenizer
             if kind == "speed" and not result.same_machine:
                 kind = None
+            if path.startswith("decode.") and (_busy(mine) or _busy(theirs)):
+                kind = None  # measured while other work shared the CPU
+                result.busy = True
             row = _figure(prefix + label, _get(mine, path), _get(theirs, path), better, kind)
             if row is not None:
                 result.figures.append(row)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -63,6 +64,7 @@ def decode_speed(
     assert new_tokens >= 2, "a speed needs at least two timed tokens"
     c = model.config
     new_tokens = min(new_tokens, c.context_length - prompt_tokens)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     prompt = [(7 * i + 1) % c.vocab_size for i in range(prompt_tokens)]
     speeds = {}
     for int8 in (False, True):
@@ -78,6 +80,8 @@ def decode_speed(
         new_tokens=new_tokens,
         repeats=repeats,
         threads=torch.get_num_threads(),
+        load_average=load,
+        cpu_count=os.cpu_count(),
     )
 
 

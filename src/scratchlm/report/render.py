@@ -20,6 +20,7 @@ from scratchlm.report.format import (
     rate,
     table,
 )
+from scratchlm.report.schema import is_busy
 
 # The plots shown on the page (the others are linked): file name -> caption.
 SHOWN_PLOTS = {"loss_vs_steps.png": "loss", "val_bpb.png": "validation bits per byte"}
@@ -145,6 +146,11 @@ def comparison_section(comparison: dict[str, Any]) -> list[str]:
         f"{t['bpb']:.1%}, tokens per second {t['speed']:.0%}, evaluation scores "
         f"{score_rule}."
     )
+    if comparison.get("busy"):
+        lines.append(
+            " A decode speed was measured on a busy machine (load above its core count): "
+            "shown, not judged."
+        )
     if not comparison.get("same_machine", True):
         lines.append(
             " The two reports were made on different machines: speeds are shown, not judged."
@@ -272,6 +278,13 @@ def stage_section(stage: dict[str, Any], multi: bool) -> list[str]:
             f"{dec['threads']} thread(s), on the machine below.",
             "",
         ]
+        if is_busy(dec.get("load_average"), dec.get("cpu_count")):
+            lines += [
+                f"⚠ The machine was busy as these were measured (1-minute load average "
+                f"{dec['load_average']:.1f} on {dec['cpu_count']} cores): other work shared "
+                "the CPU, and the speeds are lower and less steady than on a quiet machine.",
+                "",
+            ]
 
     lines += [f"{level} Export", ""]
     exports = stage.get("exports") or []

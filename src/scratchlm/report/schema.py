@@ -96,6 +96,17 @@ class DecodeSpeed:
     new_tokens: int
     repeats: int  # the figures are the best of this many runs
     threads: int
+    # The machine's 1-minute load average as the measurement began, and its logical
+    # cores: a load above the core count means other work shared the CPU, and the
+    # figures are low and unsteady (None where the platform does not tell).
+    load_average: float | None = None
+    cpu_count: int | None = None
+
+
+def is_busy(load_average: float | None, cpu_count: int | None) -> bool:
+    """Whether a machine with this load was shared with other work (load above its
+    core count: more runnable threads than cores)."""
+    return load_average is not None and cpu_count is not None and load_average > cpu_count
 
 
 @dataclass

@@ -88,7 +88,7 @@ def test_speed_threshold():
     assert [f.name for f in result.figures if f.regression] == ["decode fp32 tokens/s"]
     assert compare_reports(base, slower).regressions == []  # faster is never a regression
     busy = {"stages": [_stage(1000, 50, 100)], "evaluations": []}
-    busy["stages"][0]["decode"].update(load_average=5.0, cpu_count=2)
+    busy["stages"][0]["decode"]["cpu_per_wall"] = 0.5
     result = compare_reports(busy, base)
     assert result.busy and result.regressions == []  # a busy machine's speeds: not judged
     elsewhere = {**slower, "environment": {"cpu": "another CPU", "torch_threads": 8}}

@@ -130,8 +130,7 @@ def _scores(evaluations: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _busy(stage: dict[str, Any] | None) -> bool:
-    decode = (stage or {}).get("decode") or {}
-    return is_busy(decode.get("load_average"), decode.get("cpu_count"))
+    return is_busy((stage or {}).get("decode") or {})
 
 
 def _machine(report: dict[str, Any]) -> tuple[Any, ...]:

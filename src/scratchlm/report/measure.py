@@ -67,12 +67,16 @@ def decode_speed(
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     prompt = [(7 * i + 1) % c.vocab_size for i in range(prompt_tokens)]
     speeds = {}
+    # CPU seconds this process got per wall second while measuring: about 1 or more
+    # (helper threads count too) when the CPU is ours, less when other work took turns.
+    wall, cpu = time.perf_counter(), time.process_time()
     for int8 in (False, True):
         prepared = prepare_for_inference(copy.deepcopy(model).float(), int8=int8)
         _decode_tokens_per_s(prepared, prompt, new_tokens)  # warm-up: caches, thread pool
         speeds[int8] = max(
             _decode_tokens_per_s(prepared, prompt, new_tokens) for _ in range(repeats)
         )
+    cpu_per_wall = (time.process_time() - cpu) / (time.perf_counter() - wall)
     return DecodeSpeed(
         fp32_tokens_per_s=speeds[False],
         int8_tokens_per_s=speeds[True],
@@ -82,6 +86,7 @@ def decode_speed(
         threads=torch.get_num_threads(),
         load_average=load,
         cpu_count=os.cpu_count(),
+        cpu_per_wall=cpu_per_wall,
     )
 
 

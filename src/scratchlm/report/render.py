@@ -278,11 +278,15 @@ def stage_section(stage: dict[str, Any], multi: bool) -> list[str]:
             f"{dec['threads']} thread(s), on the machine below.",
             "",
         ]
-        if is_busy(dec.get("load_average"), dec.get("cpu_count")):
+        if is_busy(dec):
+            share = dec.get("cpu_per_wall")
+            got = f"{share:.0%} of a core" if share is not None else "an unknown share"
+            load = dec.get("load_average")
             lines += [
-                f"⚠ The machine was busy as these were measured (1-minute load average "
-                f"{dec['load_average']:.1f} on {dec['cpu_count']} cores): other work shared "
-                "the CPU, and the speeds are lower and less steady than on a quiet machine.",
+                f"⚠ Other work shared the CPU as these were measured (the report got {got}"
+                + (f"; 1-minute load average {load:.1f}" if load is not None else "")
+                + f" on {dec.get('cpu_count') or MISSING} cores): the speeds are lower and "
+                "less steady than on a quiet machine.",
                 "",
             ]
 

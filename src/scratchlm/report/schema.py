@@ -101,12 +101,23 @@ class DecodeSpeed:
     # figures are low and unsteady (None where the platform does not tell).
     load_average: float | None = None
     cpu_count: int | None = None
+    # CPU seconds the report's process got per wall-clock second while measuring:
+    # about 1 or more when the CPU was its own, less when other work took turns.
+    cpu_per_wall: float | None = None
 
 
-def is_busy(load_average: float | None, cpu_count: int | None) -> bool:
-    """Whether a machine with this load was shared with other work (load above its
-    core count: more runnable threads than cores)."""
-    return load_average is not None and cpu_count is not None and load_average > cpu_count
+# Below this share of the CPU, the measuring process waited for other work.
+MIN_CPU_PER_WALL = 0.8
+
+
+def is_busy(decode: dict[str, Any]) -> bool:
+    """Whether a decode speed (DecodeSpeed as a dict) was measured while other work
+    shared the CPU: the process got less than MIN_CPU_PER_WALL of a core per second,
+    or the load average was above the core count."""
+    share, load, cores = (decode.get(k) for k in ("cpu_per_wall", "load_average", "cpu_count"))
+    return (share is not None and share < MIN_CPU_PER_WALL) or (
+        load is not None and cores is not None and load > cores
+    )
 
 
 @dataclass

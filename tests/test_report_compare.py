@@ -88,7 +88,7 @@ def test_speed_threshold():
     assert [f.name for f in result.figures if f.regression] == ["decode fp32 tokens/s"]
     assert compare_reports(base, slower).regressions == []  # faster is never a regression
     busy = {"stages": [_stage(1000, 50, 100)], "evaluations": []}
-    busy["stages"][0]["decode"]["cpu_per_wall"] = 0.5
+    busy["stages"][0]["decode"].update(cpu_per_wall=1.0, threads=2)  # half its time
     result = compare_reports(busy, base)
     assert result.busy and result.regressions == []  # a busy machine's speeds: not judged
     elsewhere = {**slower, "environment": {"cpu": "another CPU", "torch_threads": 8}}

@@ -67,8 +67,8 @@ def decode_speed(
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     prompt = [(7 * i + 1) % c.vocab_size for i in range(prompt_tokens)]
     speeds = {}
-    # CPU seconds this process got per wall second while measuring: about 1 or more
-    # (helper threads count too) when the CPU is ours, less when other work took turns.
+    # CPU seconds this process got per wall second while measuring: about the thread
+    # count when the cores are ours, less when other work took turns (schema.is_busy).
     wall, cpu = time.perf_counter(), time.process_time()
     for int8 in (False, True):
         prepared = prepare_for_inference(copy.deepcopy(model).float(), int8=int8)

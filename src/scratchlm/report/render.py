@@ -48,7 +48,8 @@ def summary_rows(stages: list[dict[str, Any]]) -> list[list[str]]:
         d = s.get("decode")
         if not d:
             return MISSING
-        return f"{rate(d['fp32_tokens_per_s'])} / {rate(d['int8_tokens_per_s'])}"
+        busy = " ⚠" if is_busy(d) else ""
+        return f"{rate(d['fp32_tokens_per_s'])} / {rate(d['int8_tokens_per_s'])}{busy}"
 
     t = "training."
     return [
@@ -279,14 +280,11 @@ def stage_section(stage: dict[str, Any], multi: bool) -> list[str]:
             "",
         ]
         if is_busy(dec):
-            share = dec.get("cpu_per_wall")
-            got = f"{share:.0%} of a core" if share is not None else "an unknown share"
-            load = dec.get("load_average")
+            share = dec["cpu_per_wall"] / (dec.get("threads") or 1)
             lines += [
-                f"⚠ Other work shared the CPU as these were measured (the report got {got}"
-                + (f"; 1-minute load average {load:.1f}" if load is not None else "")
-                + f" on {dec.get('cpu_count') or MISSING} cores): the speeds are lower and "
-                "less steady than on a quiet machine.",
+                f"⚠ Other work shared the CPU as these were measured: the report's "
+                f"{dec['threads']} thread(s) got {share:.0%} of their time. The speeds are "
+                "lower and less steady than on a quiet machine.",
                 "",
             ]
 
@@ -356,6 +354,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         "",
     ]
     lines += table(["figure", *(s["name"] for s in stages)], summary_rows(stages))
+    if any(is_busy(s.get("decode") or {}) for s in stages):
+        lines += ["⚠ decode speed measured while other work shared the CPU (see below)", ""]
     comparison = report.get("comparison")
     if comparison:
         lines += comparison_section(comparison)

@@ -96,43 +96,22 @@ class DecodeSpeed:
     new_tokens: int
     repeats: int  # the figures are the best of this many runs
     threads: int
-    # The machine's 1-minute load average as the measurement began, and its logical
-    # cores: a load above the core count means other work shared the CPU, and the
-    # figures are low and unsteady (None where the platform does not tell).
+    # CPU seconds the report's process got per wall-clock second while measuring (all
+    # its threads): about ``threads`` when the cores were its own (torch's threads spin
+    # while they wait for work), well under when other work took turns. The 1-minute
+    # load average and the core count are kept for context (the load lags, and counts
+    # the report itself).
+    cpu_per_wall: float | None = None
     load_average: float | None = None
     cpu_count: int | None = None
-    # CPU seconds the report's process got per wall-clock second while measuring:
-    # about 1 or more when the CPU was its own, less when other work took turns.
-    cpu_per_wall: float | None = None
 
 
-# Below this share of the CPU, the measuring process waited for other work.
-MIN_CPU_PER_WALL = 0.8
+# Below this share of its threads' CPU time, the measuring process waited for other work.
+MIN_CPU_SHARE = 0.8
 
 
 def is_busy(decode: dict[str, Any]) -> bool:
     """Whether a decode speed (DecodeSpeed as a dict) was measured while other work
-    shared the CPU: the process got less than MIN_CPU_PER_WALL of a core per second,
-    or the load average was above the core count."""
-    share, load, cores = (decode.get(k) for k in ("cpu_per_wall", "load_average", "cpu_count"))
-    return (share is not None and share < MIN_CPU_PER_WALL) or (
-        load is not None and cores is not None and load > cores
-    )
-
-
-@dataclass
-class Stage:
-    """One training run of a report (a pipeline directory has several)."""
-
-    name: str
-    path: str
-    checkpoint: str | None = None
-    data: DataFacts | None = None
-    model: ModelFacts | None = None
-    training: TrainingFacts | None = None
-    evaluations: list[Evaluation] = field(default_factory=list)
-    decode: DecodeSpeed | None = None
-    exports: list[ExportFacts] = field(default_factory=list)
-    samples: list[Sample] = field(default_factory=list)
-    plots: list[str] = field(default_factory=list)  # relative to the report's folder
-    missing: dict[str, str] = field(default_factory=dict)  # section -> why it is missing
+    shared the CPU: its process got less than MIN_CPU_SHARE of its threads' time."""
+    share, threads = decode.get("cpu_per_wall"), decode.get("threads") or 1
+    return share is not None and share / threads < MIN_CPU_SHARE

@@ -115,3 +115,21 @@ def is_busy(decode: dict[str, Any]) -> bool:
     shared the CPU: its process got less than MIN_CPU_SHARE of its threads' time."""
     share, threads = decode.get("cpu_per_wall"), decode.get("threads") or 1
     return share is not None and share / threads < MIN_CPU_SHARE
+
+
+@dataclass
+class Stage:
+    """One training run of a report (a pipeline directory has several)."""
+
+    name: str
+    path: str
+    checkpoint: str | None = None
+    data: DataFacts | None = None
+    model: ModelFacts | None = None
+    training: TrainingFacts | None = None
+    evaluations: list[Evaluation] = field(default_factory=list)
+    decode: DecodeSpeed | None = None
+    exports: list[ExportFacts] = field(default_factory=list)
+    samples: list[Sample] = field(default_factory=list)
+    plots: list[str] = field(default_factory=list)  # relative to the report's folder
+    missing: dict[str, str] = field(default_factory=dict)  # section -> why it is missing

@@ -46,6 +46,7 @@ def test_worse_bpb_and_fewer_facts_are_flagged(tmp_path, capsys):
     assert '<img src="compare.png"' in page
     assert f"## Compared with `{old}`" in page
     assert "**2 regression(s):**" in page
+    assert "| figure | new | old | Δ |  |" in page  # the runs by name
     assert "| pretrain: best val bpb | 1.6 | 1.5 | +0.1 | ⚠ regression |" in page
     assert "| sft: best val loss | 1.8 | 1.8 | +0 |  |" in page  # same on both sides
 

@@ -120,7 +120,7 @@ def evaluation_section(evaluations: list[dict[str, Any]], heading: str) -> list[
     return lines
 
 
-def comparison_section(comparison: dict[str, Any]) -> list[str]:
+def comparison_section(comparison: dict[str, Any], names: tuple[str, str]) -> list[str]:
     t = comparison["thresholds"]
     score_rule = "any drop" if t["score"] == 0 else f"{t['score']:.1%}"
     lines = [f"## Compared with `{comparison['other']}`", ""]
@@ -141,7 +141,7 @@ def comparison_section(comparison: dict[str, Any]) -> list[str]:
         verdict = "⚠ regression" if f["regression"] else ""
         row = [f["name"], figure(f["this"]), figure(f["other"]), figure(f["delta"], sign=True)]
         rows.append([*row, verdict])
-    lines += table(["figure", "this run", "other run", "Δ", ""], rows, "lrrrl")
+    lines += table(["figure", *names, "Δ", ""], rows, "lrrrl")
     lines.append(
         f"Flagged when worse than the other run by more than: validation bpb or loss "
         f"{t['bpb']:.1%}, tokens per second {t['speed']:.0%}, evaluation scores "
@@ -206,6 +206,9 @@ def stage_section(stage: dict[str, Any], multi: bool) -> list[str]:
             if tr["peak_memory_bytes"] is None
             else f"{count(tr['peak_memory_bytes'])}B"
         )
+        bpb = at_step(tr["best_val_bpb"], tr["best_val_bpb_step"])
+        if tr["best_val_bpb"] is None and tr.get("phase") == "sft":
+            bpb += " (instruction tuning: the loss counts only the answers)"
         rows = [
             ["phase", tr.get("phase") or MISSING],
             ["steps", f"{tr['steps']:,}"],
@@ -217,7 +220,7 @@ def stage_section(stage: dict[str, Any], multi: bool) -> list[str]:
             ["wall time", duration(tr["wall_time_s"])],
             ["final train loss", number(tr["final_train_loss"])],
             ["best validation loss", at_step(tr["best_val_loss"], tr["best_val_loss_step"])],
-            ["best validation bpb", at_step(tr["best_val_bpb"], tr["best_val_bpb_step"])],
+            ["best validation bpb", bpb],
             ["last validation loss", number(tr["last_val_loss"])],
         ]
         lines += table(["figure", "value"], rows, "ll")
@@ -358,7 +361,9 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines += ["⚠ decode speed measured while other work shared the CPU (see below)", ""]
     comparison = report.get("comparison")
     if comparison:
-        lines += comparison_section(comparison)
+        other = comparison["other"].rstrip("/").rsplit("/", 1)[-1] or comparison["other"]
+        names = (name, other) if name != other else ("this run", "other run")
+        lines += comparison_section(comparison, names)
     lines += evaluation_section(report.get("evaluations") or [], "## Evaluations")
     for stage in stages:
         if stage.get("evaluations"):

@@ -101,6 +101,7 @@ def test_version_as_a_module(tmp_path):
         ["export", "hf"],
         ["import", "hf"],
         ["plot"],
+        ["report"],
         ["model", "info"],
     ],
 )

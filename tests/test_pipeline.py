@@ -35,9 +35,14 @@ def test_default_run_trains_then_reuses(tmp_path):
         "data",
         "facts.json",
         "pretrain",
+        "report.json",  # the report card, written at the end
+        "report.md",
         "sft",
         "tokenizer",
     ]
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert [s["name"] for s in report["stages"]] == ["pretrain", "sft"]
+    assert any(f"report card: {tmp_path / 'run' / 'report.md'}" in line for line in lines)
     assert checkpoint.name == "step_00000004" and checkpoint.parent.parent.name == "sft"
     for question in QUESTIONS:  # each question and the model's answer are shown
         at = next(i for i, line in enumerate(lines) if line.strip() == f"you> {question}")

@@ -9,6 +9,7 @@ with no arguments runs it; ``scratchlm chat`` then talks to the result.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,9 +22,10 @@ from scratchlm.chat import reply
 from scratchlm.checkpoint import CheckpointManager, RunLock, load_model, read_config
 from scratchlm.console import CountProgress
 from scratchlm.data import prepare
-from scratchlm.errors import TokenizerError
+from scratchlm.errors import ScratchLMError, TokenizerError
 from scratchlm.evals import FactReport, check_facts, read_fact_questions
 from scratchlm.model import TransformerLM, prepare_for_inference
+from scratchlm.report import write_report
 from scratchlm.tokenizer import BPETokenizer, Tokenizer, load_tokenizer, train_bpe
 from scratchlm.tokenizer.files import FILENAME, write_tokenizer_dir
 from scratchlm.tokenizer.report import compression, longest_tokens, show_split
@@ -36,6 +38,8 @@ SAMPLE_SENTENCE = (
 PROMPTS = ("Water boils", "The sky looks blue because", "Plants")
 QUESTIONS = ("Hello! Who are you?", "Why is the sky blue?", "What is the capital of France?")
 STAGES = 5
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -83,6 +87,7 @@ def run_default(
         pretrained = pretrain_stage(run, data, progress, echo)
         tuned = sft_stage(run, pretrained, progress, echo)
         conversation_stage(run, tuned, progress, echo)
+        report_stage(run, echo)
     return tuned
 
 
@@ -224,6 +229,19 @@ def conversation_stage(
     atomic_write_text(run.out_dir / "facts.json", json.dumps(report, indent=1) + "\n")
     echo(f"      every answer: {run.out_dir / 'facts.json'}")
     echo(f"      talk to it: scratchlm chat {checkpoint.parent.parent}")
+
+
+def report_stage(run: DefaultRun, echo: Callable[[str], None]) -> None:
+    """The run's report card (``scratchlm report``), written into its directory. A
+    report that fails takes nothing from the trained model: the error is shown with
+    the command that retries it."""
+    try:
+        path = write_report(run.out_dir)
+    except ScratchLMError as e:
+        log.debug("the report card failed", exc_info=True)  # the line below says why
+        echo(f"      no report card ({e}); retry with: scratchlm report {run.out_dir}")
+        return
+    echo(f"      the run's report card: {path}")
 
 
 def fact_scores(

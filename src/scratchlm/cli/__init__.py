@@ -29,6 +29,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("evals", "measure what a trained model knows"),
     "checkpoint": ("checkpoint", "inspect and verify checkpoints"),
     "plot": ("plot", "draw a run's loss curves as PNG files"),
+    "report": ("report", "write a run's report card (report.md, report.json)"),
     "export": ("export", "write a checkpoint in another ecosystem's format"),
     "import": ("export", "read another ecosystem's model as a checkpoint"),
     "model": ("model", "inspect model presets"),

@@ -47,7 +47,9 @@ def smoothing_beta(n_points: int) -> float | None:
     return 1 - 1 / span if span >= 2 else None
 
 
-def _matplotlib() -> tuple[Any, Any, Any]:
+def matplotlib_parts() -> tuple[Any, Any, Any]:
+    """``(Figure, FigureCanvasAgg, EngFormatter)``; ConfigError naming the extra when
+    matplotlib is not installed. (Also used by the report's comparison plot.)"""
     try:  # deferred: matplotlib is an optional extra, and a slow import
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
@@ -99,7 +101,7 @@ def plot_run(
             f"{path} has no train or val records: nothing to plot yet; "
             "run again once training has logged a step"
         )
-    Figure, FigureCanvasAgg, EngFormatter = _matplotlib()
+    Figure, FigureCanvasAgg, EngFormatter = matplotlib_parts()
     out = Path(out_dir) if out_dir is not None else path.parent
     out.mkdir(parents=True, exist_ok=True)
     title = title or path.parent.resolve().name

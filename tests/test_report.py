@@ -72,6 +72,8 @@ def test_report_holds_the_runs_figures(trained_run, tmp_path, one_thread, capsys
     assert [p[0] for p in tr["val_curve"]] == [3, 6]
     assert len(tr["train_curve"]) == 6
     assert tr["tokens_per_s"] > 0 and tr["mfu"] is None  # no peak FLOP/s known for a CPU
+    logged_peaks = [r["peak_memory_bytes"] for r in records if r.get("kind") == "train"]
+    assert tr["peak_memory_bytes"] == max(logged_peaks) > 0
     assert stage["model"]["parameters"] == model.num_parameters()
     assert stage["model"]["flops_per_token"] == model.flops_per_token()
     assert math.isclose(tr["tokens_per_parameter"], tr["tokens"] / model.num_parameters())

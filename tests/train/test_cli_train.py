@@ -23,6 +23,11 @@ def test_train_from_flags_saves_the_resolved_settings(prepared, tmp_path, capsys
     saved = json.loads((run / "train_config.json").read_text())
     assert saved["lr"] == 0.002 and saved["steps"] == 3 and saved["model"] == TINY
     assert (run / "checkpoints" / "step_00000003" / "manifest.json").is_file()
+    records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    peaks = [r["peak_memory_bytes"] for r in records if r.get("kind") == "train"]
+    # The process's peak resident set: at least the torch it imported (tens of MB).
+    assert peaks and all(isinstance(p, int) and p > 10 * 2**20 for p in peaks), peaks
+    assert peaks == sorted(peaks)  # a peak never goes down
 
 
 def test_a_config_file_with_a_flag_on_top(prepared, tmp_path, capsys):

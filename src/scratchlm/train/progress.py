@@ -223,6 +223,23 @@ def mfu(tokens_per_s: float | None, flops_per_token: float, peak: float | None) 
     return tokens_per_s * flops_per_token / peak
 
 
+def peak_memory_bytes(device: torch.device | str) -> int | None:
+    """The most memory this run has held so far: on a GPU, what torch allocated on it at
+    the peak; elsewhere the process's peak resident set (VmHWM of /proc/self/status, so
+    Linux only). None where neither is known. Logged with each training record."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024  # the file counts kB
+    except OSError:  # not Linux: no /proc
+        return None
+    return None
+
+
 class Throughput:
     """Tokens per second over the last ``window`` steps, not counting paused time.
 

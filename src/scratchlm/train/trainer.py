@@ -48,7 +48,7 @@ from scratchlm.train.evaluate import draw_samples, evaluate
 from scratchlm.train.guard import DivergenceGuard
 from scratchlm.train.optim import build_optimizer, clip_grad_norm
 from scratchlm.train.parallel import gather_to_cpu, scatter_from_cpu, wrap_for_training
-from scratchlm.train.progress import Progress, mfu, peak_flops
+from scratchlm.train.progress import Progress, mfu, peak_flops, peak_memory_bytes
 from scratchlm.train.run_log import RunLog
 from scratchlm.train.runtime import (
     LossModule,
@@ -379,7 +379,13 @@ class Trainer:
             self.state.step, loss=loss, lr=lr, grad_norm=grad_norm, tokens_per_s=tps, mfu=util
         )
         self.run_log.record(
-            kind="train", loss=loss, lr=lr, grad_norm=grad_norm, tokens_per_s=tps, mfu=util
+            kind="train",
+            loss=loss,
+            lr=lr,
+            grad_norm=grad_norm,
+            tokens_per_s=tps,
+            mfu=util,
+            peak_memory_bytes=peak_memory_bytes(self.device),
         )
         if not self.run_log.bar_enabled and self.dist.is_main:
             log.info("step %d/%d loss %.4f lr %.2e", self.state.step, self.total, loss, lr)

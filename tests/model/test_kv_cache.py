@@ -42,6 +42,7 @@ CASES = {
     "shared_depth_cope": dict(shared_depth=3, n_layers=1, position="cope"),
     "mqa": dict(n_kv_heads=1),
     "mha_qk_norm": dict(n_kv_heads=4, qk_norm=True),
+    "speedrun_options": dict(ffn="relu2", logit_softcap=3.0, zero_init_proj=True),
     "gpt2_style": dict(norm="layernorm", ffn="gelu", position="learned", bias=True,
                        tie_embeddings=True),
 }  # fmt: skip

@@ -87,7 +87,7 @@ def test_cached_equals_uncached_for_the_tiny_preset():
 
 
 @pytest.mark.parametrize("in_place", [True, False])
-@pytest.mark.parametrize("case", ["rope", "gpt2_style", "mqa"])
+@pytest.mark.parametrize("case", ["rope", "gpt2_style", "mqa", "speedrun_options"])
 def test_decoding_a_prepared_model_equals_the_full_forward(case, in_place, monkeypatch, threads):
     # prepare_for_inference swaps in DecodeLinear (column-major copies, or shared weights
     # when not in place), whose few-row products take the split path (one block of

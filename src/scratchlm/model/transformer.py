@@ -5,8 +5,8 @@ Names follow Hugging Face's Llama (embed_tokens, layers.N.self_attn.q_proj, ...,
 lm_head), so export is close to a rename. Shapes: B batch, T new positions, S = past +
 T key slots, H query heads, Hkv key/value heads, D head_dim, V vocabulary. Variants
 (LayerNorm, DyT, GELU and ReLU^2 MLPs, CoPE, logit soft-capping) and the written-out
-reference kernels are in layers.py;
-the inference-only speed-ups in inference.py, which training never sees.
+reference kernels are in layers.py; the inference-only speed-ups in inference.py, which
+training never sees.
 
 Packed rows: ``segment_ids`` (B, T) splits each row into runs of equal ids (several
 conversations in one training row); a token attends only within its own segment, and

@@ -6,9 +6,13 @@ import dataclasses
 import json
 
 import pytest
+import torch
 
+from scratchlm.checkpoint import load_model, save_checkpoint
+from scratchlm.checkpoint.files import write_manifest
 from scratchlm.config import PRESETS, ModelConfig, preset
 from scratchlm.errors import ConfigError, ScratchLMError
+from scratchlm.model import TransformerLM
 
 
 def test_config_error_is_a_scratchlm_error():
@@ -31,7 +35,7 @@ def test_round_trip_keeps_every_non_default_field():
         vocab_size=300, context_length=40, d_model=48, n_layers=3, n_heads=6, n_kv_heads=2,
         d_ff=100, norm="layernorm", norm_eps=1e-6, ffn="gelu", position="learned",
         rope_theta=500.0, tie_embeddings=True, bias=True, qk_norm=True, shared_depth=2,
-        dropout=0.25, init_std=0.03,
+        dropout=0.25, init_std=0.03, zero_init_proj=True, logit_softcap=30.0,
     )  # fmt: skip
     back = ModelConfig.from_dict(json.loads(json.dumps(config.to_dict())))
     assert back == config
@@ -163,6 +167,38 @@ def test_a_config_json_from_before_the_derived_properties_loads_the_same_model(t
     loaded = ModelConfig.load(path)
     assert loaded.resolved() == preset("small").resolved()
     assert (loaded.kv_heads, loaded.ffn_dim) == (16, 1344)
+    # Fields added since (the speedrun options) take their defaults: the same model.
+    assert (loaded.ffn, loaded.zero_init_proj, loaded.logit_softcap) == ("swiglu", False, None)
+
+
+def test_a_checkpoint_saved_before_the_speedrun_options_still_loads(tmp_path):
+    model = TransformerLM(preset("tiny", vocab_size=40, context_length=16))
+    ckpt = save_checkpoint(model, None, 0, tmp_path / "ckpt")
+    path = ckpt / "config.json"
+    saved = json.loads(path.read_text(encoding="utf-8"))
+    for name in ("zero_init_proj", "logit_softcap"):
+        del saved["model"][name]  # as a checkpoint from before they existed
+    path.write_text(json.dumps(saved), encoding="utf-8")
+    write_manifest(ckpt)  # the edited file's new checksum
+    loaded, _ = load_model(ckpt)
+    assert loaded.config == model.config
+    ids = torch.randint(0, 40, (1, 16))
+    torch.testing.assert_close(loaded(ids), model.eval()(ids))
+
+
+def test_relu2_d_ff_default_is_four_times_d_model():
+    assert ModelConfig(d_model=96, n_heads=4, ffn="relu2").ffn_dim == 384
+
+
+@pytest.mark.parametrize("cap", [0, -1.0, float("nan"), float("inf"), "30", True])
+def test_logit_softcap_must_be_a_positive_number(cap):
+    with pytest.raises(ConfigError, match="logit_softcap"):
+        ModelConfig(logit_softcap=cap)
+
+
+def test_zero_init_proj_must_be_a_bool():
+    with pytest.raises(ConfigError, match="zero_init_proj"):
+        ModelConfig(zero_init_proj="yes")
 
 
 def test_null_derived_fields_round_trip_through_json():
@@ -215,7 +251,7 @@ def test_odd_head_dim_is_fine_without_rope(position):
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("norm", "batchnorm"), ("ffn", "relu2"), ("position", "alibi")],
+    [("norm", "batchnorm"), ("ffn", "geglu"), ("position", "alibi")],
 )
 def test_unknown_choice_names_the_value_and_the_options(field, value):
     with pytest.raises(ConfigError, match=value) as info:
@@ -224,7 +260,7 @@ def test_unknown_choice_names_the_value_and_the_options(field, value):
     assert field in message
     allowed = {
         "norm": ("rmsnorm", "layernorm", "dyt"),
-        "ffn": ("swiglu", "gelu"),
+        "ffn": ("swiglu", "gelu", "relu2"),
         "position": ("rope", "learned", "cope", "none"),
     }[field]
     for option in allowed:

@@ -14,7 +14,7 @@ from typing import Any
 from scratchlm.errors import ConfigError
 
 NORMS = ("rmsnorm", "layernorm", "dyt")
-FFNS = ("swiglu", "gelu")
+FFNS = ("swiglu", "gelu", "relu2")
 POSITIONS = ("rope", "learned", "cope", "none")
 
 
@@ -58,6 +58,12 @@ class ModelConfig:
     ``shared_depth`` R > 1 applies each of the ``n_layers`` blocks R times in a row, each
     application with its own learned residual scale (recursive depth: more compute, same
     weights).
+
+    Options of the speedrun recipes (modded-nanogpt, nanochat), all off by default:
+    ``ffn="relu2"`` (a two-matrix MLP with relu(x)^2, Primer), ``zero_init_proj`` (each
+    block's output projections, attention's o_proj and the MLP's down_proj, start at zero,
+    so every block starts as the identity) and ``logit_softcap`` (logits = cap *
+    tanh(logits / cap), in the forward pass and the fused loss alike).
     """
 
     vocab_size: int = 10_000
@@ -78,6 +84,8 @@ class ModelConfig:
     shared_depth: int = 1
     dropout: float = 0.0
     init_std: float = 0.02
+    zero_init_proj: bool = False
+    logit_softcap: float | None = None  # None: logits as they are
 
     def __post_init__(self) -> None:
         self.validate()
@@ -100,7 +108,7 @@ class ModelConfig:
             value = getattr(self, name)
             if not (_is_number(value) and math.isfinite(value)):
                 raise ConfigError(f"{name} must be a number, got {value!r}")
-        for name in ("tie_embeddings", "bias", "qk_norm"):
+        for name in ("tie_embeddings", "bias", "qk_norm", "zero_init_proj"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
         for name, allowed in (("norm", NORMS), ("ffn", FFNS), ("position", POSITIONS)):
@@ -108,6 +116,11 @@ class ModelConfig:
                 raise ConfigError(
                     f"{name}={getattr(self, name)!r} is not one of {', '.join(allowed)}"
                 )
+        cap = self.logit_softcap
+        if cap is not None and not (_is_number(cap) and math.isfinite(cap) and cap > 0):
+            raise ConfigError(
+                f"logit_softcap must be a positive number, or null for none; got {cap!r}"
+            )
         if self.d_model % self.n_heads:
             raise ConfigError(
                 f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}: "
@@ -152,7 +165,8 @@ class ModelConfig:
     @property
     def ffn_dim(self) -> int:
         """The MLP's hidden width: ``d_ff``, else 8/3 * d_model rounded down to a multiple
-        of 64 for SwiGLU (the parameter count of a 4x GELU MLP), 4 * d_model for GELU."""
+        of 64 for SwiGLU (the parameter count of a 4x GELU MLP), 4 * d_model for the
+        two-matrix MLPs (GELU, ReLU^2)."""
         if self.d_ff is not None:
             return self.d_ff
         if self.ffn == "swiglu":

@@ -285,6 +285,8 @@ def test_q8_0_logits_close_and_greedy_continuation_equal(tmp_path, tokenizer, tr
         (dict(qk_norm=True), "qk_norm=True"),
         (dict(shared_depth=2), "shared_depth=2"),
         (dict(bias=True), "bias=True"),
+        (dict(ffn="relu2"), "ffn='relu2'"),
+        (dict(logit_softcap=30.0), "logit_softcap=30.0"),
     ],
 )
 def test_unrepresentable_llama_options_are_refused_by_name(tmp_path, tokenizer, overrides, named):
@@ -294,6 +296,35 @@ def test_unrepresentable_llama_options_are_refused_by_name(tmp_path, tokenizer, 
     with pytest.raises(ConfigError, match=named.replace("(", r"\(")) as e:
         to_gguf(model, tokenizer, tmp_path / "m.gguf")
     assert "\n" not in str(e.value) and not (tmp_path / "m.gguf").exists()
+
+
+def test_soft_capped_gpt2_is_refused(tmp_path, tokenizer):
+    config = preset("gpt2-classic", vocab_size=ROWS, d_model=32, n_layers=1, n_heads=2)
+    with pytest.raises(ConfigError, match=r"logit_softcap=30\.0"):
+        to_gguf(TransformerLM(config.replace(logit_softcap=30.0)), tokenizer, tmp_path / "m.gguf")
+
+
+def test_zero_init_proj_exports_exactly(tmp_path, tokenizer, one_thread):
+    # Only initialisation changes: the (randomised) weights go out and back bit for bit,
+    # and transformers computes the same logits.
+    ours = _llama(False, zero_init_proj=True)
+    path = to_gguf(ours, tokenizer, tmp_path / "m.gguf")
+    back, _ = from_gguf(path)
+    a, b = ours.state_dict(), back.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    hf, _ = _hf(path)
+    ids = _ids(tokenizer)
+    with torch.no_grad():
+        assert (ours(ids) - hf(ids).logits).abs().max().item() <= TOL
+
+
+def test_cli_refuses_a_relu2_model_in_one_line(tmp_path, tokenizer, capsys):
+    ckpt = save_checkpoint(_llama(True, ffn="relu2"), None, 0, tmp_path / "c",
+                           tokenizer=tokenizer)  # fmt: skip
+    assert main(["export", "gguf", str(ckpt), str(tmp_path / "m.gguf")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("scratchlm: error: ") and err.count("\n") == 1
+    assert "ffn='relu2' (Llama needs 'swiglu')" in err and not (tmp_path / "m.gguf").exists()
 
 
 def test_gpt2_with_grouped_query_attention_is_refused(tmp_path, tokenizer):

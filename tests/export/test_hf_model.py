@@ -20,6 +20,8 @@ pytest.importorskip("tokenizers")
 
 from safetensors.torch import load_file, save_file  # noqa: E402
 
+from scratchlm.checkpoint import save_checkpoint  # noqa: E402
+from scratchlm.cli import main  # noqa: E402
 from scratchlm.config import ModelConfig, preset  # noqa: E402
 from scratchlm.errors import ConfigError, OutputExistsError, ScratchLMError  # noqa: E402
 from scratchlm.export import from_hf, to_hf  # noqa: E402
@@ -346,6 +348,8 @@ def test_generation_through_scratchlm_generate_matches_hf(tmp_path, tokenizer):
         (dict(bias=True), "bias"),
         (dict(norm="layernorm"), "norm='layernorm'"),
         (dict(ffn="gelu"), "ffn='gelu'"),
+        (dict(ffn="relu2"), "ffn='relu2'"),
+        (dict(logit_softcap=30.0), "logit_softcap=30.0"),
     ],
 )
 def test_llama_family_options_hf_cannot_represent_are_refused(tmp_path, overrides, named):
@@ -365,12 +369,31 @@ def test_llama_family_options_hf_cannot_represent_are_refused(tmp_path, override
         (dict(ffn="swiglu"), "ffn='swiglu'"),
         (dict(norm="dyt"), "norm='dyt'"),
         (dict(qk_norm=True), "qk_norm"),
+        (dict(ffn="relu2"), "ffn='relu2'"),
+        (dict(logit_softcap=30.0), "logit_softcap=30.0"),
     ],
 )
 def test_gpt2_family_options_hf_cannot_represent_are_refused(tmp_path, overrides, named):
     model = TransformerLM(_ours_gpt2().config.replace(**overrides, d_ff=None))
     with pytest.raises(ConfigError, match=named):
         to_hf(model, None, tmp_path / "export")
+
+
+def test_zero_init_proj_changes_only_initialisation_and_exports(tmp_path, tokenizer):
+    # Trained (here: randomised) weights of a zero_init_proj model are a plain Llama's.
+    ours = _ours(tied=False, zero_init_proj=True)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(to_hf(ours, None, tmp_path / "x"))
+    assert _max_diff(ours, hf.eval(), _random_ids()) < TOL
+
+
+def test_cli_refuses_a_soft_capped_model_in_one_line(tmp_path, tokenizer, capsys):
+    model = TransformerLM(_ours(tied=False).config.replace(logit_softcap=15.0))
+    ckpt = save_checkpoint(model, None, 0, tmp_path / "ckpt", tokenizer=tokenizer)
+    assert main(["export", "hf", str(ckpt), str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("scratchlm: error: ") and err.count("\n") == 1
+    assert "logit_softcap=15.0 (Llama does not cap its logits)" in err
+    assert not (tmp_path / "out").exists()
 
 
 def test_existing_output_is_refused_unless_forced(tmp_path, tokenizer):

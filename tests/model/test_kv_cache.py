@@ -42,6 +42,7 @@ CASES = {
     "shared_depth_cope": dict(shared_depth=3, n_layers=1, position="cope"),
     "mqa": dict(n_kv_heads=1),
     "mha_qk_norm": dict(n_kv_heads=4, qk_norm=True),
+    "speedrun_options": dict(ffn="relu2", logit_softcap=3.0, zero_init_proj=True),
     "gpt2_style": dict(norm="layernorm", ffn="gelu", position="learned", bias=True,
                        tie_embeddings=True),
 }  # fmt: skip
@@ -86,7 +87,7 @@ def test_cached_equals_uncached_for_the_tiny_preset():
 
 
 @pytest.mark.parametrize("in_place", [True, False])
-@pytest.mark.parametrize("case", ["rope", "gpt2_style", "mqa"])
+@pytest.mark.parametrize("case", ["rope", "gpt2_style", "mqa", "speedrun_options"])
 def test_decoding_a_prepared_model_equals_the_full_forward(case, in_place, monkeypatch, threads):
     # prepare_for_inference swaps in DecodeLinear (column-major copies, or shared weights
     # when not in place), whose few-row products take the split path (one block of

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from scratchlm.config import preset
 from scratchlm.errors import DataError
 from scratchlm.model import TransformerLM
+from scratchlm.model.layers import softcap
 from scratchlm.model.loss import bits_per_byte, cross_entropy, linear_cross_entropy
 
 
@@ -93,11 +94,47 @@ def test_linear_cross_entropy_without_gradients_still_gives_the_loss():
     torch.testing.assert_close(got, F.cross_entropy(h @ w.t(), targets))
 
 
-@pytest.mark.parametrize("tie", [False, True])
-def test_model_loss_equals_cross_entropy_of_its_logits(tie):
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("chunk", [4, 64])
+def test_linear_cross_entropy_with_a_softcap_matches_the_capped_logits(chunk, reduction):
+    # Logits of order 10 against a cap of 3: the cap bends them hard, so a gradient
+    # missing the tanh's derivative would be far off.
+    gen = torch.Generator().manual_seed(chunk)
+    h = torch.randn(11, 6, generator=gen, dtype=torch.float64, requires_grad=True)
+    w = (4 * torch.randn(9, 6, generator=gen, dtype=torch.float64)).requires_grad_()
+    targets = torch.randint(0, 9, (11,), generator=gen)
+    targets[::4] = -100
+    capped = 3.0 * torch.tanh((h @ w.t()) / 3.0)
+    assert capped.abs().max() < 3.0 < (h @ w.t()).abs().max()
+    expected = F.cross_entropy(capped, targets, ignore_index=-100, reduction=reduction)
+    grad_h, grad_w = torch.autograd.grad(expected * 1.5, (h, w))
+    got = linear_cross_entropy(h, w, targets, chunk_size=chunk, reduction=reduction, softcap=3.0)
+    got_h, got_w = torch.autograd.grad(got * 1.5, (h, w))
+    torch.testing.assert_close(got, expected)
+    torch.testing.assert_close(got_h, grad_h)
+    torch.testing.assert_close(got_w, grad_w)
+    uncapped = F.cross_entropy(h @ w.t(), targets, ignore_index=-100, reduction=reduction)
+    assert abs(got.item() - uncapped.item()) > 0.1  # the cap changed the loss
+
+
+def test_softcap_bounds_logits_and_is_near_identity_for_small_ones():
+    x = torch.tensor([-1e4, -30.0, -0.01, 0.0, 0.01, 30.0, 1e4])
+    y = softcap(x, 15.0)
+    assert y.abs().max() <= 15.0 and torch.equal(y.sign(), x.sign())
+    torch.testing.assert_close(y[2:5], x[2:5], rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("tie, cap", [(False, None), (True, None), (False, 2.0)])
+def test_model_loss_equals_cross_entropy_of_its_logits(tie, cap):
     torch.manual_seed(0)
-    model = TransformerLM(preset("tiny", vocab_size=50, context_length=16, tie_embeddings=tie))
+    config = preset(
+        "tiny", vocab_size=50, context_length=16, tie_embeddings=tie, logit_softcap=cap,
+        init_std=0.3 if cap else 0.02,  # with the cap: logits big enough for it to bend
+    )  # fmt: skip
+    model = TransformerLM(config)
     ids = torch.randint(0, 50, (2, 16))
+    if cap:  # the raw logits reach past the cap, so capping changes them
+        assert model.lm_head(model.hidden_states(ids)).abs().max() > 1.5 * cap
     targets = torch.roll(ids, -1, dims=1)
     targets[:, -1] = -100
     expected = F.cross_entropy(model(ids).reshape(-1, 50), targets.reshape(-1))

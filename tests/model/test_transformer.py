@@ -51,6 +51,10 @@ OPTIONS = [
     dict(n_kv_heads=4),
     dict(dropout=0.1),
     dict(d_ff=40),
+    dict(ffn="relu2"),
+    dict(ffn="relu2", bias=True),
+    dict(zero_init_proj=True),
+    dict(logit_softcap=5.0),
     # GPT-2 classic in miniature.
     dict(norm="layernorm", ffn="gelu", position="learned", bias=True, tie_embeddings=True),
 ]
@@ -108,7 +112,13 @@ def test_last_only():
 
 @pytest.mark.parametrize(
     "overrides",
-    [dict(), dict(qk_norm=True, n_kv_heads=1), dict(position="learned"), dict(ffn="gelu")],
+    [
+        dict(),
+        dict(qk_norm=True, n_kv_heads=1),
+        dict(position="learned"),
+        dict(ffn="gelu"),
+        dict(ffn="relu2"),
+    ],
 )
 def test_reference_kernels_give_the_same_logits_and_gradients(overrides):
     # The written-out attention, SiLU and GELU (layers.py) against torch's fused kernels.
@@ -350,6 +360,49 @@ def test_residual_projections_start_smaller():
         assert o_std == pytest.approx(expected_residual, rel=0.1)
         assert down_std == pytest.approx(expected_residual, rel=0.1)
         assert layer.mlp.up_proj.weight.std().item() == pytest.approx(config.init_std, rel=0.1)
+
+
+def test_zero_init_proj_starts_each_block_as_the_identity():
+    config = make_config(zero_init_proj=True, ffn="relu2")
+    torch.manual_seed(0)
+    model = TransformerLM(config)  # as built: make_model would randomise the zeros
+    for layer in model.layers:
+        assert not layer.self_attn.o_proj.weight.any()
+        assert not layer.mlp.down_proj.weight.any()
+        assert layer.self_attn.q_proj.weight.std() > 0.5 * config.init_std  # only those two
+        assert layer.mlp.up_proj.weight.std() > 0.5 * config.init_std
+    # Every block adds nothing yet: the logits are those of the embeddings alone.
+    ids = random_ids(config, 2, 9)
+    logits = model(ids)
+    assert_close(logits, model.lm_head(model.norm(model.embed_tokens(ids))))
+    # ...but the zeroed projections get a gradient, so training moves them first.
+    logits.logsumexp(-1).sum().backward()
+    for layer in model.layers:
+        assert layer.self_attn.o_proj.weight.grad.abs().sum() > 0
+        assert layer.mlp.down_proj.weight.grad.abs().sum() > 0
+
+
+def test_relu2_mlp_is_down_of_squared_relu_of_up():
+    config = make_config(ffn="relu2")
+    model = make_model(config)
+    mlp = model.layers[0].mlp
+    assert not hasattr(mlp, "gate_proj") and mlp.up_proj.out_features == 4 * config.d_model
+    x = torch.randn(3, config.d_model)
+    up = x @ mlp.up_proj.weight.t()
+    expected = (torch.where(up > 0, up, 0.0) ** 2) @ mlp.down_proj.weight.t()
+    assert_close(mlp(x), expected)
+
+
+def test_logit_softcap_caps_the_logits_of_the_same_weights():
+    config = make_config(init_std=0.5)
+    model = make_model(config)
+    capped = TransformerLM(config.replace(logit_softcap=2.0)).eval()
+    capped.load_state_dict(model.state_dict())
+    ids = random_ids(config, 2, 9)
+    raw = model(ids)
+    assert raw.abs().max() > 4.0  # big enough for the cap to bend them
+    assert_close(capped(ids), 2.0 * torch.tanh(raw / 2.0))
+    assert capped(ids).abs().max() < 2.0
 
 
 def test_loss_falls_on_a_repeated_sequence():

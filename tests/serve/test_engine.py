@@ -150,6 +150,31 @@ def test_seeded_sampling_is_the_same_alone_and_in_a_batch(model, tok) -> None:
     assert differs != got
 
 
+def test_a_soft_capped_model_samples_what_generate_ids_samples(model, tok) -> None:
+    """logit_softcap lives in the model's forward pass, which the engine calls: seeded
+    samples and log-probabilities follow the capped logits, as generate_ids' do."""
+    capped = TransformerLM(model.config.replace(logit_softcap=1.5)).eval()
+    capped.load_state_dict(model.state_dict())
+    settings = SampleConfig(temperature=1.0, max_new_tokens=25, seed=3)
+    prompt = tok.encode(PROMPTS[2])
+    alone = reference(capped, prompt, settings)
+    assert alone != reference(model, prompt, settings)  # the cap changes what is sampled
+    req = GenerationRequest(tuple(prompt), settings, logprobs=1)
+    with Engine(capped, tok, max_batch=2, prefill_chunk=4) as engine:
+        noise = engine.submit(request(tok, PROMPTS[0], greedy(10)))
+        *events, _ = list(engine.submit(req))
+        collect(noise)
+    assert [e.token_id for e in events] == alone
+    with torch.no_grad():
+        logits = capped(torch.tensor([prompt + alone[:-1]]))[0, len(prompt) - 1 :]  # (25, V)
+    assert logits.abs().max() < 1.5
+    logp = torch.log_softmax(logits, dim=-1)
+    got = [e.logprob.logprob for e in events]
+    assert got == pytest.approx(
+        logp.gather(1, torch.tensor(alone)[:, None])[:, 0].tolist(), abs=1e-4
+    )
+
+
 # --- how requests end -------------------------------------------------------------------
 
 

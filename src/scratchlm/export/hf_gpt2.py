@@ -86,6 +86,8 @@ def unsupported(c: ModelConfig) -> list[str]:
         problems.append("qk_norm=True (GPT-2 has no QK-norm)")
     if c.shared_depth > 1:
         problems.append(f"shared_depth={c.shared_depth} (GPT-2 applies each block once)")
+    if c.logit_softcap is not None:
+        problems.append(f"logit_softcap={c.logit_softcap} (GPT-2 does not cap its logits)")
     return problems
 
 

@@ -54,6 +54,8 @@ def unsupported(c: ModelConfig) -> list[str]:
         problems.append("qk_norm=True (Llama has no QK-norm)")
     if c.shared_depth > 1:
         problems.append(f"shared_depth={c.shared_depth} (Llama applies each block once)")
+    if c.logit_softcap is not None:
+        problems.append(f"logit_softcap={c.logit_softcap} (Llama does not cap its logits)")
     return problems
 
 

@@ -4,10 +4,11 @@ defaults, each behind the same signature as what it replaces.
 
 - Primitives: ``Linear`` (a plain row-major (out, in) weight) and ``Embedding``.
 - Reference kernels: ``softmax``, ``silu``, ``gelu``, ``scaled_dot_product_attention``,
-  the textbook formulas. The model runs them with ``impl="reference"``; by default it
-  runs torch's fused kernels for the same math (tests/model prove they agree).
-- Variants: ``LayerNorm`` and ``DyT`` (for RMSNorm), ``GeluMLP`` (for SwiGLU), ``CoPE``
-  (for RoPE).
+  the textbook formulas, and ``softcap`` (logit soft-capping). The model runs them with
+  ``impl="reference"``; by default it runs torch's fused kernels for the same math
+  (tests/model prove they agree).
+- Variants: ``LayerNorm`` and ``DyT`` (for RMSNorm), ``GeluMLP`` and ``ReLU2MLP`` (for
+  SwiGLU), ``CoPE`` (for RoPE).
 
 Inference-only speed-ups (the thread-split product, int8) are not here: they are
 swapped in by ``model.inference.prepare_for_inference``, so training never sees them.
@@ -91,6 +92,12 @@ def gelu(x: Tensor) -> Tensor:
     return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x.pow(3))))
 
 
+def softcap(logits: Tensor, cap: float) -> Tensor:
+    """cap * tanh(logits / cap) (Gemma 2, modded-nanogpt): close to the identity for small
+    logits, never beyond +-cap, so no logit can grow without bound. Any shape."""
+    return cap * torch.tanh(logits / cap)
+
+
 def scaled_dot_product_attention(
     q: Tensor,
     k: Tensor,
@@ -150,7 +157,7 @@ class DyT(nn.Module):
         return self.weight * torch.tanh(self.alpha * x) + self.bias
 
 
-# ------------------------------------------------------------------ MLP variant
+# ------------------------------------------------------------------ MLP variants
 
 
 class GeluMLP(nn.Module):
@@ -166,6 +173,22 @@ class GeluMLP(nn.Module):
     def forward(self, x: Tensor) -> Tensor:  # (..., d_model) -> (..., d_model)
         h = self.up_proj(x)  # (..., d_ff)
         h = gelu(h) if self.impl == "reference" else F.gelu(h, approximate="tanh")
+        return self.down_proj(h)
+
+
+class ReLU2MLP(nn.Module):
+    """down(relu(up(x))^2), the squared-ReLU MLP of Primer (So et al., 2021), as in
+    modded-nanogpt: two matrices like GELU's, a cheaper activation. ``impl`` is kept for
+    ``set_impl``; relu and a square are the same written out or fused."""
+
+    def __init__(self, d_model: int, d_ff: int, bias: bool = False, std: float = 0.02) -> None:
+        super().__init__()
+        self.up_proj = Linear(d_model, d_ff, bias, std)
+        self.down_proj = Linear(d_ff, d_model, bias, std)
+        self.impl = "fast"
+
+    def forward(self, x: Tensor) -> Tensor:  # (..., d_model) -> (..., d_model)
+        h = F.relu(self.up_proj(x)).square()  # (..., d_ff)
         return self.down_proj(h)
 
 

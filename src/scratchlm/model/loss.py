@@ -11,9 +11,11 @@ a vocabulary of V it never builds the (N, V) logits at once: it works through ch
 rows, and while a chunk's logits are at hand it also computes their gradient, which for
 cross-entropy is simply (softmax - one_hot) / N (without the / N for a sum). Backward
 then only scales the gradients it saved. Same numbers as ``cross_entropy(hidden @
-weight.T)`` (a test proves it). What it saves is memory: only one chunk's logits and
-their gradient exist at a time, never the (N, V) of a whole batch; the figures are in
-docs/benchmarks.md (bench/bench_model.py, table 2).
+weight.T)`` (a test proves it). With ``softcap`` the logits are soft-capped first,
+cap * tanh(z / cap) as the model's forward pass does, and the chain rule multiplies the
+gradient by the cap's derivative, 1 - tanh(z / cap)^2. What it saves is memory: only one
+chunk's logits and their gradient exist at a time, never the (N, V) of a whole batch; the
+figures are in docs/benchmarks.md (bench/bench_model.py, table 2).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import torch
 from torch import Tensor
 
 from scratchlm.errors import DataError
+from scratchlm.model.layers import softcap as soft_cap
 
 IGNORE_INDEX = -100
 REDUCTIONS = ("mean", "sum")
@@ -64,9 +67,10 @@ def linear_cross_entropy(
     ignore_index: int = IGNORE_INDEX,
     chunk_size: int = 1024,
     reduction: str = "mean",
+    softcap: float | None = None,
 ) -> Tensor:
     """``cross_entropy(hidden @ weight.T, targets, reduction=...)`` without materialising
-    all logits.
+    all logits; with ``softcap``, ``cross_entropy(softcap(hidden @ weight.T, cap), ...)``.
 
     hidden (..., d), weight (V, d) (the output projection), targets (...) long.
     reduction: "mean" over the kept targets, or "sum". Returns a scalar, differentiable
@@ -75,7 +79,9 @@ def linear_cross_entropy(
     _check_reduction(reduction)
     h = hidden.reshape(-1, hidden.shape[-1])  # (N, d)
     targets = targets.reshape(-1)  # (N,)
-    return _LinearCrossEntropy.apply(h, weight, targets, ignore_index, chunk_size, reduction)
+    return _LinearCrossEntropy.apply(
+        h, weight, targets, ignore_index, chunk_size, reduction, softcap
+    )
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
@@ -83,7 +89,14 @@ class _LinearCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        ctx, h: Tensor, weight: Tensor, targets: Tensor, ignore_index: int, chunk: int, reduction
+        ctx,
+        h: Tensor,
+        weight: Tensor,
+        targets: Tensor,
+        ignore_index: int,
+        chunk: int,
+        reduction: str,
+        cap: float | None,
     ):
         ctx.weight_dtype = weight.dtype
         n_valid = int((targets != ignore_index).sum())  # one host sync per call
@@ -108,6 +121,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 continue
             logits = hc @ weight.t()  # (C, V)
             logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # f32 at least
+            if cap is not None:
+                raw = logits
+                logits = soft_cap(raw, cap)  # (C, V)
             logsumexp = torch.logsumexp(logits, dim=-1)  # (C,)
             picked = logits.gather(1, tc[:, None]).squeeze(1)  # (C,)
             total += (logsumexp - picked).sum()
@@ -116,6 +132,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
             # d(loss)/d(logits) = (softmax - one_hot) / divisor, built in place.
             grad = logits.sub_(logsumexp[:, None]).exp_()
             grad.scatter_add_(1, tc[:, None], torch.full_like(picked, -1.0)[:, None])
+            if cap is not None:  # chain rule through cap * tanh(z / cap): 1 - tanh^2
+                grad.mul_(raw.div_(cap).tanh_().square_().neg_().add_(1.0))
             grad = grad.div_(divisor).to(hc.dtype)  # (C, V)
             if want_h:
                 grad_h[start : start + chunk][rows] = (grad @ weight).to(h.dtype)
@@ -131,7 +149,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         grad_h, grad_w = ctx.saved_tensors
         dh = grad_h * grad_loss if grad_h is not None else None
         dw = (grad_w * grad_loss).to(ctx.weight_dtype) if grad_w is not None else None
-        return dh, dw, None, None, None, None
+        return dh, dw, None, None, None, None, None
 
 
 def bits_per_byte(loss: float, bytes_per_token: float) -> float:

@@ -4,8 +4,9 @@ In order: norm -> rope -> attention -> MLP -> block -> model (docs/model.md walk
 Names follow Hugging Face's Llama (embed_tokens, layers.N.self_attn.q_proj, ..., norm,
 lm_head), so export is close to a rename. Shapes: B batch, T new positions, S = past +
 T key slots, H query heads, Hkv key/value heads, D head_dim, V vocabulary. Variants
-(LayerNorm, DyT, GELU MLP, CoPE) and the written-out reference kernels are in layers.py;
-the inference-only speed-ups in inference.py, which training never sees.
+(LayerNorm, DyT, GELU and ReLU^2 MLPs, CoPE, logit soft-capping) and the written-out
+reference kernels are in layers.py; the inference-only speed-ups in inference.py, which
+training never sees.
 
 Packed rows: ``segment_ids`` (B, T) splits each row into runs of equal ids (several
 conversations in one training row); a token attends only within its own segment, and
@@ -31,8 +32,10 @@ from scratchlm.model.layers import (
     GeluMLP,
     LayerNorm,
     Linear,
+    ReLU2MLP,
     scaled_dot_product_attention,
     silu,
+    softcap,
     softmax,
 )
 from scratchlm.model.loss import linear_cross_entropy
@@ -246,9 +249,12 @@ class TransformerBlock(nn.Module):
         self.input_layernorm = make_norm(c.norm, c.d_model, c.norm_eps, c.bias)
         self.self_attn = MultiHeadSelfAttention(c, residual_std)
         self.post_attention_layernorm = make_norm(c.norm, c.d_model, c.norm_eps, c.bias)
-        mlp = SwiGLU if c.ffn == "swiglu" else GeluMLP
+        mlp = {"swiglu": SwiGLU, "gelu": GeluMLP, "relu2": ReLU2MLP}[c.ffn]
         self.mlp = mlp(c.d_model, c.ffn_dim, c.bias, c.init_std)
         self.mlp.down_proj.reset_parameters(residual_std)
+        if c.zero_init_proj:  # each block starts as the identity; only init changes
+            nn.init.zeros_(self.self_attn.o_proj.weight)
+            nn.init.zeros_(self.mlp.down_proj.weight)
         self.dropout = nn.Dropout(c.dropout)
 
     def forward(
@@ -308,7 +314,9 @@ class TransformerLM(nn.Module):
         x = self.hidden_states(ids, cache, positions, attention_mask, segment_ids)
         if last_only:
             x = x[:, -1:]  # (B, 1, d_model)
-        return self.lm_head(x)  # (B, T or 1, V)
+        logits = self.lm_head(x)  # (B, T or 1, V)
+        cap = self.config.logit_softcap
+        return logits if cap is None else softcap(logits, cap)
 
     def loss(
         self,
@@ -325,7 +333,10 @@ class TransformerLM(nn.Module):
         hidden = self.hidden_states(
             ids, attention_mask=attention_mask, segment_ids=segment_ids
         )  # (B, T, d_model)
-        return linear_cross_entropy(hidden, self.lm_head.weight, targets, reduction=reduction)
+        return linear_cross_entropy(
+            hidden, self.lm_head.weight, targets, reduction=reduction,
+            softcap=self.config.logit_softcap,
+        )  # fmt: skip
 
     def hidden_states(
         self,

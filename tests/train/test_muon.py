@@ -230,6 +230,9 @@ def test_muon_on_two_gloo_processes_matches_one_process(prepared, tmp_path):
     assert one.returncode == 0, one.stderr
     two = subprocess.run(ddp, env=ENV, capture_output=True, text=True, timeout=300)
     assert two.returncode == 0, two.stderr[-3000:]
+    for run in ("one", "two"):
+        saved = json.loads((tmp_path / run / "train_config.json").read_text())
+        assert saved["optimizer"] == "muon"
     a, b = _losses(tmp_path / "one"), _losses(tmp_path / "two")
     assert sorted(a) == sorted(b) == list(range(1, 9))
     assert [b[s] for s in a] == pytest.approx([a[s] for s in a], rel=1e-5)

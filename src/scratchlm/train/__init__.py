@@ -3,6 +3,7 @@
 from scratchlm.model.loss import bits_per_byte, cross_entropy, linear_cross_entropy
 from scratchlm.train.config import TrainConfig
 from scratchlm.train.metrics import MetricsLog, read_metrics
+from scratchlm.train.muon import Muon, newton_schulz
 from scratchlm.train.optim import SGD, AdamW, build_optimizer, clip_grad_norm, param_groups
 from scratchlm.train.plot import plot_run
 from scratchlm.train.progress import Progress, Throughput, mfu, peak_flops
@@ -14,6 +15,7 @@ __all__ = [
     "SGD",
     "AdamW",
     "MetricsLog",
+    "Muon",
     "Progress",
     "Throughput",
     "TrainConfig",
@@ -29,6 +31,7 @@ __all__ = [
     "linear_cross_entropy",
     "lr_schedule",
     "mfu",
+    "newton_schulz",
     "param_groups",
     "peak_flops",
     "plot_run",

@@ -23,7 +23,7 @@ from scratchlm.errors import ConfigError
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 SCHEDULES = ("cosine", "linear", "constant")
-OPTIMIZERS = ("adamw", "sgd")
+OPTIMIZERS = ("adamw", "sgd", "muon")
 PHASES = ("pretrain", "sft")
 
 DEFAULT_PROMPTS = ("The", "Water", "In the")
@@ -99,8 +99,15 @@ class TrainConfig:
     grad_accum: int = setting(1, "micro-batches per update")
     context_length: int = setting(0, "tokens per window (0 = the preset's)")
 
-    optimizer: str = setting("adamw", "adamw or sgd")
-    lr: float = setting(1e-3, "peak learning rate")
+    optimizer: str = setting(
+        "adamw",
+        "adamw, sgd or muon (Muon for the hidden layers' matrices at --muon-lr, AdamW at "
+        "--lr for embeddings, the output layer, norms and biases)",
+    )
+    lr: float = setting(1e-3, "peak learning rate (with muon: of the AdamW parameters)")
+    muon_lr: float = setting(
+        0.02, "peak learning rate of the matrices Muon steps (--optimizer muon only)"
+    )
     min_lr: float | None = setting(None, "final learning rate (default: lr / 10)")
     schedule: str = setting("cosine", "cosine, linear or constant, after a linear warmup")
     warmup_steps: int | None = setting(
@@ -189,6 +196,13 @@ class TrainConfig:
             raise ConfigError(f"log_every must be >= 1, got {self.log_every}")
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise ConfigError(f"lr must be a positive number, got {self.lr}")
+        if not (math.isfinite(self.muon_lr) and self.muon_lr > 0):
+            raise ConfigError(f"muon_lr must be a positive number, got {self.muon_lr}")
+        if self.optimizer == "muon" and self.fsdp:
+            raise ConfigError(
+                "--optimizer muon does not work with --fsdp (Muon orthogonalises whole "
+                "matrices; a shard holds a slice): train with DDP (no --fsdp) or adamw"
+            )
         if self.min_lr is not None and not 0 <= self.min_lr <= self.lr:
             raise ConfigError(f"min_lr must be in [0, lr={self.lr}], got {self.min_lr}")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):

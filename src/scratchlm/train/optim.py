@@ -24,6 +24,7 @@ from scratchlm.errors import ConfigError
 from scratchlm.model.layers import Embedding as ScratchEmbedding
 from scratchlm.model.layers import Linear as ScratchLinear
 from scratchlm.train.config import OPTIMIZERS, TrainConfig
+from scratchlm.train.muon import Muon
 
 
 def _check_nonnegative(name: str, value: float) -> None:
@@ -216,6 +217,30 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     ]
 
 
+def muon_param_groups(
+    model: nn.Module, weight_decay: float, lr_ratio: float
+) -> list[dict[str, Any]]:
+    """Three groups for ``Muon``: ``[muon, adamw_decay, adamw_no_decay]``.
+
+    Muon: the hidden layers' matrices, i.e. the decayed Linear weights of
+    ``param_groups`` except the output layer (``model.lm_head``, whose rows are one per
+    token like an embedding's). AdamW: the output layer (decayed, unless it is tied to
+    the embedding) and everything ``param_groups`` does not decay (embeddings, norms,
+    biases). The Muon group steps at ``lr * lr_ratio``.
+    """
+    decay, no_decay = param_groups(model, weight_decay)
+    head = getattr(model, "lm_head", None)
+    head_weight = id(head.weight) if head is not None else None
+    matrices = [p for p in decay["params"] if id(p) != head_weight and p.dim() == 2]
+    taken = {id(p) for p in matrices}
+    rest = [p for p in decay["params"] if id(p) not in taken]
+    return [
+        {"params": matrices, "weight_decay": weight_decay, "use_muon": True, "lr_ratio": lr_ratio},
+        {"params": rest, "weight_decay": weight_decay, "use_muon": False},
+        {**no_decay, "use_muon": False},
+    ]
+
+
 def fused_adamw_supported(params: Iterable[Tensor]) -> bool:
     """Whether ``torch.optim.AdamW(fused=True)`` can step these parameters.
 
@@ -241,8 +266,10 @@ def fused_adamw_supported(params: Iterable[Tensor]) -> bool:
 def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     """The run's optimizer over ``param_groups(model, config.weight_decay)``.
 
-    ``config.optimizer``: "adamw" or "sgd" (plain SGD at ``lr`` with L2 ``weight_decay``;
-    betas and eps are not used). For "adamw", ``config.fused`` picks the implementation:
+    ``config.optimizer``: "adamw", "sgd" (plain SGD at ``lr`` with L2 ``weight_decay``;
+    betas and eps are not used) or "muon" (``train.muon.Muon`` over
+    ``muon_param_groups``: the hidden matrices at ``muon_lr``, the rest with AdamW at
+    ``lr``; both follow the schedule). For "adamw", ``config.fused`` picks the implementation:
     None (default) uses ``torch.optim.AdamW(fused=True)`` when ``fused_adamw_supported``
     says the kernel exists for the parameters' devices and dtypes, else ``AdamW`` from this
     module; False forces ours; True forces torch's fused one (ConfigError if it is not
@@ -256,6 +283,12 @@ def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimi
     betas, eps = tuple(config.betas), config.eps
     if name not in OPTIMIZERS:
         raise ConfigError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
+    if name == "muon":
+        if fused:
+            raise ConfigError("fused=True applies to the adamw optimizer only, not muon")
+        _check_adamw_args(lr, betas, eps, weight_decay)
+        groups = muon_param_groups(model, weight_decay, lr_ratio=config.muon_lr / lr)
+        return Muon(groups, lr=lr, weight_decay=weight_decay, betas=betas, eps=eps)
     groups = param_groups(model, weight_decay)
     if name == "sgd":
         if fused:

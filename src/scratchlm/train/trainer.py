@@ -271,9 +271,15 @@ class Trainer:
         with bar:
             if budget:  # measure an evaluation's cost first: the reserve kept for the last
                 self._timed("eval", self._evaluate, bar)
+            finished = self.state.step if self.resume_from else -1  # evaluated and saved
             while self.state.step < self.total:
                 before = self.run_log.wall_time()
-                if budget and budget.spent(before):  # resumed with the budget already spent
+                if budget and self._rank0_says(budget.spent(before)):
+                    # Spent between steps (logging, a resume late in the budget): the
+                    # last step's evaluation and checkpoint, unless it had them.
+                    if finished != self.state.step:
+                        val = self._timed("eval", self._evaluate, bar)
+                        self._timed("checkpoint", self.save_checkpoint, val_loss=val)
                     break
                 t0 = self.clock()
                 done = self._train_step()
@@ -294,10 +300,12 @@ class Trainer:
                 if budget:
                     budget.step_seconds = seconds
                     after = self.run_log.wall_time()
-                    # Every process stops at the same step: rank 0's clock decides.
-                    at_end = self.dist.any(budget.spent(after) and self.dist.is_main, self.device)
                     eval_due = eval_due or budget.due("eval", before, after)
                     ckpt_due = ckpt_due or budget.due("checkpoint", before, after)
+                    # The last step when the next would not fit, counting the periodic
+                    # work due now: then that work is the final evaluation and checkpoint.
+                    work = budget.eval_seconds * eval_due + budget.checkpoint_seconds * ckpt_due
+                    at_end = self._rank0_says(budget.spent(after + work))
                 val, new_best = None, False
                 if eval_due or at_end:
                     val = self._timed("eval", self._evaluate, bar)
@@ -305,6 +313,7 @@ class Trainer:
                 signalled = self.dist.any(stop.name is not None, self.device)
                 if ckpt_due or at_end or signalled or new_best:
                     self._timed("checkpoint", self.save_checkpoint, val_loss=val)
+                    finished = self.state.step if val is not None else finished
                 if signalled:
                     where = f"at step {self.state.step}"
                     self.run_log.event(
@@ -314,6 +323,10 @@ class Trainer:
                 if at_end:
                     break
         return self._result()
+
+    def _rank0_says(self, flag: bool) -> bool:
+        """Rank 0's ``flag`` on every process: its clock decides where a budget ends."""
+        return self.dist.any(flag and self.dist.is_main, self.device)
 
     def _timed(self, kind: str, action: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """``action(*args, **kwargs)``, its duration recorded in a budgeted run's reserve."""

@@ -298,14 +298,9 @@ class Trainer:
                 eval_due = bool(eval_every and self.state.step % eval_every == 0)
                 ckpt_due = bool(ckpt_every and self.state.step % ckpt_every == 0)
                 if budget:
-                    budget.step_seconds = seconds
-                    after = self.run_log.wall_time()
-                    eval_due = eval_due or budget.due("eval", before, after)
-                    ckpt_due = ckpt_due or budget.due("checkpoint", before, after)
-                    # The last step when the next would not fit, counting the periodic
-                    # work due now: then that work is the final evaluation and checkpoint.
-                    work = budget.eval_seconds * eval_due + budget.checkpoint_seconds * ckpt_due
-                    at_end = self._rank0_says(budget.spent(after + work))
+                    eval_due, ckpt_due, at_end = self._budget_plan(
+                        budget, before, seconds, eval_due, ckpt_due
+                    )
                 val, new_best = None, False
                 if eval_due or at_end:
                     val = self._timed("eval", self._evaluate, bar)
@@ -313,7 +308,7 @@ class Trainer:
                 signalled = self.dist.any(stop.name is not None, self.device)
                 if ckpt_due or at_end or signalled or new_best:
                     self._timed("checkpoint", self.save_checkpoint, val_loss=val)
-                    finished = self.state.step if val is not None else finished
+                    finished = self.state.step if (eval_due or at_end) else finished
                 if signalled:
                     where = f"at step {self.state.step}"
                     self.run_log.event(
@@ -323,6 +318,21 @@ class Trainer:
                 if at_end:
                     break
         return self._result()
+
+    def _budget_plan(
+        self, budget: TimeBudget, before: float, seconds: float, eval_due: bool, ckpt_due: bool
+    ) -> tuple[bool, bool, bool]:
+        """After a step of a budgeted run that began at ``before`` (training seconds) and
+        took ``seconds``: whether to evaluate, to checkpoint, and whether it was the last.
+        Every process saves together (a barrier), so rank 0's clock decides all three."""
+        budget.step_seconds = seconds
+        after = self.run_log.wall_time()
+        eval_due = eval_due or self._rank0_says(budget.due("eval", before, after))
+        ckpt_due = ckpt_due or self._rank0_says(budget.due("checkpoint", before, after))
+        # The last step when the next would not fit, counting the periodic work due now:
+        # then that work is the final evaluation and checkpoint.
+        work = budget.eval_seconds * eval_due + budget.checkpoint_seconds * ckpt_due
+        return eval_due, ckpt_due, self._rank0_says(budget.spent(after + work))
 
     def _rank0_says(self, flag: bool) -> bool:
         """Rank 0's ``flag`` on every process: its clock decides where a budget ends."""

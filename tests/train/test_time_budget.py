@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+from train_helpers import ENV, train_command
 
 from scratchlm.checkpoint import read_train_state
 from scratchlm.cli import main
@@ -150,3 +153,24 @@ def test_a_resumed_run_counts_the_time_already_spent(tiny_config, tmp_path):
     # It ends about where the uninterrupted run ended (the resumed process measures
     # its evaluation again and pays for one more).
     assert abs(resumed.step - whole.step) <= 0.15 * whole.step
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_stop_a_budgeted_run_together(prepared, tmp_path):
+    """Rank 0's clock decides every evaluation, checkpoint and the last step: the other
+    process follows it (a disagreement would hang in a checkpoint's barrier)."""
+    budget = ["--time-budget", "6s", "--schedule", "wsd", "--eval-every", "0"]
+    command = train_command(prepared, tmp_path / "two", *budget)
+    at = command.index("--checkpoint-every")
+    del command[at : at + 2]  # the default: a checkpoint every fifth of the budget
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    two = subprocess.run(
+        [*torchrun, *command[1:]], env=ENV, capture_output=True, text=True, timeout=300
+    )
+    assert two.returncode == 0, two.stderr[-3000:]
+    records = _records(tmp_path / "two")
+    last = max(r["step"] for r in records if r["kind"] == "train")
+    checkpoints = sorted(p.name for p in (tmp_path / "two" / "checkpoints").glob("step_*"))
+    assert checkpoints[-1] == f"step_{last:08d}" and len(checkpoints) >= 2
+    state, _ = read_train_state(tmp_path / "two" / "checkpoints" / checkpoints[-1])
+    assert state["elapsed"] <= 6.0

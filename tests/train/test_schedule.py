@@ -8,7 +8,7 @@ import math
 import pytest
 
 from scratchlm.errors import ConfigError
-from scratchlm.train.schedule import get_lr_cosine_schedule, lr_schedule
+from scratchlm.train.schedule import get_lr_cosine_schedule, lr_schedule, wsd_schedule
 
 MAX, MIN = 1e-3, 1e-4
 
@@ -89,3 +89,49 @@ def test_textbook_cosine_edge_cases():
     assert get_lr_cosine_schedule(6, 1.0, 0.1, 5, 5) == 0.1
     with pytest.raises(ConfigError, match="cosine_cycle_iters"):
         get_lr_cosine_schedule(0, 1.0, 0.1, 10, 5)
+
+
+def wsd(p: float) -> float:
+    return wsd_schedule(p, max_lr=MAX, min_lr=MIN, warmup=0.1, decay_start=0.8)
+
+
+@pytest.mark.parametrize(
+    ("progress", "lr"),
+    [
+        (0.0, MIN),  # the warmup starts at min_lr: the first update learns
+        (0.05, (MIN + MAX) / 2),
+        (0.1, MAX),  # the stable phase
+        (0.5, MAX),
+        (0.8 - 1e-9, MAX),
+        (0.8, MAX),  # the decay starts at the peak
+        (0.9, (MIN + MAX) / 2),
+        (0.95, MIN + 0.25 * (MAX - MIN)),
+        (1.0, MIN),
+        (1.7, MIN),  # past the budget (a last step that ran over)
+    ],
+)
+def test_warmup_stable_decay_values(progress, lr):
+    assert wsd(progress) == pytest.approx(lr, rel=1e-9)
+
+
+def test_wsd_without_warmup_or_stable_phase():
+    assert wsd_schedule(0.0, max_lr=MAX, min_lr=MIN, warmup=0, decay_start=0.5) == MAX
+    no_stable = {"max_lr": MAX, "min_lr": MIN, "warmup": 0.2, "decay_start": 0.2}
+    assert wsd_schedule(0.2, **no_stable) == MAX
+    assert wsd_schedule(0.6, **no_stable) == pytest.approx((MIN + MAX) / 2)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"progress": -0.1}, "progress"),
+        ({"progress": math.nan}, "progress"),
+        ({"warmup": 0.9}, "warmup"),
+        ({"decay_start": 1.5}, "decay_start"),
+        ({"min_lr": 2 * MAX}, "min_lr"),
+    ],
+)
+def test_wsd_validates(kwargs, match):
+    args = {"progress": 0.5, "max_lr": MAX, "min_lr": MIN, "warmup": 0.1, "decay_start": 0.8}
+    with pytest.raises(ConfigError, match=match):
+        wsd_schedule(**{**args, **kwargs})

@@ -7,7 +7,7 @@ from scratchlm.train.muon import Muon, newton_schulz
 from scratchlm.train.optim import SGD, AdamW, build_optimizer, clip_grad_norm, param_groups
 from scratchlm.train.plot import plot_run
 from scratchlm.train.progress import Progress, Throughput, mfu, peak_flops
-from scratchlm.train.schedule import get_lr_cosine_schedule, lr_schedule
+from scratchlm.train.schedule import get_lr_cosine_schedule, lr_schedule, wsd_schedule
 from scratchlm.train.state import TrainResult, TrainState
 from scratchlm.train.trainer import Trainer, TrainingDiverged
 
@@ -36,4 +36,5 @@ __all__ = [
     "peak_flops",
     "plot_run",
     "read_metrics",
+    "wsd_schedule",
 ]

@@ -20,9 +20,10 @@ from typing import Any
 from scratchlm.atomic import atomic_write_text, naming_write_errors
 from scratchlm.config import PRESETS, ModelConfig, _known_fields, flag_info, preset, setting
 from scratchlm.errors import ConfigError
+from scratchlm.train.budget import parse_duration
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-SCHEDULES = ("cosine", "linear", "constant")
+SCHEDULES = ("cosine", "linear", "constant", "wsd")
 OPTIMIZERS = ("adamw", "sgd", "muon")
 PHASES = ("pretrain", "sft")
 
@@ -109,9 +110,20 @@ class TrainConfig:
         0.02, "peak learning rate of the matrices Muon steps (--optimizer muon only)"
     )
     min_lr: float | None = setting(None, "final learning rate (default: lr / 10)")
-    schedule: str = setting("cosine", "cosine, linear or constant, after a linear warmup")
+    schedule: str = setting(
+        "cosine", "cosine, linear or constant, after a linear warmup; wsd with --time-budget"
+    )
     warmup_steps: int | None = setting(
         None, "warmup updates (default: a tenth of the run, at most 100)"
+    )
+    time_budget: str = setting(
+        "",
+        "train for this wall-clock time (90s, 15m, 1h) instead of --steps, with --schedule "
+        "wsd; the final evaluation and checkpoint land inside it",
+    )
+    warmup_fraction: float = setting(0.05, "with --time-budget: share of it spent warming up")
+    decay_start: float = setting(
+        0.8, "with --time-budget: share of it after which the lr decays to --min-lr"
     )
     betas: tuple[float, float] = (0.9, 0.95)
     eps: float = 1e-8
@@ -216,6 +228,7 @@ class TrainConfig:
                 f"spike_factor must be > 1 and rollback_lr in (0, 1], got "
                 f"{self.spike_factor} and {self.rollback_lr}"
             )
+        self._validate_budget()
         if self.phase == "sft" and not self.init_from:
             raise ConfigError("instruction tuning starts from a pretrained model: pass --from")
         if not 0 < self.val_fraction < 1:
@@ -225,7 +238,33 @@ class TrainConfig:
         fields = ", ".join(f.name for f in dataclasses.fields(ModelConfig))
         _known_fields(ModelConfig, self.model, "model field", f" (the fields: {fields})")
 
+    def _validate_budget(self) -> None:
+        if not isinstance(self.time_budget, str):
+            raise ConfigError(
+                f'time_budget must be a duration such as "15m", got {self.time_budget!r}'
+            )
+        if not 0 <= self.warmup_fraction <= self.decay_start <= 1:
+            raise ConfigError(
+                "need 0 <= warmup_fraction <= decay_start <= 1, got "
+                f"warmup_fraction={self.warmup_fraction}, decay_start={self.decay_start}"
+            )
+        if self.time_budget:
+            parse_duration(self.time_budget)
+            if self.schedule != "wsd":
+                raise ConfigError(
+                    f"--time-budget sizes a warmup-stable-decay schedule in time: pass "
+                    f"--schedule wsd (not {self.schedule})"
+                )
+            if self.tokens:
+                raise ConfigError("--time-budget and --tokens both size the run: pick one")
+        elif self.schedule == "wsd":
+            raise ConfigError("--schedule wsd is a function of wall-clock time: pass --time-budget")
+
     # Derived values, computed in one place.
+    def budget_seconds(self) -> float | None:
+        """The time budget in seconds, or None for a run sized in steps."""
+        return parse_duration(self.time_budget) if self.time_budget else None
+
     def model_config(self, vocab_size: int) -> ModelConfig:
         """The model's architecture: the preset, the ``model`` overrides, the context
         length, and the tokenizer's vocabulary size (which a ``model`` override may not

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,20 +24,28 @@ class RunLog:
     for the step, tokens and time already spent); ``metrics.jsonl`` is written only once
     ``open`` is called (rank 0, after the run checked out)."""
 
-    def __init__(self, state: TrainState, *, is_main: bool, bar_enabled: bool) -> None:
+    def __init__(
+        self,
+        state: TrainState,
+        *,
+        is_main: bool,
+        bar_enabled: bool,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
         self.state = state
+        self.clock = clock  # seconds; tests pass a fake one
         self.is_main = is_main
         # A live progress line on rank 0 in a terminal; elsewhere (a log file, a pipe,
         # --quiet) the same numbers go to the log, one line each.
         self.bar_enabled = bar_enabled
         self.metrics: MetricsLog | None = None
-        self.started = time.perf_counter()  # wall clock of this process's training
+        self.started = clock()  # wall clock of this process's training
 
     def open(self, run_dir: Path, tensorboard: bool) -> None:
         self.metrics = MetricsLog(run_dir, tensorboard=tensorboard)
 
     def start_clock(self) -> None:
-        self.started = time.perf_counter()
+        self.started = self.clock()
 
     def close(self) -> None:
         if self.metrics is not None:
@@ -49,7 +58,7 @@ class RunLog:
 
     def wall_time(self) -> float:
         """Seconds of training so far, across resumes."""
-        return self.state.elapsed + (time.perf_counter() - self.started)
+        return self.state.elapsed + (self.clock() - self.started)
 
     def record(self, **fields: Any) -> None:
         if self.metrics is None:

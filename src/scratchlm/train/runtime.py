@@ -11,6 +11,7 @@ import logging
 import os
 import signal
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,6 +53,53 @@ def pick_precision(name: str, device: torch.device) -> str:
     if name == "fp16" and device.type != "cuda":
         raise ConfigError("fp16 training needs a CUDA GPU; use bf16 or fp32 on this device")
     return name
+
+
+# x86 CPU flags (Linux /proc/cpuinfo) of bf16 matrix products in hardware: AVX512-BF16's
+# dot products (Cooper Lake, Zen 4 and later) or AMX's bf16 tiles (Sapphire Rapids and
+# later; amx_tile alone is the tile registers, amx_bf16 the bf16 products on them).
+# Without them torch emulates bf16 and autocast is slower than fp32.
+FAST_CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def cpu_flags(cpuinfo: str | None = None) -> frozenset[str]:
+    """The feature flags of this CPU, from the ``flags`` line of ``cpuinfo`` (the text
+    of /proc/cpuinfo, read when None); empty where there is none (macOS, Windows)."""
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+                cpuinfo = f.read()
+        except OSError:
+            return frozenset()
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "flags":
+            return frozenset(value.split())
+    return frozenset()
+
+
+def cpu_has_fast_bf16(flags: Iterable[str]) -> bool:
+    """Whether a CPU with these flags multiplies bf16 matrices in hardware."""
+    return not set(FAST_CPU_BF16_FLAGS).isdisjoint(flags)
+
+
+def precision_advice(
+    requested: str, chosen: str, device: torch.device, flags: Iterable[str]
+) -> str | None:
+    """A hint about the number format of a CPU run, or None: bf16 on a CPU that only
+    emulates it is slow; fp32 picked by ``auto`` leaves a fast bf16 unit unused (``auto``
+    stays fp32 on CPUs until a benchmark decides otherwise: it changes the losses)."""
+    if device.type != "cpu":
+        return None
+    fast = cpu_has_fast_bf16(flags)
+    if chosen == "bf16" and not fast:
+        return (
+            "this CPU has no AVX512-BF16 or AMX-BF16: bf16 is emulated and likely slower "
+            "than fp32 (--precision fp32)"
+        )
+    if requested == "auto" and chosen == "fp32" and fast:
+        return "this CPU has hardware bf16: --precision bf16 may train faster"
+    return None
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:

@@ -4,6 +4,9 @@ Warmup keeps the first updates small while Adam's second-moment estimate is stil
 the cosine decay (Loshchilov & Hutter, 2017, "SGDR") ends training at a small learning
 rate, which is where most of the final loss improvement happens. Both are plain functions
 of the step number, so a resumed run gets exactly the learning rate it would have had.
+
+A run with a time budget does not know its step count in advance: ``wsd_schedule``
+(warmup-stable-decay) is a plain function of the share of the budget already spent.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import math
 
 from scratchlm.errors import ConfigError
 
-SCHEDULES = ("cosine", "linear", "constant")
+SCHEDULES = ("cosine", "linear", "constant")  # functions of the step: lr_schedule
 
 
 def lr_schedule(
@@ -57,6 +60,50 @@ def lr_schedule(
     if kind == "linear":
         return max_lr - progress * (max_lr - min_lr)
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (max_lr - min_lr)
+
+
+def wsd_schedule(
+    progress: float,
+    *,
+    max_lr: float,
+    min_lr: float,
+    warmup: float,
+    decay_start: float,
+) -> float:
+    """Warmup-stable-decay: the learning rate when ``progress`` (elapsed time / budget,
+    a float >= 0) of the budget is spent; ``warmup`` and ``decay_start`` are shares of
+    the budget, 0 <= warmup <= decay_start <= 1.
+
+      progress p                 learning rate
+      0 <= p < warmup            min_lr + (max_lr - min_lr) * p / warmup
+      warmup <= p < decay_start  max_lr (the stable phase)
+      decay_start <= p < 1       max_lr - (max_lr - min_lr) * (p - decay_start) / (1 - decay_start)
+      p >= 1                     min_lr
+
+    For example max_lr=1e-3, min_lr=1e-4, warmup=0.1, decay_start=0.8: p=0 -> 1e-4,
+    p=0.05 -> 5.5e-4, p=0.1..0.8 -> 1e-3, p=0.9 -> 5.5e-4, p=1 -> 1e-4.
+
+    The warmup starts at min_lr, not 0: the first update happens at p close to 0 and
+    would otherwise be wasted (the step schedule's "+ 1" does the same job). The decay
+    is linear: the stable phase keeps the fastest learning rate for most of the run and
+    the short decay to min_lr is where the loss drops (Hägele et al., 2024, "Scaling
+    Laws and Compute-Optimal Training Beyond Fixed Training Durations").
+    """
+    if not progress >= 0:  # also refuses NaN
+        raise ConfigError(f"progress must be >= 0, got {progress}")
+    if not 0 <= min_lr <= max_lr:
+        raise ConfigError(f"need 0 <= min_lr <= max_lr, got min_lr={min_lr}, max_lr={max_lr}")
+    if not 0 <= warmup <= decay_start <= 1:
+        raise ConfigError(
+            f"need 0 <= warmup <= decay_start <= 1, got warmup={warmup}, decay_start={decay_start}"
+        )
+    if progress < warmup:
+        return min_lr + (max_lr - min_lr) * progress / warmup
+    if progress < decay_start:
+        return max_lr
+    if progress >= 1:
+        return min_lr
+    return max_lr - (max_lr - min_lr) * (progress - decay_start) / (1 - decay_start)
 
 
 def get_lr_cosine_schedule(

@@ -43,6 +43,7 @@ from scratchlm.train.assembly import (
     run_fingerprints,
     run_tokenizer,
 )
+from scratchlm.train.budget import TimeBudget
 from scratchlm.train.config import CONFIG_FILE, TrainConfig
 from scratchlm.train.evaluate import draw_samples, evaluate
 from scratchlm.train.guard import DivergenceGuard
@@ -54,11 +55,13 @@ from scratchlm.train.runtime import (
     LossModule,
     SignalFlag,
     autocast,
+    cpu_flags,
     init_distributed,
     pick_precision,
+    precision_advice,
     shutdown_distributed,
 )
-from scratchlm.train.schedule import lr_schedule
+from scratchlm.train.schedule import lr_schedule, wsd_schedule
 from scratchlm.train.sources import training_data
 from scratchlm.train.state import TrainResult, TrainState, join_tensors, split_tensors
 
@@ -72,12 +75,20 @@ class TrainingDiverged(ScratchLMError):
 class Trainer:
     """Runs (or resumes) the training run described by a ``TrainConfig``."""
 
-    def __init__(self, config: TrainConfig, *, echo: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self,
+        config: TrainConfig,
+        *,
+        echo: Callable[[str], None] | None = None,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
         """Build everything the run needs (checking the settings, the data and the
         tokenizer on the way), without writing anything; ``run`` then trains. The run
         directory's lock (rank 0) is taken first when the directory exists, so a second
-        writer is refused before it reads anything; ``run`` releases it."""
+        writer is refused before it reads anything; ``run`` releases it. ``clock``
+        (seconds) times the run and its ``--time-budget``; tests pass a fake one."""
         self.config = config
+        self.clock = clock
         self.echo = echo or log.info
         self.dist, self.device = init_distributed(config.device)
         self.run_dir = Path(config.out)
@@ -114,7 +125,16 @@ class Trainer:
         )
         self.tokens_per_step = c.batch_size * c.grad_accum * T * self.dist.world_size
         self.total = c.total_steps(self.tokens_per_step)
-        if c.resolved_warmup(self.total) > self.total:
+        self.budget: TimeBudget | None = None
+        budget = c.budget_seconds()
+        if budget is not None:  # sized in time: no step count; eval/checkpoint by time share
+            self.total = sys.maxsize
+            self.budget = TimeBudget(
+                budget,
+                eval_share=0.1 if c.eval_every is None else 0.0,
+                checkpoint_share=0.2 if c.checkpoint_every is None else 0.0,
+            )
+        elif c.resolved_warmup(self.total) > self.total:
             raise ConfigError(
                 f"warmup_steps={c.warmup_steps} is longer than the run ({self.total} steps): "
                 "lower --warmup-steps or train longer"
@@ -125,8 +145,11 @@ class Trainer:
         self.peak = peak_flops(self.device, dtype)
         self.flops_per_token = self.model.flops_per_token(training=True)
         self.state = TrainState()  # the counters that checkpoints carry
-        bar = c.progress and self.dist.is_main and sys.stderr.isatty()
-        self.run_log = RunLog(self.state, is_main=self.dist.is_main, bar_enabled=bar)
+        # The bar counts steps: a budgeted run, whose step count is unknown, logs lines.
+        bar = c.progress and self.dist.is_main and sys.stderr.isatty() and not self.budget
+        self.run_log = RunLog(
+            self.state, is_main=self.dist.is_main, bar_enabled=bar, clock=self.clock
+        )
         self.last_checkpoint: Path | None = None
         self.fingerprints = run_fingerprints(
             c, self.tokenizer, self.sampler, (self.val_x, self.val_y)
@@ -192,9 +215,11 @@ class Trainer:
         else:
             load_checkpoint(path, self.model, self.optimizer)
         state, tensors = read_train_state(path)
-        rollbacks = self.state.rollbacks
+        rollbacks, elapsed = self.state.rollbacks, self.state.elapsed
         self.state.load_state_dict(state)
         self.state.rollbacks = max(rollbacks, self.state.rollbacks)  # rollbacks never undo
+        if not data_and_rng:  # a rollback: the time spent since that checkpoint still counts
+            self.state.elapsed = elapsed
         self.guard.load_state_dict(state["guard"])
         if state.get("scaler") and self.scaler.is_enabled():
             self.scaler.load_state_dict(state["scaler"])
@@ -234,19 +259,34 @@ class Trainer:
 
     def _loop(self, stop: SignalFlag) -> TrainResult:
         c = self.config
-        eval_every = c.resolved_eval_every(self.total)
-        ckpt_every = c.resolved_checkpoint_every(self.total)
+        budget = self.budget
+        if budget:  # step periods only where given; else shares of the budget (TimeBudget)
+            eval_every, ckpt_every = c.eval_every or 0, c.checkpoint_every or 0
+        else:
+            eval_every = c.resolved_eval_every(self.total)
+            ckpt_every = c.resolved_checkpoint_every(self.total)
         self._announce()
         bar = Progress(self.total, initial_step=self.state.step, enabled=self.run_log.bar_enabled)
         window_tokens, window_time = 0, 0.0
         with bar:
+            if budget:  # measure an evaluation's cost first: the reserve kept for the last
+                self._timed("eval", self._evaluate, bar)
+            finished = self.state.step if self.resume_from else -1  # evaluated and saved
             while self.state.step < self.total:
-                t0 = time.perf_counter()
+                before = self.run_log.wall_time()
+                if budget and self._rank0_says(budget.spent(before)):
+                    # Spent between steps (logging, a resume late in the budget): the
+                    # last step's evaluation and checkpoint, unless it had them.
+                    if finished != self.state.step:
+                        val = self._timed("eval", self._evaluate, bar)
+                        self._timed("checkpoint", self.save_checkpoint, val_loss=val)
+                    break
+                t0 = self.clock()
                 done = self._train_step()
                 if done is None:  # rolled back to a checkpoint: nothing to report
                     continue
                 loss, grad_norm, lr = done
-                seconds = time.perf_counter() - t0  # the step alone: its ETA share
+                seconds = self.clock() - t0  # the step alone: its ETA share
                 window_time += seconds
                 window_tokens += self.tokens_per_step
                 bar.update(self.state.step, loss=loss, lr=lr, grad_norm=grad_norm, seconds=seconds)
@@ -255,21 +295,56 @@ class Trainer:
                     self._log_train(bar, loss, grad_norm, lr, tps)
                     window_tokens, window_time = 0, 0.0
                 at_end = self.state.step == self.total
+                eval_due = bool(eval_every and self.state.step % eval_every == 0)
+                ckpt_due = bool(ckpt_every and self.state.step % ckpt_every == 0)
+                if budget:
+                    eval_due, ckpt_due, at_end = self._budget_plan(
+                        budget, before, seconds, eval_due, ckpt_due
+                    )
                 val, new_best = None, False
-                if (eval_every and self.state.step % eval_every == 0) or at_end:
-                    val = self._evaluate(bar)
+                if eval_due or at_end:
+                    val = self._timed("eval", self._evaluate, bar)
                     new_best = self._beats_best(val)
                 signalled = self.dist.any(stop.name is not None, self.device)
-                due = (ckpt_every and self.state.step % ckpt_every == 0) or at_end or signalled
-                if due or new_best:
-                    self.save_checkpoint(val_loss=val)
+                if ckpt_due or at_end or signalled or new_best:
+                    self._timed("checkpoint", self.save_checkpoint, val_loss=val)
+                    finished = self.state.step if (eval_due or at_end) else finished
                 if signalled:
                     where = f"at step {self.state.step}"
                     self.run_log.event(
                         f"stopped by {stop.name or 'a signal'} {where}", logging.INFO
                     )
                     return self._result(interrupted=stop.name or "signal")
+                if at_end:
+                    break
         return self._result()
+
+    def _budget_plan(
+        self, budget: TimeBudget, before: float, seconds: float, eval_due: bool, ckpt_due: bool
+    ) -> tuple[bool, bool, bool]:
+        """After a step of a budgeted run that began at ``before`` (training seconds) and
+        took ``seconds``: whether to evaluate, to checkpoint, and whether it was the last.
+        Every process saves together (a barrier), so rank 0's clock decides all three."""
+        budget.step_seconds = seconds
+        after = self.run_log.wall_time()
+        eval_due = eval_due or self._rank0_says(budget.due("eval", before, after))
+        ckpt_due = ckpt_due or self._rank0_says(budget.due("checkpoint", before, after))
+        # The last step when the next would not fit, counting the periodic work due now:
+        # then that work is the final evaluation and checkpoint.
+        work = budget.eval_seconds * eval_due + budget.checkpoint_seconds * ckpt_due
+        return eval_due, ckpt_due, self._rank0_says(budget.spent(after + work))
+
+    def _rank0_says(self, flag: bool) -> bool:
+        """Rank 0's ``flag`` on every process: its clock decides where a budget ends."""
+        return self.dist.any(flag and self.dist.is_main, self.device)
+
+    def _timed(self, kind: str, action: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """``action(*args, **kwargs)``, its duration recorded in a budgeted run's reserve."""
+        t0 = self.clock()
+        result = action(*args, **kwargs)
+        if self.budget:
+            self.budget.measured(kind, self.clock() - t0)
+        return result
 
     def _beats_best(self, val: float | None) -> bool:
         """Whether ``val`` is lower than the validation loss of the ``best`` checkpoint:
@@ -286,14 +361,7 @@ class Trainer:
         """One optimizer update (or a skipped one); returns loss, grad norm and lr, or
         None when bad steps made it roll back to the last checkpoint."""
         c = self.config
-        lr = self.state.lr_scale * lr_schedule(
-            self.state.step,
-            max_lr=c.lr,
-            min_lr=c.resolved_min_lr(),
-            warmup_steps=c.resolved_warmup(self.total),
-            total_steps=self.total,
-            kind=c.schedule,
-        )
+        lr = self.state.lr_scale * self._lr()
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         # The loss is the mean over the step's target tokens on all processes, as for the
@@ -337,6 +405,27 @@ class Trainer:
             return None
         return loss_value, grad_norm, lr
 
+    def _lr(self) -> float:
+        """The scheduled learning rate of the next update: a function of the step, or in
+        a budgeted run of the share of the budget spent (time before a resume counts)."""
+        c = self.config
+        if self.budget:
+            return wsd_schedule(
+                self.budget.progress(self.run_log.wall_time()),
+                max_lr=c.lr,
+                min_lr=c.resolved_min_lr(),
+                warmup=c.warmup_fraction,
+                decay_start=c.decay_start,
+            )
+        return lr_schedule(
+            self.state.step,
+            max_lr=c.lr,
+            min_lr=c.resolved_min_lr(),
+            warmup_steps=c.resolved_warmup(self.total),
+            total_steps=self.total,
+            kind=c.schedule,
+        )
+
     def _roll_back(self, reason: str | None) -> None:
         c = self.config
         latest = self.checkpoints.latest_valid()
@@ -367,11 +456,17 @@ class Trainer:
         if not self.dist.is_main:
             return
         m = self.model
+        length = f"{self.total} steps"
+        if self.budget:
+            length = f"{self.config.time_budget} ({self.budget.seconds:g} s) of steps"
         self.echo(
             f"training {m.num_parameters() / 1e6:.2f}M parameters on {self.device} "
-            f"({self.precision}, {self.dist.world_size} process(es)): {self.total} steps of "
+            f"({self.precision}, {self.dist.world_size} process(es)): {length} of "
             f"{self.tokens_per_step:,} tokens, from step {self.state.step}"
         )
+        advice = precision_advice(self.config.precision, self.precision, self.device, cpu_flags())
+        if advice:
+            self.echo(advice)
 
     def _log_train(self, bar: Any, loss: float, grad_norm: float, lr: float, tps: float) -> None:
         util = mfu(tps / self.dist.world_size, self.flops_per_token, self.peak)
@@ -388,7 +483,8 @@ class Trainer:
             peak_memory_bytes=peak_memory_bytes(self.device),
         )
         if not self.run_log.bar_enabled and self.dist.is_main:
-            log.info("step %d/%d loss %.4f lr %.2e", self.state.step, self.total, loss, lr)
+            total = "?" if self.budget else self.total
+            log.info("step %d/%s loss %.4f lr %.2e", self.state.step, total, loss, lr)
 
     def _evaluate(self, bar: Any) -> float | None:
         c = self.config

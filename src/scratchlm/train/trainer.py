@@ -33,7 +33,7 @@ from scratchlm.checkpoint import (
     read_train_state,
     restore_rng_state,
 )
-from scratchlm.errors import ConfigError, ScratchLMError, WriteError
+from scratchlm.errors import ScratchLMError, WriteError
 from scratchlm.model.loss import IGNORE_INDEX
 from scratchlm.train.assembly import (
     build_model,
@@ -43,11 +43,11 @@ from scratchlm.train.assembly import (
     run_fingerprints,
     run_tokenizer,
 )
-from scratchlm.train.budget import TimeBudget
 from scratchlm.train.config import CONFIG_FILE, TrainConfig
 from scratchlm.train.evaluate import draw_samples, evaluate
 from scratchlm.train.guard import DivergenceGuard
 from scratchlm.train.optim import build_optimizer, clip_grad_norm
+from scratchlm.train.pacing import Pacing
 from scratchlm.train.parallel import gather_to_cpu, scatter_from_cpu, wrap_for_training
 from scratchlm.train.progress import Progress, mfu, peak_flops, peak_memory_bytes
 from scratchlm.train.run_log import RunLog
@@ -61,7 +61,6 @@ from scratchlm.train.runtime import (
     precision_advice,
     shutdown_distributed,
 )
-from scratchlm.train.schedule import lr_schedule, wsd_schedule
 from scratchlm.train.sources import training_data
 from scratchlm.train.state import TrainResult, TrainState, join_tensors, split_tensors
 
@@ -124,21 +123,8 @@ class Trainer:
             c, self.tokenizer, T, rank=self.dist.rank, world_size=self.dist.world_size
         )
         self.tokens_per_step = c.batch_size * c.grad_accum * T * self.dist.world_size
-        self.total = c.total_steps(self.tokens_per_step)
-        self.budget: TimeBudget | None = None
-        budget = c.budget_seconds()
-        if budget is not None:  # sized in time: no step count; eval/checkpoint by time share
-            self.total = sys.maxsize
-            self.budget = TimeBudget(
-                budget,
-                eval_share=0.1 if c.eval_every is None else 0.0,
-                checkpoint_share=0.2 if c.checkpoint_every is None else 0.0,
-            )
-        elif c.resolved_warmup(self.total) > self.total:
-            raise ConfigError(
-                f"warmup_steps={c.warmup_steps} is longer than the run ({self.total} steps): "
-                "lower --warmup-steps or train longer"
-            )
+        self.pacing = Pacing(c, self.tokens_per_step, self._rank0_says)
+        self.total, self.budget = self.pacing.total, self.pacing.budget  # budget: or None
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         self.guard = DivergenceGuard(c.spike_factor, c.max_skips)
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision, torch.float32)
@@ -259,22 +245,16 @@ class Trainer:
 
     def _loop(self, stop: SignalFlag) -> TrainResult:
         c = self.config
-        budget = self.budget
-        if budget:  # step periods only where given; else shares of the budget (TimeBudget)
-            eval_every, ckpt_every = c.eval_every or 0, c.checkpoint_every or 0
-        else:
-            eval_every = c.resolved_eval_every(self.total)
-            ckpt_every = c.resolved_checkpoint_every(self.total)
         self._announce()
         bar = Progress(self.total, initial_step=self.state.step, enabled=self.run_log.bar_enabled)
         window_tokens, window_time = 0, 0.0
         with bar:
-            if budget:  # measure an evaluation's cost first: the reserve kept for the last
+            if self.budget:  # measure an evaluation's cost first: the reserve kept for the last
                 self._timed("eval", self._evaluate, bar)
             finished = self.state.step if self.resume_from else -1  # evaluated and saved
             while self.state.step < self.total:
                 before = self.run_log.wall_time()
-                if budget and self._rank0_says(budget.spent(before)):
+                if self.pacing.spent(before):
                     # Spent between steps (logging, a resume late in the budget): the
                     # last step's evaluation and checkpoint, unless it had them.
                     if finished != self.state.step:
@@ -294,13 +274,9 @@ class Trainer:
                     tps = window_tokens / max(window_time, 1e-9)
                     self._log_train(bar, loss, grad_norm, lr, tps)
                     window_tokens, window_time = 0, 0.0
-                at_end = self.state.step == self.total
-                eval_due = bool(eval_every and self.state.step % eval_every == 0)
-                ckpt_due = bool(ckpt_every and self.state.step % ckpt_every == 0)
-                if budget:
-                    eval_due, ckpt_due, at_end = self._budget_plan(
-                        budget, before, seconds, eval_due, ckpt_due
-                    )
+                eval_due, ckpt_due, at_end = self.pacing.after_step(
+                    self.state.step, before, seconds, self.run_log.wall_time()
+                )
                 val, new_best = None, False
                 if eval_due or at_end:
                     val = self._timed("eval", self._evaluate, bar)
@@ -319,21 +295,6 @@ class Trainer:
                     break
         return self._result()
 
-    def _budget_plan(
-        self, budget: TimeBudget, before: float, seconds: float, eval_due: bool, ckpt_due: bool
-    ) -> tuple[bool, bool, bool]:
-        """After a step of a budgeted run that began at ``before`` (training seconds) and
-        took ``seconds``: whether to evaluate, to checkpoint, and whether it was the last.
-        Every process saves together (a barrier), so rank 0's clock decides all three."""
-        budget.step_seconds = seconds
-        after = self.run_log.wall_time()
-        eval_due = eval_due or self._rank0_says(budget.due("eval", before, after))
-        ckpt_due = ckpt_due or self._rank0_says(budget.due("checkpoint", before, after))
-        # The last step when the next would not fit, counting the periodic work due now:
-        # then that work is the final evaluation and checkpoint.
-        work = budget.eval_seconds * eval_due + budget.checkpoint_seconds * ckpt_due
-        return eval_due, ckpt_due, self._rank0_says(budget.spent(after + work))
-
     def _rank0_says(self, flag: bool) -> bool:
         """Rank 0's ``flag`` on every process: its clock decides where a budget ends."""
         return self.dist.any(flag and self.dist.is_main, self.device)
@@ -342,8 +303,7 @@ class Trainer:
         """``action(*args, **kwargs)``, its duration recorded in a budgeted run's reserve."""
         t0 = self.clock()
         result = action(*args, **kwargs)
-        if self.budget:
-            self.budget.measured(kind, self.clock() - t0)
+        self.pacing.measured(kind, self.clock() - t0)
         return result
 
     def _beats_best(self, val: float | None) -> bool:
@@ -361,7 +321,7 @@ class Trainer:
         """One optimizer update (or a skipped one); returns loss, grad norm and lr, or
         None when bad steps made it roll back to the last checkpoint."""
         c = self.config
-        lr = self.state.lr_scale * self._lr()
+        lr = self.state.lr_scale * self.pacing.lr(self.state.step, self.run_log.wall_time())
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         # The loss is the mean over the step's target tokens on all processes, as for the
@@ -404,27 +364,6 @@ class Trainer:
             self._roll_back(reason)
             return None
         return loss_value, grad_norm, lr
-
-    def _lr(self) -> float:
-        """The scheduled learning rate of the next update: a function of the step, or in
-        a budgeted run of the share of the budget spent (time before a resume counts)."""
-        c = self.config
-        if self.budget:
-            return wsd_schedule(
-                self.budget.progress(self.run_log.wall_time()),
-                max_lr=c.lr,
-                min_lr=c.resolved_min_lr(),
-                warmup=c.warmup_fraction,
-                decay_start=c.decay_start,
-            )
-        return lr_schedule(
-            self.state.step,
-            max_lr=c.lr,
-            min_lr=c.resolved_min_lr(),
-            warmup_steps=c.resolved_warmup(self.total),
-            total_steps=self.total,
-            kind=c.schedule,
-        )
 
     def _roll_back(self, reason: str | None) -> None:
         c = self.config

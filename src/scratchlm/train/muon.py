@@ -46,6 +46,7 @@ import torch
 from torch import Tensor
 
 from scratchlm.errors import ConfigError
+from scratchlm.train.adamw import adamw_update
 
 # The quintic's coefficients (a, b, c) from Keller Jordan's Muon: chosen to make the
 # slope at 0 as large as possible (a), so that 5 steps lift small singular values, at the
@@ -192,25 +193,10 @@ class Muon(torch.optim.Optimizer):
             p.add_(ortho, alpha=-lr * scale)
 
     def _adamw_step(self, group: dict[str, Any]) -> None:
-        # The same operations in the same order as optim.AdamW (and torch.optim.AdamW).
-        lr, wd, eps = group["lr"], group["weight_decay"], group["eps"]
-        beta1, beta2 = group["betas"]
+        # The same update as optim.AdamW (and torch.optim.AdamW), parameter by parameter.
         for p in group["params"]:
-            if p.grad is None:
-                continue
-            grad = p.grad  # shaped like p
-            state = self.state[p]
-            if not state:
-                state["step"] = torch.tensor(0.0, dtype=torch.float32)
-                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            m, v = state["exp_avg"], state["exp_avg_sq"]
-            state["step"] += 1
-            t = state["step"].item()
-            if wd != 0:
-                p.mul_(1 - lr * wd)
-            m.lerp_(grad, 1 - beta1)
-            v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-            step_size = lr / (1 - beta1**t)
-            denom = (v.sqrt() / math.sqrt(1 - beta2**t)).add_(eps)
-            p.addcdiv_(m, denom, value=-step_size)
+            if p.grad is not None:
+                adamw_update(
+                    p, self.state[p], group["lr"], group["weight_decay"], group["eps"],
+                    group["betas"],
+                )  # fmt: skip

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from scratchlm.errors import ConfigError, DataError
 from scratchlm.evals.loglik import prefix_id
 from scratchlm.model import TransformerLM
+from scratchlm.model.loss import bits_per_byte
 from scratchlm.tokenizer import Tokenizer
 
 
@@ -42,7 +43,8 @@ class BitsPerByte:
     @property
     def bpb(self) -> float:
         """Bits per UTF-8 byte (NaN for an empty text)."""
-        return self.nats / math.log(2.0) / self.bytes if self.bytes else math.nan
+        # Total nats over total bytes: the conversion of model.loss with the same ratio.
+        return bits_per_byte(self.nats, self.bytes) if self.bytes else math.nan
 
     @property
     def bytes_per_token(self) -> float:

@@ -101,15 +101,7 @@ def usage_chunk(
     request_id: str, created: int, model: str, kind: str, token_usage: dict[str, int]
 ) -> dict[str, Any]:
     """The last chunk of a stream with ``include_usage``: no choices, the usage."""
-    return {
-        "id": request_id,
-        "object": kind,
-        "created": created,
-        "model": model,
-        "system_fingerprint": None,
-        "choices": [],
-        "usage": token_usage,
-    }
+    return completion(kind, request_id, created, model, [], token_usage)
 
 
 # ---------------------------------------------------------------- completions

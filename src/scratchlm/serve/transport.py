@@ -144,19 +144,14 @@ class EventStream(Response):
         self.on_close = on_close
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        writer = asyncio.ensure_future(self._write(send))
-        watcher = asyncio.ensure_future(_disconnected(receive))
+        # A bug in the writer propagates (the client got what was written so far).
         try:
-            await asyncio.wait({writer, watcher}, return_when=asyncio.FIRST_COMPLETED)
+            await until_disconnect(receive, self._write(send))
+        except ClientGone:
+            pass  # the writer was cancelled: nobody is left to read
         finally:
-            for t in (writer, watcher):
-                t.cancel()
-            results = await asyncio.gather(writer, watcher, return_exceptions=True)
             if self.on_close is not None:
                 self.on_close()
-        error = results[0]
-        if isinstance(error, Exception):  # a bug: the client got what was written so far
-            raise error
 
     async def _write(self, send: Send) -> None:
         await send(

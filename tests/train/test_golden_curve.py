@@ -3,7 +3,8 @@ against values stored here, so that any silent change to initialisation, data or
 the loss or the optimizer fails loudly.
 
 The run: made-up text in tmp_path, a character tokenizer, the ``tiny`` preset shrunk
-further, AdamW as ``build_optimizer`` picks it, seed 5, one CPU thread. The tolerance
+further, AdamW as ``build_optimizer`` picks it, seed 5, one CPU thread, float32 (``auto``
+would pick bf16 on a CPU with hardware bf16). The tolerance
 (relative 1e-5) lets float rounding through but not a changed init or data order (those
 move the very first loss by far more).
 
@@ -92,6 +93,8 @@ def golden_run(root: Path) -> list[float]:
         context_length=32,
         steps=20,
         batch_size=4,
+        precision="fp32",
+        optimizer="adamw",
         lr=3e-3,
         warmup_steps=3,
         eval_every=0,

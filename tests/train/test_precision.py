@@ -47,11 +47,15 @@ def test_each_flag_alone():
     assert not cpu_has_fast_bf16({"avx512f", "avx2"})
 
 
-def test_auto_stays_fp32_on_a_cpu_and_the_advice_says_why():
+def test_auto_picks_bf16_only_on_a_cpu_with_hardware_bf16():
     fast, slow = {"avx512_bf16"}, {"avx2"}
-    assert pick_precision("auto", CPU) == "fp32"  # unchanged until a benchmark decides
-    assert "--precision bf16" in precision_advice("auto", "fp32", CPU, fast)
+    assert pick_precision("auto", CPU, fast) == "bf16"
+    assert pick_precision("auto", CPU, {"amx_bf16", "amx_tile"}) == "bf16"
+    assert pick_precision("auto", CPU, slow) == "fp32"
+    assert pick_precision("auto", CPU) == "fp32"  # no flags known (macOS, Windows)
+    assert pick_precision("fp32", CPU, fast) == "fp32"  # an explicit choice stands
     assert precision_advice("auto", "fp32", CPU, slow) is None
+    assert precision_advice("auto", "bf16", CPU, fast) is None
     assert "emulated" in precision_advice("bf16", "bf16", CPU, slow)
     assert precision_advice("bf16", "bf16", CPU, fast) is None
     assert precision_advice("fp32", "fp32", CPU, fast) is None  # chosen on purpose

@@ -133,7 +133,7 @@ class TrainConfig:
 
     device: str = setting("auto", "auto, cpu, cuda, cuda:N or mps")
     precision: str = setting(
-        "auto", "auto (bf16 on GPUs that have it, else fp32), fp32, bf16, fp16"
+        "auto", "auto (bf16 on GPUs and on CPUs with hardware bf16, else fp32), fp32, bf16, fp16"
     )
     compile: bool = setting(False, "torch.compile the training model")
     fsdp: bool = setting(False, "shard the model across processes")

@@ -43,12 +43,15 @@ def pick_device(name: str = "auto") -> torch.device:
     return device
 
 
-def pick_precision(name: str, device: torch.device) -> str:
-    """``auto``: bf16 on GPUs that have it, fp16 (with loss scaling) on older GPUs, fp32
+def pick_precision(name: str, device: torch.device, flags: Iterable[str] = ()) -> str:
+    """``auto``: bf16 on GPUs that have it, fp16 (with loss scaling) on older GPUs, bf16 on
+    CPUs whose ``flags`` (``cpu_flags()``) say they multiply bf16 in hardware, fp32
     elsewhere. An explicit choice the device cannot do is refused."""
     if name == "auto":
         if device.type == "cuda":
             return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        if device.type == "cpu" and cpu_has_fast_bf16(flags):
+            return "bf16"  # faster per step, same loss curve: docs/training.md
         return "fp32"
     if name == "fp16" and device.type != "cuda":
         raise ConfigError("fp16 training needs a CUDA GPU; use bf16 or fp32 on this device")
@@ -86,19 +89,13 @@ def cpu_has_fast_bf16(flags: Iterable[str]) -> bool:
 def precision_advice(
     requested: str, chosen: str, device: torch.device, flags: Iterable[str]
 ) -> str | None:
-    """A hint about the number format of a CPU run, or None: bf16 on a CPU that only
-    emulates it is slow; fp32 picked by ``auto`` leaves a fast bf16 unit unused (``auto``
-    stays fp32 on CPUs until a benchmark decides otherwise: it changes the losses)."""
-    if device.type != "cpu":
-        return None
-    fast = cpu_has_fast_bf16(flags)
-    if chosen == "bf16" and not fast:
+    """A hint about the number format of a CPU run, or None: bf16 asked for on a CPU that
+    only emulates it is slow (``auto`` never picks it there)."""
+    if device.type == "cpu" and chosen == "bf16" and not cpu_has_fast_bf16(flags):
         return (
             "this CPU has no AVX512-BF16 or AMX-BF16: bf16 is emulated and likely slower "
             "than fp32 (--precision fp32)"
         )
-    if requested == "auto" and chosen == "fp32" and fast:
-        return "this CPU has hardware bf16: --precision bf16 may train faster"
     return None
 
 

@@ -103,7 +103,7 @@ class Trainer:
     def _assemble(self) -> None:
         """The run's pieces (``__init__`` without the lock)."""
         c = self.config
-        self.precision = pick_precision(c.precision, self.device)
+        self.precision = pick_precision(c.precision, self.device, cpu_flags())
         self.checkpoints = CheckpointManager(self.run_dir, keep_last=c.keep_last)
         self.checkpoints.check_layout()
         self.resuming = is_resuming(c, self.run_dir)

@@ -1,0 +1,351 @@
+"""The CPU speedrun: validation bits per byte against wall-clock time, one contender after
+another in separate processes, on the same data and validation windows.
+
+    .venv/bin/python bench/bench_speedrun.py [--budget 15] [--only a,b,c] [--reuse]
+                                             [--markdown PATH] [--plot PNG] [--threads 2]
+
+Contenders (``--only`` picks some; ``--list`` prints them all):
+
+- ``a``: the wave-1 recipe, the reference command of docs/training.md: preset ``small``,
+  float32, AdamW at 1e-3, cosine over a step count sized for the budget (450 steps for 15
+  minutes, as measured on 2026-11-21), 8 x 256 tokens per step.
+- ``b``: the new default recipe: ``scratchlm train --data D --time-budget Nm`` and nothing
+  else (the defaults are the recipe, see :data:`RECIPE` for what they amount to).
+- ``c``: Hugging Face ``LlamaForCausalLM`` of the same shape, float32, torch's AdamW, a
+  cosine over the budget (``speedrun_hf.py``).
+- ``b5``, ``b10``: the new default with 5- and 10-minute budgets (every budget from 5 to
+  15 minutes is its own run: a warmup-stable-decay schedule is sized to its budget).
+- ablations ``b-...``: the new default with one of its changes undone (or one option
+  added), each with the same budget: the number that justifies each default.
+
+Data: ``bench/.data/stdlib10k`` (``stdlib_py.txt`` with a 10,000-token tokenizer, built on
+first use as ``bench_train.py`` does). Every contender validates on the same 16 fixed
+windows during its run (as the reference did) and, after its budget and untimed, on 128
+windows in float32 (the "final" column: the number to compare). Runs go to
+``bench/.data/speedrun/NAME``; ``--reuse`` keeps a contender's finished run instead of
+training it again (to add contenders to a table without rerunning the others). Nothing
+here asserts a number: the issue's targets are printed beside the measured ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from harness import BENCH, REPO, Report, Table, cores, load_average, num
+from train_tasks import PREPARED, ensure_inputs
+
+RUNS = BENCH / ".data" / "speedrun"
+EVAL_WINDOWS = 16  # as the reference run (docs/training.md)
+FINAL_WINDOWS = 128
+TARGET_BPB = 1.45  # issue 17, for 15 minutes
+WAVE1_STEPS_PER_MINUTE = 30  # 450 steps in the reference's 15 minutes
+
+# What the new defaults amount to for this data, spelled out (the bench passes none of it
+# to contender b: `scratchlm train --data D --time-budget Nm` is the recipe).
+RECIPE = (
+    "preset small, bf16 autocast (--precision auto on a CPU with AVX512-BF16/AMX), "
+    "--optimizer muon (--muon-lr 0.02 for the hidden matrices, AdamW --lr for the rest), "
+    "--schedule wsd (warmup 5%, decay from 80% of the budget), 8 x 256 tokens per step"
+)
+
+
+@dataclass
+class Contender:
+    name: str
+    what: str
+    flags: str = ""  # scratchlm train flags, besides the ones every contender gets
+    timed: bool = True  # --time-budget MINUTESm (else sized in steps by its flags)
+    hf: bool = False  # speedrun_hf.py instead of scratchlm train
+    minutes: float | None = None  # its own budget; None: --budget
+
+
+def contenders(budget: float) -> list[Contender]:
+    """Every contender for a budget of ``budget`` minutes."""
+    steps = round(WAVE1_STEPS_PER_MINUTE * budget)
+    wave1 = (
+        f"--steps {steps} --precision fp32 --optimizer adamw --lr 1e-3 --schedule cosine "
+        "--eval-every 25 --checkpoint-every 150"
+    )
+    return [
+        Contender("a", f"wave-1: small, fp32, AdamW, cosine over {steps} steps", wave1, False),
+        Contender("b", "new default (--time-budget)"),
+        Contender("c", "HF LlamaForCausalLM, fp32, torch AdamW, cosine in time", hf=True),
+        Contender("b5", "new default, 5-minute budget", minutes=5),
+        Contender("b10", "new default, 10-minute budget", minutes=10),
+        Contender("b-fp32", "new default in float32", "--precision fp32"),
+        Contender("b-adamw", "new default with AdamW (lr 1e-3)", "--optimizer adamw --lr 1e-3"),
+        Contender(
+            "b-nostable",
+            "new default, no stable phase (linear decay right after warmup)",
+            "--decay-start 0.05",
+        ),
+        Contender(
+            "b-zero-init", "+ zero-initialised output projections", "--model zero_init_proj=true"
+        ),
+        Contender(
+            "b-relu2",
+            "+ ReLU^2 MLP (d_ff 2016: same parameters)",
+            "--model ffn=relu2 --model d_ff=2016",
+        ),
+        Contender("b-qknorm", "+ QK-norm", "--model qk_norm=true"),
+        Contender("b-softcap", "+ logit soft-capping at 15", "--model logit_softcap=15"),
+        Contender("b-tied", "+ tied embeddings", "--model tie_embeddings=true"),
+    ]
+
+
+def run_contender(c: Contender, budget: float, threads: int, reuse: bool) -> Path:
+    """Train ``c`` in a child process (unless ``reuse`` finds it finished); its run dir."""
+    out = RUNS / c.name
+    minutes = c.minutes or budget
+    if reuse and (out / "final.json").exists():
+        print(f"[{c.name}] reusing {out}", flush=True)
+        return out
+    shutil.rmtree(out, ignore_errors=True)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    if c.hf:
+        cmd = [
+            sys.executable,
+            str(BENCH / "speedrun_hf.py"),
+            "--data",
+            str(PREPARED),
+            "--budget",
+            str(minutes * 60),
+            "--out",
+            str(out),
+            "--eval-windows",
+            str(EVAL_WINDOWS),
+            "--final-windows",
+            str(FINAL_WINDOWS),
+        ]
+    else:
+        timed = ["--time-budget", f"{minutes:g}m", "--eval-every", "50"] if c.timed else []
+        flags = timed + c.flags.split()
+        cmd = [
+            sys.executable,
+            "-m",
+            "scratchlm",
+            "train",
+            "--data",
+            str(PREPARED),
+            "--preset",
+            "small",
+            "--batch-size",
+            "8",
+            "--eval-windows",
+            str(EVAL_WINDOWS),
+            "--sample-tokens",
+            "0",
+            "--quiet",
+            "--out",
+            str(out),
+            *flags,
+        ]
+    print(f"[{c.name}] {c.what}: {' '.join(cmd[1:])}", flush=True)
+    limit = minutes * 60 * 1.1 + 60  # a run sized in steps (a) is stopped at its budget
+    child = subprocess.Popen(cmd, cwd=REPO, env=env)
+    try:
+        child.wait(timeout=limit)
+    except subprocess.TimeoutExpired:
+        print(f"[{c.name}] past {limit:.0f} s: interrupted (it saves a checkpoint)", flush=True)
+        child.send_signal(signal.SIGINT)
+        child.wait()
+    if child.returncode not in (0, 130):
+        sys.exit(f"[{c.name}] failed with exit status {child.returncode}")
+    if not c.hf:
+        final_eval(out, threads)
+    return out
+
+
+def final_eval(run_dir: Path, threads: int) -> None:
+    """The run's last checkpoint on FINAL_WINDOWS windows in float32 -> final.json."""
+    code = (
+        "import json, sys, torch\n"
+        "from scratchlm.checkpoint import load_model\n"
+        "from scratchlm.data import fixed_windows, open_tokens, read_meta\n"
+        "from scratchlm.train.evaluate import evaluate\n"
+        f"torch.set_num_threads({threads})\n"
+        "run, data, n = sys.argv[1], sys.argv[2], int(sys.argv[3])\n"
+        "model, _ = load_model(run)\n"
+        "model.float()\n"
+        "x, y = fixed_windows(open_tokens(data, 'val'), n, model.config.context_length)\n"
+        "bpt = read_meta(data)['splits']['val']['bytes_per_token']\n"
+        "r = evaluate(model, x, y, batch_size=8, bytes_per_token=bpt)\n"
+        "print(json.dumps({'val_loss': r['val_loss'], 'val_bpb': r['val_bpb']}))\n"
+    )
+    cmd = [sys.executable, "-c", code, str(run_dir), str(PREPARED), str(FINAL_WINDOWS)]
+    done = subprocess.run(cmd, cwd=REPO, check=True, capture_output=True, text=True)
+    (run_dir / "final.json").write_text(done.stdout.strip().splitlines()[-1])
+
+
+@dataclass
+class Curve:
+    """A contender's validation records: minutes, bits per byte, steps, tokens."""
+
+    minutes: list[float]
+    bpb: list[float]
+    steps: list[int]
+    tokens: list[int]
+    final_bpb: float
+
+    @classmethod
+    def read(cls, run_dir: Path) -> Curve:
+        minutes, bpb, steps, tokens = [], [], [], []
+        for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+            r = json.loads(line)
+            if r.get("kind") == "val" and "val_bpb" in r:
+                minutes.append(r["time"] / 60)
+                bpb.append(r["val_bpb"])
+                steps.append(r["step"])
+                tokens.append(r["tokens"])
+        final = json.loads((run_dir / "final.json").read_text())["val_bpb"]
+        return cls(minutes, bpb, steps, tokens, final)
+
+    def at(self, minutes: float) -> float | None:
+        """The last validation bits per byte measured by ``minutes`` (None: none yet)."""
+        seen = [b for t, b in zip(self.minutes, self.bpb, strict=True) if t <= minutes + 1e-6]
+        return seen[-1] if seen else None
+
+    def last_within(self, minutes: float) -> int:
+        """Index of the last record by ``minutes``."""
+        return max(i for i, t in enumerate(self.minutes) if t <= minutes + 1e-6)
+
+
+def cell(x: float | None) -> str:
+    return "-" if x is None else f"{x:.3f}"
+
+
+def tables(chosen: list[Contender], curves: dict[str, Curve], budget: float) -> list[Table]:
+    marks = [m for m in (5, 10, 15) if m <= budget] or [budget]
+    main = Table(
+        f"Validation bits per byte on stdlib_py within a {budget:g}-minute budget",
+        [
+            "contender",
+            "what",
+            "steps",
+            "tokens",
+            "tokens/s",
+            *(f"bpb at {m:g} min" for m in marks),
+            "final (128 windows)",
+            "vs a",
+        ],
+    )
+    base = curves.get("a")
+    for c in chosen:
+        curve = curves[c.name]
+        minutes = c.minutes or budget
+        i = curve.last_within(minutes)
+        a_final = base.at(minutes) if base else None
+        gain = "-" if a_final is None else f"{a_final - curve.at(minutes):+.3f}"
+        main.rows.append(
+            [
+                c.name,
+                c.what,
+                f"{curve.steps[i]:,}",
+                f"{curve.tokens[i]:,}",
+                num(curve.tokens[i] / (curve.minutes[i] * 60)),
+                *(cell(curve.at(m)) if m <= minutes else "-" for m in marks),
+                f"{curve.final_bpb:.3f}",
+                gain,
+            ]
+        )
+    main.notes = [
+        f"The new default recipe: {RECIPE}.",
+        f"Target (issue 17): at most {TARGET_BPB} bits per byte in 15 minutes, and below a "
+        "and c at every budget from 5 to 15 minutes.",
+        "bpb at N min: the last validation (16 fixed windows) measured by then, in the run's "
+        "own precision; final: the run's last weights on 128 windows in float32, untimed.",
+        "vs a: a's bits per byte at the contender's budget minus the contender's "
+        "(positive: better than the wave-1 recipe).",
+    ]
+    budgets = Table(
+        "Each budget its own run: the new default against a and c at the same wall time",
+        ["budget", "b (its own run)", "a at that time", "c at that time"],
+    )
+    for name, minutes in (("b5", 5), ("b10", 10), ("b", budget)):
+        if name in curves:
+            b = curves[name].at(minutes)
+            a = curves["a"].at(minutes) if "a" in curves else None
+            hf = curves["c"].at(minutes) if "c" in curves else None
+            budgets.rows.append([f"{minutes:g} min", cell(b), cell(a), cell(hf)])
+    budgets.notes = [
+        "a and c at a shorter time are read off their full-budget curves (mid-schedule), "
+        "b5 and b10 are runs sized to those budgets."
+    ]
+    return [main, budgets] if budgets.rows else [main]
+
+
+def plot(chosen: list[Contender], curves: dict[str, Curve], png: Path) -> None:
+    """Bits per byte against minutes, one line per contender."""
+    import matplotlib  # deferred: the plot extra is optional
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
+    for c in chosen:
+        curve = curves[c.name]
+        style = "-" if c.name in ("a", "b", "c") else ":"
+        ax.plot(curve.minutes, curve.bpb, style, label=f"{c.name}: {c.what}", linewidth=1.6)
+    ax.axhline(TARGET_BPB, color="grey", linewidth=0.8, linestyle="--")
+    ax.set_xlabel("wall-clock minutes (2 CPU threads)")
+    ax.set_ylabel("validation bits per byte")
+    ax.set_ylim(1.3, 2.6)
+    ax.set_title("scratchlm speedrun: preset small on stdlib_py")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png)
+    print(f"plot written to {png}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--budget", type=float, default=15.0, help="minutes (default 15)")
+    p.add_argument("--only", help="comma-separated contender names (default: a,b,c)")
+    p.add_argument("--list", action="store_true", help="print the contenders and exit")
+    p.add_argument("--reuse", action="store_true", help="keep finished runs of contenders")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--markdown", type=Path, help="write the tables as Markdown here")
+    p.add_argument("--plot", type=Path, help="write the curves as a PNG here")
+    args = p.parse_args()
+    every = contenders(args.budget)
+    if args.list:
+        for c in every:
+            print(f"{c.name:12} {c.what}")
+        return
+    names = (args.only or "a,b,c").split(",")
+    unknown = sorted(set(names) - {c.name for c in every})
+    if unknown:
+        sys.exit(f"unknown contenders {unknown}: see --list")
+    chosen = [c for c in every if c.name in names]
+    ensure_inputs()
+    report = Report()
+    report.show(
+        Table(
+            "Machine",
+            ["cores", "threads", "load average at the start"],
+            [[cores(), str(args.threads), load_average()]],
+        )
+    )
+    curves = {}
+    for c in chosen:
+        curves[c.name] = Curve.read(run_contender(c, args.budget, args.threads, args.reuse))
+        print(f"[{c.name}] final bpb {curves[c.name].final_bpb:.3f}", flush=True)
+    for table in tables(chosen, curves, args.budget):
+        report.show(table)
+    if args.plot:
+        plot(chosen, curves, args.plot)
+    report.finish("CPU speedrun", args.markdown)
+
+
+if __name__ == "__main__":
+    main()

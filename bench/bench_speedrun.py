@@ -22,7 +22,7 @@ Data: ``bench/.data/stdlib10k`` (``stdlib_py.txt`` with a 10,000-token tokenizer
 first use as ``bench_train.py`` does). Every contender validates on the same 16 fixed
 windows during its run (as the reference did) and, after its budget and untimed, on 128
 windows in float32 (the "final" column: the number to compare). Runs go to
-``bench/.data/speedrun/NAME``; ``--reuse`` keeps a contender's finished run instead of
+``bench/.data/speedrun/MINUTESm/NAME``; ``--reuse`` keeps a contender's finished run instead of
 training it again (to add contenders to a table without rerunning the others). Nothing
 here asserts a number: the issue's targets are printed beside the measured ones.
 """
@@ -103,8 +103,8 @@ def contenders(budget: float) -> list[Contender]:
 
 def run_contender(c: Contender, budget: float, threads: int, reuse: bool) -> Path:
     """Train ``c`` in a child process (unless ``reuse`` finds it finished); its run dir."""
-    out = RUNS / c.name
     minutes = c.minutes or budget
+    out = RUNS / f"{minutes:g}m" / c.name
     if reuse and (out / "final.json").exists():
         print(f"[{c.name}] reusing {out}", flush=True)
         return out

@@ -37,8 +37,10 @@ def test_bad_durations_are_one_line_errors(text):
 
 def test_budget_settings_are_checked():
     TrainConfig(time_budget="15m", schedule="wsd")
+    assert TrainConfig(time_budget="15m").resolved_schedule() == "wsd"  # auto, in time
+    assert TrainConfig().resolved_schedule() == "cosine"  # auto, in steps
     with pytest.raises(ConfigError, match="--schedule wsd"):
-        TrainConfig(time_budget="15m")  # the cosine default needs a step count
+        TrainConfig(time_budget="15m", schedule="cosine")  # needs a step count
     with pytest.raises(ConfigError, match="--time-budget"):
         TrainConfig(schedule="wsd")
     with pytest.raises(ConfigError, match="not a duration"):

@@ -23,7 +23,7 @@ from scratchlm.errors import ConfigError
 from scratchlm.train.budget import parse_duration
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-SCHEDULES = ("cosine", "linear", "constant", "wsd")
+SCHEDULES = ("auto", "cosine", "linear", "constant", "wsd")
 OPTIMIZERS = ("adamw", "sgd", "muon")
 PHASES = ("pretrain", "sft")
 
@@ -111,7 +111,9 @@ class TrainConfig:
     )
     min_lr: float | None = setting(None, "final learning rate (default: lr / 10)")
     schedule: str = setting(
-        "cosine", "cosine, linear or constant, after a linear warmup; wsd with --time-budget"
+        "auto",
+        "auto (cosine; wsd with --time-budget), or cosine, linear or constant after a linear "
+        "warmup, or wsd (warmup-stable-decay, with --time-budget)",
     )
     warmup_steps: int | None = setting(
         None, "warmup updates (default: a tenth of the run, at most 100)"
@@ -250,7 +252,7 @@ class TrainConfig:
             )
         if self.time_budget:
             parse_duration(self.time_budget)
-            if self.schedule != "wsd":
+            if self.schedule not in ("auto", "wsd"):
                 raise ConfigError(
                     f"--time-budget sizes a warmup-stable-decay schedule in time: pass "
                     f"--schedule wsd (not {self.schedule})"
@@ -261,6 +263,13 @@ class TrainConfig:
             raise ConfigError("--schedule wsd is a function of wall-clock time: pass --time-budget")
 
     # Derived values, computed in one place.
+    def resolved_schedule(self) -> str:
+        """The schedule ``auto`` stands for: warmup-stable-decay in time for a run with a
+        time budget (its step count is unknown), cosine in steps otherwise."""
+        if self.schedule != "auto":
+            return self.schedule
+        return "wsd" if self.time_budget else "cosine"
+
     def budget_seconds(self) -> float | None:
         """The time budget in seconds, or None for a run sized in steps."""
         return parse_duration(self.time_budget) if self.time_budget else None

@@ -68,7 +68,7 @@ class Pacing:
             min_lr=c.resolved_min_lr(),
             warmup_steps=c.resolved_warmup(self.total),
             total_steps=self.total,
-            kind=c.schedule,
+            kind=c.resolved_schedule(),
         )
 
     def spent(self, elapsed: float) -> bool:

@@ -51,7 +51,7 @@ def _sft_config(pretrained: Path, data: Path, out: Path, **settings) -> TrainCon
         "steps": 1, "optimizer": "sgd", "lr": 0.5, "weight_decay": 0.0, "grad_clip": 0.0,
         "warmup_steps": 0, "schedule": "constant", "eval_every": 0, "eval_windows": 2,
         "sample_tokens": 0, "val_fraction": 0.25, "progress": False, "device": "cpu",
-        "seed": 11, **settings,
+        "precision": "fp32", "seed": 11, **settings,
     })  # fmt: skip
 
 
@@ -98,6 +98,7 @@ def _sft_command(pretrained: Path, data: Path, out: Path, *extra: str) -> list[s
         "--weight-decay", "0", "--grad-clip", "0", "--warmup-steps", "0", "--schedule",
         "constant", "--eval-every", "0", "--eval-windows", "2", "--sample-tokens", "0",
         "--val-fraction", "0.25", "--log-every", "1", "--seed", "11", "--device", "cpu",
+        "--precision", "fp32",
         "--quiet", *extra,
     ]  # fmt: skip
 

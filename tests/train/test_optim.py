@@ -218,7 +218,9 @@ def three_implementations(make_model, lr: float):
         if fused == "torch-default":
             opt = torch.optim.AdamW(param_groups(model, 0.1), lr=lr, betas=(0.9, 0.95))
         else:
-            opt = build_optimizer(model, TrainConfig(lr=lr, weight_decay=0.1, fused=fused))
+            opt = build_optimizer(
+                model, TrainConfig(optimizer="adamw", lr=lr, weight_decay=0.1, fused=fused)
+            )
         opt.param_groups[1]["lr"] = lr / 3
         out.append((model, opt))
     return out
@@ -253,7 +255,7 @@ def test_fused_step_equals_ours_for_gradients_set_by_hand():
     results = []
     for fused in (False, True):
         model = Regression(0)
-        opt = build_optimizer(model, TrainConfig(lr=1e-2, fused=fused))
+        opt = build_optimizer(model, TrainConfig(optimizer="adamw", lr=1e-2, fused=fused))
         gen = torch.Generator().manual_seed(3)
         for _ in range(3):
             for p in model.parameters():
@@ -267,19 +269,21 @@ def test_fused_step_equals_ours_for_gradients_set_by_hand():
 def test_build_optimizer_choices(monkeypatch):
     model = Regression(0)
     assert fused_adamw_supported(model.parameters())  # CPU fused AdamW exists since 2.4
-    auto = build_optimizer(model, TrainConfig(lr=1e-3))
+    auto = build_optimizer(model, TrainConfig(optimizer="adamw", lr=1e-3))
     assert isinstance(auto, torch.optim.AdamW) and auto.defaults["fused"]
     assert auto.defaults["betas"] == (0.9, 0.95)
     assert [g["weight_decay"] for g in auto.param_groups] == [0.1, 0.0]
-    assert isinstance(build_optimizer(model, TrainConfig(lr=1e-3, fused=False)), AdamW)
+    assert isinstance(
+        build_optimizer(model, TrainConfig(optimizer="adamw", lr=1e-3, fused=False)), AdamW
+    )
     sgd = build_optimizer(model, TrainConfig(optimizer="sgd", lr=1e-3, weight_decay=0.01))
     assert isinstance(sgd, SGD) and [g["weight_decay"] for g in sgd.param_groups] == [0.01, 0.0]
 
     # Where torch has no fused kernel, auto falls back to ours and fused=True refuses.
     monkeypatch.setattr(optim, "fused_adamw_supported", lambda params: False)
-    assert isinstance(build_optimizer(model, TrainConfig(lr=1e-3)), AdamW)
+    assert isinstance(build_optimizer(model, TrainConfig(optimizer="adamw", lr=1e-3)), AdamW)
     with pytest.raises(ConfigError, match="fused"):
-        build_optimizer(model, TrainConfig(lr=1e-3, fused=True))
+        build_optimizer(model, TrainConfig(optimizer="adamw", lr=1e-3, fused=True))
 
 
 def test_fused_support_detection_refuses_what_has_no_kernel():

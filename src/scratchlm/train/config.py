@@ -35,6 +35,7 @@ SFT_DEFAULTS: dict[str, Any] = {
     "phase": "sft",
     "out": "runs/sft",
     "steps": 300,
+    "optimizer": "adamw",  # small steps from a trained model; Muon is for pretraining
     "lr": 3e-4,
     "batch_size": 16,
     "sample_prompts": [],
@@ -101,11 +102,11 @@ class TrainConfig:
     context_length: int = setting(0, "tokens per window (0 = the preset's)")
 
     optimizer: str = setting(
-        "adamw",
-        "adamw, sgd or muon (Muon for the hidden layers' matrices at --muon-lr, AdamW at "
-        "--lr for embeddings, the output layer, norms and biases)",
+        "muon",
+        "muon (Muon for the hidden layers' matrices at --muon-lr, AdamW at --lr for "
+        "embeddings, the output layer, norms and biases), adamw or sgd",
     )
-    lr: float = setting(1e-3, "peak learning rate (with muon: of the AdamW parameters)")
+    lr: float = setting(3e-3, "peak learning rate (with muon: of the AdamW parameters)")
     muon_lr: float = setting(
         0.02, "peak learning rate of the matrices Muon steps (--optimizer muon only)"
     )

@@ -177,11 +177,12 @@ def build_optimizer(
     ``lr``; both follow the schedule; with ``precision`` "bf16", the run's resolved
     number format, Muon's Newton-Schulz iteration runs in bfloat16 as the products of the
     forward pass do, twice as fast as float32 where bf16 is). For "adamw", ``config.fused``
-    picks the implementation: None (default) uses ``torch.optim.AdamW(fused=True)`` when ``fused_adamw_supported``
-    says the kernel exists for the parameters' devices and dtypes, else ``AdamW`` from this
-    module; False forces ours; True forces torch's fused one (ConfigError if it is not
-    available). All compute the same parameters (tests/train/test_optim.py); on a CPU the
-    fused kernel is the fastest (docs/benchmarks.md).
+    picks the implementation: None (default) uses ``torch.optim.AdamW(fused=True)`` when
+    ``fused_adamw_supported`` says the kernel exists for the parameters' devices and
+    dtypes, else ``AdamW`` from this module; False forces ours; True forces torch's fused
+    one (ConfigError if it is not available). All compute the same parameters
+    (tests/train/test_optim.py); on a CPU the fused kernel is the fastest
+    (docs/benchmarks.md).
 
     Note: a state_dict carries its group options, so loading one saved by ours or by a
     non-fused torch AdamW into a fused optimizer turns ``fused`` back off (torch's rule).

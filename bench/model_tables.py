@@ -22,12 +22,14 @@ from harness import (
     scratchlm_version,
 )
 from model_tasks import PRESET, batched, decode, profile_decode, train_steps
+from scratchlm.model.decode_cost import bandwidth_bound
 
 TARGETS = {  # from issue 3, "Speed": printed beside the measured ratios, never asserted
     "training": 1.1,  # ours (compile allowed) / HF tokens/s
     "decode": 3.0,  # ours cached / HF generate tokens/s
     "cache": 5.0,  # ours cached / ours uncached
     "batched": 4.0,  # 8 prompts batched / one at a time, aggregate tokens/s
+    "bound": 0.75,  # issue 17: ours float32 decode / its memory-bandwidth bound
 }
 
 
@@ -42,7 +44,7 @@ def target_line(what: str, measured: float | None, target: float) -> str:
     return f"{what} = {ratio(measured)}  (target >= {target:g}x: {verdict})"
 
 
-def machine_table(peak: Run) -> Table:
+def machine_table(peak: Run, bandwidth: Run | None = None) -> Table:
     import torch
     import transformers
 
@@ -75,6 +77,17 @@ def machine_table(peak: Run) -> Table:
                 else "not measured: oneDNN reports no native bf16 on this CPU",
             ),
         ]
+    if bandwidth is not None and bandwidth.error:
+        facts.append(("read bandwidth", f"failed: {bandwidth.error}"))
+    elif bandwidth is not None:
+        b = bandwidth.result
+        facts.append(
+            (
+                f"read bandwidth GB/s ({b['threads']} threads)",
+                f"{b['best_gbs']:.1f}  (best of {b['repeats']}; median {b['median_gbs']:.1f}; "
+                f"sum of a {b['mb']} MB float32 tensor)",
+            )
+        )
     facts.append(("date", time.strftime("%Y-%m-%d %H:%M:%S %Z")))
     return Table("1. Machine", ["fact", "value"], [list(f) for f in facts])
 
@@ -196,6 +209,7 @@ HF_F32 = "HF generate, cache on"
 HF_BF16 = "HF generate, cache on, bf16 weights"
 OURS = "ours generate_ids, cached"
 OURS_INT8 = "ours generate_ids, cached, int8 weights"
+OURS_BF16 = "ours generate_ids, cached, bf16 weights"
 OURS_UNCACHED = "ours generate_ids, uncached"
 _CACHED = dict(use_cache=True, repeats="decode_repeats", weights="float32")
 DECODE_CONTENDERS = {
@@ -203,11 +217,12 @@ DECODE_CONTENDERS = {
     HF_BF16: _CACHED | dict(impl="hf", weights="bfloat16"),
     OURS: _CACHED | dict(impl="ours"),
     OURS_INT8: _CACHED | dict(impl="ours", weights="int8"),
+    OURS_BF16: _CACHED | dict(impl="ours", weights="bfloat16"),
     OURS_UNCACHED: _CACHED | dict(impl="ours", use_cache=False, repeats="uncached_repeats"),
 }
 
 
-def decode_table(args, peak: dict | None) -> Table:
+def decode_table(args, peak: dict | None, bandwidth: dict | None = None) -> Table:
     n, p = args.new_tokens, args.prompt_len
     table = Table(
         f"3. Decode, batch 1: {p}-token prompt, {n} new tokens, greedy, {args.threads} threads",
@@ -220,9 +235,13 @@ def decode_table(args, peak: dict | None) -> Table:
             "vs HF",
             "same tokens as HF",
             "weights MB",
+            "MB read/token",
+            "bound tokens/s",
+            "% of bound",
             "peak RSS MiB",
         ],
     )
+    gbs = bandwidth["best_gbs"] if bandwidth else None
     runs = {
         label: measure_torch(
             decode,
@@ -234,16 +253,22 @@ def decode_table(args, peak: dict | None) -> Table:
         for label, c in DECODE_CONTENDERS.items()
     }
     hf = runs[HF_F32]
-    speeds = {}
+    kv = next((r.result["kv_mb"] for r in runs.values() if not r.error), None)
+    speeds, of_bound = {}, {}
     for label, run in runs.items():
         if run.error:
-            table.rows.append([label, f"failed: {run.error}", *[""] * 7])
+            table.rows.append([label, f"failed: {run.error}", *[""] * 10])
             continue
         r = run.result
         speeds[label] = speed = n / statistics.mean(r["total_s"])
         same = "-" if hf.error else _same_tokens(r["tokens"], hf.result["tokens"])
         if not r["same_every_repeat"]:
             same += " (differs between repeats!)"
+        bound = bandwidth_bound(r["read_mb"] * 1e6, gbs * 1e9) if gbs else None
+        step_speed = 1 / statistics.median(r["step_s"]) if r["step_s"] else None
+        cached = DECODE_CONTENDERS[label]["use_cache"]
+        if bound and step_speed and cached:
+            of_bound[label] = step_speed / bound
         table.rows.append(
             [
                 label,
@@ -254,6 +279,9 @@ def decode_table(args, peak: dict | None) -> Table:
                 ratio(speed / speeds[HF_F32]) if not hf.error else "-",
                 "(reference)" if run is hf else same,
                 f"{r['weight_mb']:.0f}",
+                f"{r['read_mb']:.1f}",
+                num(bound) if bound and cached else "-",
+                f"{100 * of_bound[label]:.0f}%" if label in of_bound else "-",
                 num(run.peak_rss_mib),
             ]
         )
@@ -274,6 +302,15 @@ def decode_table(args, peak: dict | None) -> Table:
         "use_cache=False (recomputes the whole sequence); int8 weights = "
         "prepare_for_inference(model, int8=True) (weight-only int8, float32 activations; the "
         "matrix products take bf16 activations).",
+        "MB read/token = the weights one decoding step reads (decode_read_bytes: every "
+        "matrix, norm and scale in full, one embedding row); bound tokens/s = table 1's "
+        "best read bandwidth / MB read per token (decode_cost.bandwidth_bound), what a "
+        "decoder that did nothing but stream its weights would reach; % of bound = "
+        "(1 / the median step) / bound, decoding steps only (the prefill apart). The "
+        "KV cache is read too, not counted: "
+        + (f"{kv:.1f} MB per step at the middle of the generation." if kv else "-.")
+        + " bf16 weights = prepare_for_inference(model, bf16=True): a bfloat16 copy of "
+        "every matrix, products in bfloat16, everything else float32.",
         "Rows with other weights than float32 compute a slightly different function, so "
         "their greedy tokens may part from the float32 ones on a random model, whose "
         "top logits are close together.",
@@ -292,6 +329,21 @@ def decode_table(args, peak: dict | None) -> Table:
         return speeds[a] / speeds[b] if a in speeds and b in speeds else None
 
     table.notes += [
+        target_line(
+            "target: ours cached float32 / its bandwidth bound",
+            of_bound.get(OURS),
+            TARGETS["bound"],
+        ),
+        "ours bf16 weights / its bound = "
+        + (f"{100 * of_bound[OURS_BF16]:.0f}%" if OURS_BF16 in of_bound else "not measured")
+        + "; int8 / its bound = "
+        + (f"{100 * of_bound[OURS_INT8]:.0f}%" if OURS_INT8 in of_bound else "not measured")
+        + "; HF float32 / its bound = "
+        + (f"{100 * of_bound[HF_F32]:.0f}%" if HF_F32 in of_bound else "not measured"),
+        "ours cached, bf16 weights / ours float32 = "
+        + (ratio(share(OURS_BF16, OURS)) if share(OURS_BF16, OURS) else "not measured")
+        + "; / HF bf16 weights = "
+        + (ratio(share(OURS_BF16, HF_BF16)) if share(OURS_BF16, HF_BF16) else "not measured"),
         target_line("target: ours cached / HF", share(OURS, HF_F32), TARGETS["decode"]),
         target_line(
             "target: ours cached, int8 weights / HF", share(OURS_INT8, HF_F32), TARGETS["decode"]

@@ -10,6 +10,8 @@ inference module (figures in docs/benchmarks.md):
   product reads faster) and products of few rows split across the threads
   (``split_linear``), because torch runs a product of so few rows on one core.
 - ``Int8Linear`` (model/quantize.py), with ``int8=True``: weights stored as int8.
+- with ``bf16=True``, ``DecodeLinear`` holds a bfloat16 copy of the weight: half the
+  bytes of float32, activations cast to bfloat16 for the product and back after it.
 
 A prepared model refuses what needs the training weights (``refuse_prepared``: loss,
 save_checkpoint, to_hf): keep the model it was prepared from for those.
@@ -77,7 +79,9 @@ def split_linear(x: Tensor, weight: Tensor, parts: int | None = None) -> Tensor:
 class DecodeLinear(nn.Module):
     """A Linear for generation: y = x W^T (+ b), the product of few rows split across
     the threads. Holds W (out, in) in whatever layout ``prepare_for_inference`` chose
-    (column-major for its own copy; a tied weight is shared as it is)."""
+    (column-major for its own copy; a tied weight is shared as it is) and dtype: a
+    weight of another dtype than the activations (bfloat16) takes them cast to its
+    dtype, and returns the product cast back (the bias added in the activations' dtype)."""
 
     def __init__(self, weight: Tensor, bias: Tensor | None = None) -> None:
         super().__init__()
@@ -97,21 +101,34 @@ class DecodeLinear(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:  # (..., in) -> (..., out)
         w = self.decode_weight
+        if w.dtype != x.dtype:  # bfloat16 weights: the product in bfloat16
+            rows = x.to(w.dtype)
+            y = split_linear(rows, w) if takes_split_path(rows, w) else F.linear(rows, w)
+            y = y.to(x.dtype)
+            return y if self.bias is None else y + self.bias
         if takes_split_path(x, w):
             y = split_linear(x, w)
             return y if self.bias is None else y + self.bias
         return F.linear(x, w, self.bias)
 
     def extra_repr(self) -> str:
-        return f"{self.in_features} -> {self.out_features}, decode, bias={self.bias is not None}"
+        w = self.decode_weight
+        kind = "decode" if w.dtype == torch.float32 else f"decode, {w.dtype}"
+        return f"{self.in_features} -> {self.out_features}, {kind}, bias={self.bias is not None}"
 
 
-def prepare_for_inference(model: nn.Module, int8: bool = False, in_place: bool = True) -> nn.Module:
+def prepare_for_inference(
+    model: nn.Module, int8: bool = False, in_place: bool = True, bf16: bool = False
+) -> nn.Module:
     """``model`` made ready for generation; returned in eval mode.
 
     Every ``Linear`` becomes a ``DecodeLinear`` whose weight is a column-major copy (a
     weight tied to the embedding is shared, not copied), or with ``int8`` an
-    ``Int8Linear`` (a tied output projection gets its own int8 copy).
+    ``Int8Linear`` (a tied output projection gets its own int8 copy), or with ``bf16`` a
+    ``DecodeLinear`` holding a column-major bfloat16 copy (a tied output projection gets
+    its own; embeddings, norms, activations and the KV cache stay float32). Greedy
+    tokens of int8 and bf16 may part from float32's where two top logits are closer
+    than their rounding (docs/model.md).
 
     in_place=False leaves ``model`` as it was (still trainable) and returns a new module
     tree that shares its weights without copying or re-laying them out: what the
@@ -121,6 +138,8 @@ def prepare_for_inference(model: nn.Module, int8: bool = False, in_place: bool =
     """
     if is_prepared(model):
         raise ScratchLMError("this model is already prepared for generation (or quantized)")
+    if int8 and bf16:
+        raise ScratchLMError("pick one of int8 and bf16 weights for generation, not both")
     if not in_place:
         if not _linears(model):
             return model  # nothing to swap (a stand-in model, say): no copy needed
@@ -137,6 +156,9 @@ def prepare_for_inference(model: nn.Module, int8: bool = False, in_place: bool =
     for parent, name, child in targets:
         if int8:
             new = Int8Linear.from_linear(child)
+        elif bf16:
+            weight = child.weight.detach().to(torch.bfloat16).t().contiguous().t()
+            new = DecodeLinear(weight, child.bias)
         elif in_place and id(child.weight) not in others:
             # W^T row-major in memory, seen as (out, in): a one-row product reads it faster.
             new = DecodeLinear(child.weight.detach().t().contiguous().t(), child.bias)

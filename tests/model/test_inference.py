@@ -116,9 +116,11 @@ def test_prepare_in_place_swaps_every_linear_and_keeps_the_logits(gen, tie):
     assert prepare_for_inference(model) is model
     assert not model.training and is_prepared(model)
     assert not any(isinstance(m, Linear) for m in model.modules())
-    assert sum(isinstance(m, DecodeLinear) for m in model.modules()) == n_linear
-    q = model.layers[0].self_attn.q_proj.decode_weight
-    assert q.shape == (32, 32) and q.t().is_contiguous()  # its own column-major copy
+    # q, k, v stacked into one product, gate and up into another
+    fused = sum(isinstance(m, DecodeLinear) for m in model.modules())
+    assert fused == n_linear - 3 * model.config.n_layers
+    qkv = model.layers[0].self_attn.qkv.decode_weight  # 32 + 2 x 16 outputs
+    assert qkv.shape == (64, 32) and qkv.t().is_contiguous()  # its own column-major copy
     head = model.lm_head.decode_weight
     if tie:  # shared with the embedding, not copied
         assert head.data_ptr() == model.embed_tokens.weight.data_ptr()

@@ -13,6 +13,10 @@ inference module (figures in docs/benchmarks.md):
 - with ``bf16=True``, ``DecodeLinear`` holds a bfloat16 copy of the weight: half the
   bytes of float32, activations cast to bfloat16 for the product and back after it.
 
+A third change cuts the step's fixed costs rather than its bytes: the fused layers of
+model/decode_blocks.py (q, k, v from one product, gate and up from one, RMSNorm as one
+kernel) replace the training layers, for fewer and larger torch calls per step.
+
 A prepared model refuses what needs the training weights (``refuse_prepared``: loss,
 save_checkpoint, to_hf): keep the model it was prepared from for those.
 """
@@ -20,14 +24,17 @@ save_checkpoint, to_hf): keep the model it was prepared from for those.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from scratchlm.errors import ScratchLMError
+from scratchlm.model.decode_blocks import FusedAttention, FusedRMSNorm, FusedSwiGLU
 from scratchlm.model.layers import Linear
-from scratchlm.model.quantize import Int8Linear
+from scratchlm.model.quantize import Int8Linear, quantize_weight
+from scratchlm.model.transformer import MultiHeadSelfAttention, RMSNorm, SwiGLU
 
 # split_linear: at most this many rows (decoding steps of up to 32 sequences).
 SPLIT_MAX_ROWS = 32
@@ -128,7 +135,9 @@ def prepare_for_inference(
     ``DecodeLinear`` holding a column-major bfloat16 copy (a tied output projection gets
     its own; embeddings, norms, activations and the KV cache stay float32). Greedy
     tokens of int8 and bf16 may part from float32's where two top logits are closer
-    than their rounding (docs/model.md).
+    than their rounding (docs/model.md). In place, the attention, SwiGLU and RMSNorm
+    layers also become their fused forms (``fuse_layers``; their stacked weights are new
+    copies, in the same dtype and layout as the other products).
 
     in_place=False leaves ``model`` as it was (still trainable) and returns a new module
     tree that shares its weights without copying or re-laying them out: what the
@@ -152,20 +161,52 @@ def prepare_for_inference(
         if not isinstance(m, Linear | nn.Linear)
         for p in m.parameters(recurse=False)
     }
-    targets = _linears(model)
-    for parent, name, child in targets:
+
+    def product(weight: Tensor, bias: Tensor | None) -> nn.Module:
+        """The inference module for a copy of ``weight`` (out, in)."""
         if int8:
-            new = Int8Linear.from_linear(child)
-        elif bf16:
-            weight = child.weight.detach().to(torch.bfloat16).t().contiguous().t()
-            new = DecodeLinear(weight, child.bias)
-        elif in_place and id(child.weight) not in others:
-            # W^T row-major in memory, seen as (out, in): a one-row product reads it faster.
-            new = DecodeLinear(child.weight.detach().t().contiguous().t(), child.bias)
-        else:
+            return Int8Linear(*quantize_weight(weight), bias)
+        dtype = torch.bfloat16 if bf16 else weight.dtype
+        # W^T row-major in memory, seen as (out, in): a one-row product reads it faster.
+        return DecodeLinear(weight.detach().to(dtype).t().contiguous().t(), bias)
+
+    if in_place:
+        fuse_layers(model, product)
+    for parent, name, child in _linears(model):
+        if int8 or bf16 or (in_place and id(child.weight) not in others):
+            new = product(child.weight, child.bias)
+        else:  # shared, as it is (a tied weight, or a model left as it was)
             new = DecodeLinear(child.weight, child.bias)
         setattr(parent, name, new)
     return model.eval()
+
+
+def fuse_layers(model: nn.Module, product: Callable[[Tensor, Tensor | None], nn.Module]) -> None:
+    """Swap, in place, each attention for a ``FusedAttention`` (its q, k, v weights
+    stacked into one product), each SwiGLU for a ``FusedSwiGLU`` (gate and up stacked)
+    and each RMSNorm for a ``FusedRMSNorm``. ``product(weight, bias)`` builds the module
+    of a stacked weight (out, in). The other Linears are left for the caller."""
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, MultiHeadSelfAttention):
+                parts = (child.q_proj, child.k_proj, child.v_proj)
+                new = FusedAttention(child, product(*_stacked(parts)))
+            elif isinstance(child, SwiGLU):
+                new = FusedSwiGLU(child, product(*_stacked((child.gate_proj, child.up_proj))))
+            elif isinstance(child, RMSNorm):
+                new = FusedRMSNorm(child)
+            else:
+                continue
+            setattr(parent, name, new)
+
+
+def _stacked(layers: tuple[nn.Module, ...]) -> tuple[Tensor, Tensor | None]:
+    """The weights of ``layers`` stacked along the outputs, (sum of out, in), and their
+    biases likewise (None if they have none)."""
+    weight = torch.cat([layer.weight.detach() for layer in layers])
+    biases = [layer.bias for layer in layers]
+    bias = None if biases[0] is None else torch.cat([b.detach() for b in biases])
+    return weight, bias
 
 
 def _linears(model: nn.Module) -> list[tuple[nn.Module, str, nn.Module]]:

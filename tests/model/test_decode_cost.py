@@ -15,12 +15,13 @@ CONFIG = dict(vocab_size=61, context_length=16, d_model=32, n_layers=2, n_heads=
 
 
 def by_hand(c: ModelConfig, weight_bytes: int, int8: bool = False) -> int:
-    """Every matrix in full at ``weight_bytes`` per entry (int8: plus a float32 scale per
-    output row), norms in float32, one float32 row of the embedding."""
+    """Every matrix in full at ``weight_bytes`` per entry (int8: plus a scale per output
+    row, kept in float32 and in bfloat16 for the fused kernel), norms in float32, one
+    float32 row of the embedding."""
     d, q, kv, f = c.d_model, c.n_heads * c.head_dim, c.kv_heads * c.head_dim, c.ffn_dim
     matrices = [(q, d), (kv, d), (kv, d), (d, q), (f, d), (f, d), (d, f)] * c.n_layers
     matrices.append((c.vocab_size, d))  # the output projection, tied or not
-    total = sum(o * i * weight_bytes + (4 * o if int8 else 0) for o, i in matrices)
+    total = sum(o * i * weight_bytes + ((4 + 2) * o if int8 else 0) for o, i in matrices)
     norms = (2 * c.n_layers + 1) * d * 4
     return total + norms + d * 4
 

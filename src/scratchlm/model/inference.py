@@ -185,15 +185,25 @@ def fuse_layers(model: nn.Module, product: Callable[[Tensor, Tensor | None], nn.
     """Swap, in place, each attention for a ``FusedAttention`` (its q, k, v weights
     stacked into one product), each SwiGLU for a ``FusedSwiGLU`` (gate and up stacked)
     and each RMSNorm for a ``FusedRMSNorm``. ``product(weight, bias)`` builds the module
-    of a stacked weight (out, in). The other Linears are left for the caller."""
+    of a stacked weight (out, in). The other Linears are left for the caller, and so
+    are layers whose projections are not plain Linears (an adapter wrapped around one
+    must keep computing its own product)."""
+
+    def plain(*layers: nn.Module) -> bool:
+        return all(type(layer) in (Linear, nn.Linear) for layer in layers)
+
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
-            if isinstance(child, MultiHeadSelfAttention):
-                parts = (child.q_proj, child.k_proj, child.v_proj)
-                new = FusedAttention(child, product(*_stacked(parts)))
-            elif isinstance(child, SwiGLU):
+            attention = (
+                (child.q_proj, child.k_proj, child.v_proj)
+                if isinstance(child, MultiHeadSelfAttention)
+                else ()
+            )
+            if attention and plain(*attention):
+                new = FusedAttention(child, product(*_stacked(attention)))
+            elif isinstance(child, SwiGLU) and plain(child.gate_proj, child.up_proj):
                 new = FusedSwiGLU(child, product(*_stacked((child.gate_proj, child.up_proj))))
-            elif isinstance(child, RMSNorm):
+            elif type(child) is RMSNorm:
                 new = FusedRMSNorm(child)
             else:
                 continue

@@ -453,6 +453,10 @@ def profile_table(args) -> Table:
         ["sum of op self CPU time (torch.profiler)", f"{r['op_self_ms']:.2f}"],
     ]
     table.notes.append(
+        f"torch.profiler events per step (torch ops, nested ones included; a count, which "
+        f"the machine's load cannot move): {r['events_per_step']:.0f}."
+    )
+    table.notes.append(
         "32 decode steps after the prefill, each measure on its own 32 steps. Wall minus the "
         "ops' self time is roughly the Python and dispatch overhead outside any op (the "
         "profiler inflates each op a little, so a small or negative gap means: negligible)."

@@ -350,6 +350,7 @@ def profile_decode(prompt_len: int, steps: int) -> dict:
     profiled_ms = (time.perf_counter() - start) / steps * 1e3
     events = prof.key_averages()
     op_self_ms = sum(e.self_cpu_time_total for e in events) / 1e3 / steps
+    events_per_step = sum(e.count for e in events) / steps  # a count: the load cannot move it
     ops = events.table(sort_by="self_cpu_time_total", row_limit=12, max_name_column_width=40)
     shapes = prof.key_averages(group_by_input_shape=True).table(
         sort_by="self_cpu_time_total", row_limit=8, max_name_column_width=30
@@ -372,6 +373,7 @@ def profile_decode(prompt_len: int, steps: int) -> dict:
         "plain_ms": plain_ms,
         "profiled_ms": profiled_ms,
         "op_self_ms": op_self_ms,
+        "events_per_step": events_per_step,
         "ops": ops,
         "shapes": shapes,
         "python": python,

@@ -31,8 +31,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from decode_table import decode_table
 from harness import Report, measure_torch
-from model_tables import batched_table, decode_table, machine_table, profile_table, training_table
+from model_tables import batched_table, machine_table, profile_table, training_table
 from model_tasks import matmul_peak, read_bandwidth
 
 

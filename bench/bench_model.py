@@ -6,13 +6,15 @@
 Prints four tables (same weights, same inputs, same run, ratios to the reference) and
 writes them as Markdown with ``--markdown``:
 
-1. machine: cores, versions, and the measured matmul GFLOP/s (fp32, and bf16 where the
-   CPU has it), the peak the other tables are read against;
+1. machine: cores, versions, the measured matmul GFLOP/s (fp32, and bf16 where the
+   CPU has it), the peak the other tables are read against, and the streaming read
+   bandwidth (GB/s), the bound decoding is read against;
 2. training step (forward + backward + AdamW) on preset ``small``: tokens/s, achieved
    GFLOP/s, % of the matmul peak, vs HF; eager, ``torch.compile`` and bf16 autocast;
-3. decode, batch 1: ours with and without the KV cache beside HF ``generate`` with its
-   cache, on the identical weights (exported with ``to_hf``), and whether the greedy
-   tokens agree;
+3. decode, batch 1: ours with and without the KV cache (float32, int8 and bf16
+   weights) beside HF ``generate`` with its cache, on the identical weights (exported
+   with ``to_hf``), whether the greedy tokens agree, the bytes of weights each step
+   reads and each decoder's speed as a % of its bound (read bandwidth / bytes per token);
 4. batched generation of 8 prompts of different lengths vs the same prompts one at a time.
 
 ``--profile`` adds the top costs of our cached decode step (torch.profiler and cProfile).
@@ -29,9 +31,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from decode_table import decode_table
 from harness import Report, measure_torch
-from model_tables import batched_table, decode_table, machine_table, profile_table, training_table
-from model_tasks import matmul_peak
+from model_tables import batched_table, machine_table, profile_table, training_table
+from model_tasks import matmul_peak, read_bandwidth
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -57,6 +60,10 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument("--batch-repeats", type=int, help="(default 3, --quick 1)")
     p.add_argument("--peak-repeats", type=int, help="matmul repeats (default 10, --quick 3)")
+    p.add_argument(
+        "--bandwidth-mb", type=int, help="MB summed to measure bandwidth (default 512, --quick 128)"
+    )
+    p.add_argument("--bandwidth-repeats", type=int, help="(default 10, --quick 3)")
     args = p.parse_args(argv)
     defaults = {  # name: (full, quick)
         "batch": (8, 2),
@@ -69,6 +76,8 @@ def main(argv: list[str] | None = None) -> None:
         "batch_new_tokens": (128, 16),
         "batch_repeats": (3, 1),
         "peak_repeats": (10, 3),
+        "bandwidth_mb": (512, 128),
+        "bandwidth_repeats": (10, 3),
     }
     for name, (full, quick) in defaults.items():
         if getattr(args, name) is None:
@@ -82,11 +91,15 @@ def main(argv: list[str] | None = None) -> None:
     )
     peak_run.result.update(size=size, repeats=args.peak_repeats)
     peak = None if peak_run.error else peak_run.result
-    report.show(machine_table(peak_run))
+    bandwidth_run = measure_torch(
+        read_bandwidth, threads=args.threads, mb=args.bandwidth_mb, repeats=args.bandwidth_repeats
+    )
+    bandwidth = None if bandwidth_run.error else bandwidth_run.result
+    report.show(machine_table(peak_run, bandwidth_run))
     if 2 in which:
         report.show(training_table(args, peak))
     if 3 in which:
-        report.show(decode_table(args, peak))
+        report.show(decode_table(args, peak, bandwidth))
     if 4 in which:
         report.show(batched_table(args))
     if args.profile:

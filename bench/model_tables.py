@@ -12,7 +12,6 @@ import time
 from harness import (
     Run,
     Table,
-    common_prefix,
     cores,
     cpu_info,
     load_average,
@@ -21,13 +20,14 @@ from harness import (
     ratio,
     scratchlm_version,
 )
-from model_tasks import PRESET, batched, decode, profile_decode, train_steps
+from model_tasks import PRESET, batched, profile_decode, train_steps
 
 TARGETS = {  # from issue 3, "Speed": printed beside the measured ratios, never asserted
     "training": 1.1,  # ours (compile allowed) / HF tokens/s
     "decode": 3.0,  # ours cached / HF generate tokens/s
     "cache": 5.0,  # ours cached / ours uncached
     "batched": 4.0,  # 8 prompts batched / one at a time, aggregate tokens/s
+    "bound": 0.75,  # issue 17: ours float32 decode / its memory-bandwidth bound
 }
 
 
@@ -42,7 +42,7 @@ def target_line(what: str, measured: float | None, target: float) -> str:
     return f"{what} = {ratio(measured)}  (target >= {target:g}x: {verdict})"
 
 
-def machine_table(peak: Run) -> Table:
+def machine_table(peak: Run, bandwidth: Run | None = None) -> Table:
     import torch
     import transformers
 
@@ -75,6 +75,17 @@ def machine_table(peak: Run) -> Table:
                 else "not measured: oneDNN reports no native bf16 on this CPU",
             ),
         ]
+    if bandwidth is not None and bandwidth.error:
+        facts.append(("read bandwidth", f"failed: {bandwidth.error}"))
+    elif bandwidth is not None:
+        b = bandwidth.result
+        facts.append(
+            (
+                f"read bandwidth GB/s ({b['threads']} threads)",
+                f"{b['best_gbs']:.1f}  (best of {b['repeats']}; median {b['median_gbs']:.1f}; "
+                f"sum of a {b['mb']} MB float32 tensor)",
+            )
+        )
     facts.append(("date", time.strftime("%Y-%m-%d %H:%M:%S %Z")))
     return Table("1. Machine", ["fact", "value"], [list(f) for f in facts])
 
@@ -191,126 +202,6 @@ def _tokens_per_s(r: dict) -> float:
     return r["tokens_per_step"] / statistics.mean(r["step_s"])
 
 
-# label -> decode() arguments; ``repeats`` names the --*-repeats count that applies
-HF_F32 = "HF generate, cache on"
-HF_BF16 = "HF generate, cache on, bf16 weights"
-OURS = "ours generate_ids, cached"
-OURS_INT8 = "ours generate_ids, cached, int8 weights"
-OURS_UNCACHED = "ours generate_ids, uncached"
-_CACHED = dict(use_cache=True, repeats="decode_repeats", weights="float32")
-DECODE_CONTENDERS = {
-    HF_F32: _CACHED | dict(impl="hf"),
-    HF_BF16: _CACHED | dict(impl="hf", weights="bfloat16"),
-    OURS: _CACHED | dict(impl="ours"),
-    OURS_INT8: _CACHED | dict(impl="ours", weights="int8"),
-    OURS_UNCACHED: _CACHED | dict(impl="ours", use_cache=False, repeats="uncached_repeats"),
-}
-
-
-def decode_table(args, peak: dict | None) -> Table:
-    n, p = args.new_tokens, args.prompt_len
-    table = Table(
-        f"3. Decode, batch 1: {p}-token prompt, {n} new tokens, greedy, {args.threads} threads",
-        [
-            "contender",
-            "tokens/s",
-            "min-max",
-            "ms/token (median step)",
-            "first token ms",
-            "vs HF",
-            "same tokens as HF",
-            "weights MB",
-            "peak RSS MiB",
-        ],
-    )
-    runs = {
-        label: measure_torch(
-            decode,
-            threads=args.threads,
-            **(c | {"repeats": getattr(args, c["repeats"])}),
-            prompt_len=p,
-            new_tokens=n,
-        )
-        for label, c in DECODE_CONTENDERS.items()
-    }
-    hf = runs[HF_F32]
-    speeds = {}
-    for label, run in runs.items():
-        if run.error:
-            table.rows.append([label, f"failed: {run.error}", *[""] * 7])
-            continue
-        r = run.result
-        speeds[label] = speed = n / statistics.mean(r["total_s"])
-        same = "-" if hf.error else _same_tokens(r["tokens"], hf.result["tokens"])
-        if not r["same_every_repeat"]:
-            same += " (differs between repeats!)"
-        table.rows.append(
-            [
-                label,
-                num(speed),
-                spread([n / t for t in r["total_s"]]),
-                f"{1e3 * statistics.median(r['step_s']):.2f}" if r["step_s"] else "-",
-                f"{1e3 * statistics.mean(r['first_token_s']):.1f}",
-                ratio(speed / speeds[HF_F32]) if not hf.error else "-",
-                "(reference)" if run is hf else same,
-                f"{r['weight_mb']:.0f}",
-                num(run.peak_rss_mib),
-            ]
-        )
-    ok = next((r.result for r in runs.values() if not r.error), None)
-    table.notes += [
-        f"tokens/s = {n} / mean wall time of one whole generation call (prefill included), "
-        f"over {args.decode_repeats} repeat(s) ({args.uncached_repeats} uncached) after a "
-        "short warm-up call; min-max over the repeats.",
-        "ms/token = median gap between consecutive new tokens (ours: between the ids "
-        "generate_ids yields; HF: a streamer that only notes the time); first token = "
-        "prefill + first sample.",
-        "Same weights on both sides: a seeded TransformerLM exported with to_hf and loaded "
-        "with LlamaForCausalLM.from_pretrained (float32 unless the row says bf16, sdpa). HF: "
-        f"generate(do_sample=False, max_new_tokens={n}, min_new_tokens={n}) with its default "
-        "dynamic cache.",
-        "ours: generate_ids(model, [prompt], SampleConfig(temperature=0), stop_ids=()); "
-        "model = prepare_for_inference(model) first, as chat and generate do; uncached = "
-        "use_cache=False (recomputes the whole sequence); int8 weights = "
-        "prepare_for_inference(model, int8=True) (weight-only int8, float32 activations; the "
-        "matrix products take bf16 activations).",
-        "Rows with other weights than float32 compute a slightly different function, so "
-        "their greedy tokens may part from the float32 ones on a random model, whose "
-        "top logits are close together.",
-    ]
-    if ok:
-        floor_ms = ok["flops_per_token"] / peak["fp32"] / 1e6 if peak else None
-        extra = f"; at table 1's fp32 matmul peak that is {floor_ms:.2f} ms/token" if peak else ""
-        table.notes += [
-            f"context_length raised to {ok['context']} (preset: 256) so prompt + new tokens "
-            "fit without our sliding window (HF has none); weights otherwise the preset's.",
-            f"Arithmetic per decoded token: {ok['flops_per_token'] / 1e6:.1f} MFLOP at full "
-            f"length{extra}. Weights MB = what one decode step reads from memory.",
-        ]
-
-    def share(a: str, b: str) -> float | None:
-        return speeds[a] / speeds[b] if a in speeds and b in speeds else None
-
-    table.notes += [
-        target_line("target: ours cached / HF", share(OURS, HF_F32), TARGETS["decode"]),
-        target_line(
-            "target: ours cached, int8 weights / HF", share(OURS_INT8, HF_F32), TARGETS["decode"]
-        ),
-        "ours cached, int8 weights / HF bf16 weights (both read fewer bytes than float32) = "
-        + (ratio(share(OURS_INT8, HF_BF16)) if share(OURS_INT8, HF_BF16) else "not measured"),
-        target_line(
-            "target: ours cached / ours uncached", share(OURS, OURS_UNCACHED), TARGETS["cache"]
-        ),
-    ]
-    return table
-
-
-def _same_tokens(ours: list[int], theirs: list[int]) -> str:
-    if ours == theirs:
-        return "yes"
-    return f"no (from token {common_prefix(ours, theirs)})"
-
-
 BATCHED_MODES = [  # (mode, weights) of each batched() run
     ("one-at-a-time", "float32"),
     ("batched", "float32"),
@@ -398,6 +289,10 @@ def profile_table(args) -> Table:
         ["wall, under torch.profiler", f"{r['profiled_ms']:.2f}"],
         ["sum of op self CPU time (torch.profiler)", f"{r['op_self_ms']:.2f}"],
     ]
+    table.notes.append(
+        f"torch.profiler events per step (torch ops, nested ones included; a count, which "
+        f"the machine's load cannot move): {r['events_per_step']:.0f}."
+    )
     table.notes.append(
         "32 decode steps after the prefill, each measure on its own 32 steps. Wall minus the "
         "ops' self time is roughly the Python and dispatch overhead outside any op (the "

@@ -46,6 +46,33 @@ def matmul_peak(size: int, repeats: int) -> dict:
     }
 
 
+def read_bandwidth(mb: int, repeats: int) -> dict:
+    """The machine's streaming read bandwidth as torch sees it: GB/s of summing a
+    float32 tensor of ``mb`` megabytes (far beyond the caches), on this process's
+    threads; best and median of ``repeats`` after two warm-up sums. A sum reads each
+    byte once and does one add per 4 bytes, so memory sets its speed, as it sets a
+    decoding step's."""
+    import statistics
+
+    import torch
+
+    data = torch.ones(mb * 250_000)  # mb * 1e6 bytes of float32
+    for _ in range(2):
+        data.sum()
+    rates = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        data.sum()
+        rates.append(data.numel() * 4 / (time.perf_counter() - start) / 1e9)
+    return {
+        "best_gbs": max(rates),
+        "median_gbs": statistics.median(rates),
+        "mb": mb,
+        "repeats": repeats,
+        "threads": torch.get_num_threads(),
+    }
+
+
 def _ours(context_length: int | None = None, seed: int = 0):
     """A randomly initialised TransformerLM of PRESET (seeded: every child builds the
     same weights)."""
@@ -205,11 +232,15 @@ def decode(
     """Batch-1 greedy decode of ``new_tokens`` after a random prompt, ``repeats`` times
     after a short warm-up. The context is raised to fit prompt + new tokens, so neither
     side needs a sliding window. ``weights``: "float32"; "bfloat16" (HF: loaded in
-    bf16); "int8" (ours: prepare_for_inference(int8=True)). Ours is prepared for
-    inference as chat and generate prepare it."""
+    bf16; ours: prepare_for_inference(bf16=True)); "int8" (ours:
+    prepare_for_inference(int8=True)). Ours is prepared for inference as chat and
+    generate prepare it. ``read_mb``: megabytes of weights one step reads
+    (decode_read_bytes); ``kv_mb``: of cached keys and values, at the middle of the
+    generation."""
     import torch
 
     from scratchlm.model import prepare_for_inference
+    from scratchlm.model.decode_cost import decode_read_bytes, kv_read_bytes
 
     context = max(256, prompt_len + new_tokens)
     ours = _ours(context_length=context)
@@ -220,6 +251,7 @@ def decode(
         with tempfile.TemporaryDirectory() as tmp:
             hf = _hf_twin(ours, tmp, weights).eval()
         weight_mb = _weight_mb(hf)
+        read_mb = decode_read_bytes(hf) / 1e6
         ids = torch.tensor([prompt])
 
         def run(n: int):
@@ -239,8 +271,9 @@ def decode(
             gaps = [b - a for a, b in itertools.pairwise(t)]
             return [out[0, prompt_len:].tolist()], t[0] - start, gaps, total
     else:
-        ours = prepare_for_inference(ours, int8=weights == "int8")
+        ours = prepare_for_inference(ours, int8=weights == "int8", bf16=weights == "bfloat16")
         weight_mb = _weight_mb(ours)
+        read_mb = decode_read_bytes(ours) / 1e6
 
         def run(n: int):
             return _run_ours(ours, [prompt], n, use_cache)
@@ -256,6 +289,8 @@ def decode(
         "context": context,
         "flops_per_token": flops,
         "weight_mb": weight_mb,
+        "read_mb": read_mb,
+        "kv_mb": kv_read_bytes(ours.config, prompt_len + new_tokens // 2) / 1e6,
     }
 
 
@@ -315,6 +350,7 @@ def profile_decode(prompt_len: int, steps: int) -> dict:
     profiled_ms = (time.perf_counter() - start) / steps * 1e3
     events = prof.key_averages()
     op_self_ms = sum(e.self_cpu_time_total for e in events) / 1e3 / steps
+    events_per_step = sum(e.count for e in events) / steps  # a count: the load cannot move it
     ops = events.table(sort_by="self_cpu_time_total", row_limit=12, max_name_column_width=40)
     shapes = prof.key_averages(group_by_input_shape=True).table(
         sort_by="self_cpu_time_total", row_limit=8, max_name_column_width=30
@@ -337,6 +373,7 @@ def profile_decode(prompt_len: int, steps: int) -> dict:
         "plain_ms": plain_ms,
         "profiled_ms": profiled_ms,
         "op_self_ms": op_self_ms,
+        "events_per_step": events_per_step,
         "ops": ops,
         "shapes": shapes,
         "python": python,

@@ -128,6 +128,20 @@ def test_int8_flag_answers_with_the_quantized_model(models, capsys):
     assert code == 0 and out == "hi" + expected + "\n"
 
 
+def test_bf16_flag_generates_with_bfloat16_weights_and_excludes_int8(models, capsys):
+    path, model, tok = models["base"]
+    code, out, _ = run(
+        capsys, "generate", str(path), "--prompt", "hi", "--bf16", "--temperature", "0"
+    )
+    expected = generate(
+        prepare_for_inference(copy.deepcopy(model), bf16=True), tok, "hi", temperature=0
+    )
+    assert code == 0 and out == "hi" + expected + "\n"
+    with pytest.raises(SystemExit):  # argparse: not allowed with --int8
+        run(capsys, "generate", str(path), "--prompt", "hi", "--bf16", "--int8")
+    assert "not allowed with argument" in capsys.readouterr().err
+
+
 def test_chat_refuses_a_base_model(models, capsys):
     path, _, _ = models["base"]
     code, _, err = run(capsys, "chat", str(path), "--prompt", "hi")

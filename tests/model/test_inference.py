@@ -13,7 +13,14 @@ from scratchlm.checkpoint import save_checkpoint
 from scratchlm.config import ModelConfig
 from scratchlm.errors import ScratchLMError
 from scratchlm.export.hf import to_hf
-from scratchlm.model import DecodeLinear, Linear, TransformerLM, inference, prepare_for_inference
+from scratchlm.model import (
+    DecodeLinear,
+    KVCache,
+    Linear,
+    TransformerLM,
+    inference,
+    prepare_for_inference,
+)
 from scratchlm.model.inference import is_prepared, split_linear, takes_split_path
 
 CONFIG = dict(vocab_size=61, context_length=16, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2)
@@ -109,9 +116,11 @@ def test_prepare_in_place_swaps_every_linear_and_keeps_the_logits(gen, tie):
     assert prepare_for_inference(model) is model
     assert not model.training and is_prepared(model)
     assert not any(isinstance(m, Linear) for m in model.modules())
-    assert sum(isinstance(m, DecodeLinear) for m in model.modules()) == n_linear
-    q = model.layers[0].self_attn.q_proj.decode_weight
-    assert q.shape == (32, 32) and q.t().is_contiguous()  # its own column-major copy
+    # q, k, v stacked into one product, gate and up into another
+    fused = sum(isinstance(m, DecodeLinear) for m in model.modules())
+    assert fused == n_linear - 3 * model.config.n_layers
+    qkv = model.layers[0].self_attn.qkv.decode_weight  # 32 + 2 x 16 outputs
+    assert qkv.shape == (64, 32) and qkv.t().is_contiguous()  # its own column-major copy
     head = model.lm_head.decode_weight
     if tie:  # shared with the embedding, not copied
         assert head.data_ptr() == model.embed_tokens.weight.data_ptr()
@@ -156,3 +165,60 @@ def test_prepared_model_refuses_training_saving_and_export(tmp_path, int8, why):
     assert list(tmp_path.iterdir()) == []  # nothing half-written
     # Nothing an optimizer could pick up: the swapped-in weights are not parameters.
     assert not any("proj" in n or "lm_head" in n for n, _ in model.named_parameters())
+
+
+# ------------------------------------------------------------------ bfloat16 weights
+
+
+def test_bf16_decode_linear_splits_and_rounds_only_as_bfloat16_does(gen, threads, monkeypatch):
+    monkeypatch.setattr(inference, "SPLIT_MIN_WEIGHTS", 1)
+    threads(2)
+    weight = torch.randn(12, 40, generator=gen)
+    bias = torch.randn(12, generator=gen)
+    layer = DecodeLinear(weight.to(torch.bfloat16).t().contiguous().t(), bias)
+    x = torch.randn(3, 1, 40, generator=gen)
+    with torch.inference_mode():
+        y = layer(x)
+        assert takes_split_path(x, layer.decode_weight)
+        plain = F.linear(x.bfloat16(), layer.decode_weight).float() + bias
+    assert y.dtype == torch.float32
+    # The split product: the same sums, rounded to bfloat16 (at most one step apart).
+    assert_close(y, plain, rtol=2**-7, atol=1e-5)
+    # bfloat16 keeps 8 significant bits: each input and weight is off by at most 2^-9
+    # of itself, a product of two by about 2^-8, and the output rounding adds 2^-9 of
+    # the result (x 1.5 for float32 sums and a second rounding step).
+    exact = x @ weight.t()
+    bound = 1.5 * (2**-8 * (x.abs() @ weight.abs().t()) + 2**-8 * exact.abs())
+    assert ((y - bias - exact).abs() <= bound).all()
+
+
+@pytest.mark.parametrize("tie", [False, True])
+def test_bf16_prepared_model_decodes_close_to_float32(gen, tie):
+    """Teacher-forced decoding steps (the same tokens into both), with the KV cache.
+    Tolerance: logits within 2% of the largest float32 logit; the greedy token equals
+    float32's wherever float32's top two logits are further apart than twice the largest
+    difference seen (closer ones may swap: bf16 rounding, not a bug)."""
+    model = make_model(tie_embeddings=tie).eval()
+    bf16 = prepare_for_inference(make_model(tie_embeddings=tie), bf16=True)
+    assert bf16.lm_head.decode_weight.dtype == torch.bfloat16
+    assert bf16.embed_tokens.weight.dtype == torch.float32  # only the products' weights
+    ids = torch.randint(0, 61, (2, 12), generator=gen)
+    with torch.inference_mode():
+        want, got = [], []
+        for m, out in ((model, want), (bf16, got)):
+            cache = KVCache.for_model(m.config, 2)
+            out.append(m(ids[:, :4], cache, last_only=True))
+            for t in range(4, 12):
+                out.append(m(ids[:, t : t + 1], cache))
+    want, got = torch.cat(want, 1), torch.cat(got, 1)  # (2, 9, V)
+    diff = (got - want).abs().max()
+    assert 0 < diff <= 0.02 * want.abs().max()
+    top2 = want.topk(2, dim=-1).values
+    clear = (top2[..., 0] - top2[..., 1]) > 2 * diff
+    assert clear.sum() >= 4  # the check below is not vacuous
+    assert torch.equal(got.argmax(-1)[clear], want.argmax(-1)[clear])
+
+
+def test_int8_and_bf16_together_are_refused():
+    with pytest.raises(ScratchLMError, match="one of int8 and bf16"):
+        prepare_for_inference(make_model(), int8=True, bf16=True)

@@ -87,11 +87,15 @@ def test_cached_equals_uncached_for_the_tiny_preset():
 
 
 @pytest.mark.parametrize("in_place", [True, False])
-@pytest.mark.parametrize("case", ["rope", "gpt2_style", "mqa", "speedrun_options"])
+@pytest.mark.parametrize(
+    "case", ["rope", "gpt2_style", "mqa", "speedrun_options", "mha_qk_norm", "shared_depth"]
+)
 def test_decoding_a_prepared_model_equals_the_full_forward(case, in_place, monkeypatch, threads):
     # prepare_for_inference swaps in DecodeLinear (column-major copies, or shared weights
     # when not in place), whose few-row products take the split path (one block of
-    # outputs per thread); its logits must match the training model's full forward.
+    # outputs per thread), and in place the fused layers (one q/k/v product, one
+    # gate/up product, RMSNorm in one kernel); its logits must match the training
+    # model's full forward.
     model = make_model(**CASES[case], vocab_size=61)  # odd: the output's last row left over
     ids = random_ids(model.config.vocab_size, 2, 10)
     full = model(ids)
@@ -104,7 +108,8 @@ def test_decoding_a_prepared_model_equals_the_full_forward(case, in_place, monke
         cache = KVCache.for_model(model.config, batch_size=2)
         steps = [decoder(ids[:, :4], cache=cache)]
         steps += [decoder(ids[:, t : t + 1], cache=cache) for t in range(4, 10)]
-    assert len(calls) >= 6 * model.config.n_layers * 5  # every decode step split its products
+    # Every decode step split its products: at least q/k/v (fused or not), o, up, down.
+    assert len(calls) >= 6 * model.config.n_layers * 4
     assert_close(torch.cat(steps, dim=1), full, **TOL)
 
 

@@ -43,7 +43,7 @@ def _facts(args: argparse.Namespace) -> int:
     files = args.questions or [run.trained_questions, run.reworded_questions]
     sets = {f: read_fact_questions(f) for f in files}  # bad files fail before the model loads
     path = args.checkpoint if args.checkpoint is not None else default_chat_checkpoint()
-    model, tokenizer = load_chat_model(path, args.device, args.int8)
+    model, tokenizer = load_chat_model(path, args.device, args.int8, args.bf16)
     require_chat_tokens(tokenizer)
     reports = {}
     total = sum(len(questions) for questions in sets.values())

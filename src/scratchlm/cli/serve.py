@@ -150,7 +150,7 @@ def _serve(args: argparse.Namespace) -> int:
             API_KEY_ENV,
         )
     try:
-        model, tokenizer = load_chat_model(path, args.device, args.int8)
+        model, tokenizer = load_chat_model(path, args.device, args.int8, args.bf16)
         engine = Engine(model, tokenizer, max_batch=args.max_batch, max_queue=args.max_queue)
         settings = ServerSettings(name, api_key=args.api_key, max_body=args.max_body)
         run_server(engine, tokenizer, settings, sock)

@@ -10,6 +10,12 @@ inference module (figures in docs/benchmarks.md):
   product reads faster) and products of few rows split across the threads
   (``split_linear``), because torch runs a product of so few rows on one core.
 - ``Int8Linear`` (model/quantize.py), with ``int8=True``: weights stored as int8.
+- with ``bf16=True``, ``DecodeLinear`` holds a bfloat16 copy of the weight: half the
+  bytes of float32, activations cast to bfloat16 for the product and back after it.
+
+A third change cuts the step's fixed costs rather than its bytes: the fused layers of
+model/decode_blocks.py (q, k, v from one product, gate and up from one, RMSNorm as one
+kernel) replace the training layers, for fewer and larger torch calls per step.
 
 A prepared model refuses what needs the training weights (``refuse_prepared``: loss,
 save_checkpoint, to_hf): keep the model it was prepared from for those.
@@ -18,14 +24,17 @@ save_checkpoint, to_hf): keep the model it was prepared from for those.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from scratchlm.errors import ScratchLMError
+from scratchlm.model.decode_blocks import FusedAttention, FusedRMSNorm, FusedSwiGLU
 from scratchlm.model.layers import Linear
-from scratchlm.model.quantize import Int8Linear
+from scratchlm.model.quantize import Int8Linear, quantize_weight
+from scratchlm.model.transformer import MultiHeadSelfAttention, RMSNorm, SwiGLU
 
 # split_linear: at most this many rows (decoding steps of up to 32 sequences).
 SPLIT_MAX_ROWS = 32
@@ -77,7 +86,9 @@ def split_linear(x: Tensor, weight: Tensor, parts: int | None = None) -> Tensor:
 class DecodeLinear(nn.Module):
     """A Linear for generation: y = x W^T (+ b), the product of few rows split across
     the threads. Holds W (out, in) in whatever layout ``prepare_for_inference`` chose
-    (column-major for its own copy; a tied weight is shared as it is)."""
+    (column-major for its own copy; a tied weight is shared as it is) and dtype: a
+    weight of another dtype than the activations (bfloat16) takes them cast to its
+    dtype, and returns the product cast back (the bias added in the activations' dtype)."""
 
     def __init__(self, weight: Tensor, bias: Tensor | None = None) -> None:
         super().__init__()
@@ -97,21 +108,36 @@ class DecodeLinear(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:  # (..., in) -> (..., out)
         w = self.decode_weight
+        if w.dtype != x.dtype:  # bfloat16 weights: the product in bfloat16
+            rows = x.to(w.dtype)
+            y = split_linear(rows, w) if takes_split_path(rows, w) else F.linear(rows, w)
+            y = y.to(x.dtype)
+            return y if self.bias is None else y + self.bias
         if takes_split_path(x, w):
             y = split_linear(x, w)
             return y if self.bias is None else y + self.bias
         return F.linear(x, w, self.bias)
 
     def extra_repr(self) -> str:
-        return f"{self.in_features} -> {self.out_features}, decode, bias={self.bias is not None}"
+        w = self.decode_weight
+        kind = "decode" if w.dtype == torch.float32 else f"decode, {w.dtype}"
+        return f"{self.in_features} -> {self.out_features}, {kind}, bias={self.bias is not None}"
 
 
-def prepare_for_inference(model: nn.Module, int8: bool = False, in_place: bool = True) -> nn.Module:
+def prepare_for_inference(
+    model: nn.Module, int8: bool = False, in_place: bool = True, bf16: bool = False
+) -> nn.Module:
     """``model`` made ready for generation; returned in eval mode.
 
     Every ``Linear`` becomes a ``DecodeLinear`` whose weight is a column-major copy (a
     weight tied to the embedding is shared, not copied), or with ``int8`` an
-    ``Int8Linear`` (a tied output projection gets its own int8 copy).
+    ``Int8Linear`` (a tied output projection gets its own int8 copy), or with ``bf16`` a
+    ``DecodeLinear`` holding a column-major bfloat16 copy (a tied output projection gets
+    its own; embeddings, norms, activations and the KV cache stay float32). Greedy
+    tokens of int8 and bf16 may part from float32's where two top logits are closer
+    than their rounding (docs/model.md). In place, the attention, SwiGLU and RMSNorm
+    layers also become their fused forms (``fuse_layers``; their stacked weights are new
+    copies, in the same dtype and layout as the other products).
 
     in_place=False leaves ``model`` as it was (still trainable) and returns a new module
     tree that shares its weights without copying or re-laying them out: what the
@@ -121,6 +147,8 @@ def prepare_for_inference(model: nn.Module, int8: bool = False, in_place: bool =
     """
     if is_prepared(model):
         raise ScratchLMError("this model is already prepared for generation (or quantized)")
+    if int8 and bf16:
+        raise ScratchLMError("pick one of int8 and bf16 weights for generation, not both")
     if not in_place:
         if not _linears(model):
             return model  # nothing to swap (a stand-in model, say): no copy needed
@@ -133,17 +161,62 @@ def prepare_for_inference(model: nn.Module, int8: bool = False, in_place: bool =
         if not isinstance(m, Linear | nn.Linear)
         for p in m.parameters(recurse=False)
     }
-    targets = _linears(model)
-    for parent, name, child in targets:
+
+    def product(weight: Tensor, bias: Tensor | None) -> nn.Module:
+        """The inference module for a copy of ``weight`` (out, in)."""
         if int8:
-            new = Int8Linear.from_linear(child)
-        elif in_place and id(child.weight) not in others:
-            # W^T row-major in memory, seen as (out, in): a one-row product reads it faster.
-            new = DecodeLinear(child.weight.detach().t().contiguous().t(), child.bias)
-        else:
+            return Int8Linear(*quantize_weight(weight), bias)
+        dtype = torch.bfloat16 if bf16 else weight.dtype
+        # W^T row-major in memory, seen as (out, in): a one-row product reads it faster.
+        return DecodeLinear(weight.detach().to(dtype).t().contiguous().t(), bias)
+
+    if in_place:
+        fuse_layers(model, product)
+    for parent, name, child in _linears(model):
+        if int8 or bf16 or (in_place and id(child.weight) not in others):
+            new = product(child.weight, child.bias)
+        else:  # shared, as it is (a tied weight, or a model left as it was)
             new = DecodeLinear(child.weight, child.bias)
         setattr(parent, name, new)
     return model.eval()
+
+
+def fuse_layers(model: nn.Module, product: Callable[[Tensor, Tensor | None], nn.Module]) -> None:
+    """Swap, in place, each attention for a ``FusedAttention`` (its q, k, v weights
+    stacked into one product), each SwiGLU for a ``FusedSwiGLU`` (gate and up stacked)
+    and each RMSNorm for a ``FusedRMSNorm``. ``product(weight, bias)`` builds the module
+    of a stacked weight (out, in). The other Linears are left for the caller, and so
+    are layers whose projections are not plain Linears (an adapter wrapped around one
+    must keep computing its own product)."""
+
+    def plain(*layers: nn.Module) -> bool:
+        return all(type(layer) in (Linear, nn.Linear) for layer in layers)
+
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            attention = (
+                (child.q_proj, child.k_proj, child.v_proj)
+                if isinstance(child, MultiHeadSelfAttention)
+                else ()
+            )
+            if attention and plain(*attention):
+                new = FusedAttention(child, product(*_stacked(attention)))
+            elif isinstance(child, SwiGLU) and plain(child.gate_proj, child.up_proj):
+                new = FusedSwiGLU(child, product(*_stacked((child.gate_proj, child.up_proj))))
+            elif type(child) is RMSNorm:
+                new = FusedRMSNorm(child)
+            else:
+                continue
+            setattr(parent, name, new)
+
+
+def _stacked(layers: tuple[nn.Module, ...]) -> tuple[Tensor, Tensor | None]:
+    """The weights of ``layers`` stacked along the outputs, (sum of out, in), and their
+    biases likewise (None if they have none)."""
+    weight = torch.cat([layer.weight.detach() for layer in layers])
+    biases = [layer.bias for layer in layers]
+    bias = None if biases[0] is None else torch.cat([b.detach() for b in biases])
+    return weight, bias
 
 
 def _linears(model: nn.Module) -> list[tuple[nn.Module, str, nn.Module]]:

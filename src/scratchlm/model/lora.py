@@ -316,14 +316,27 @@ def unmerge_adapters(model: nn.Module) -> None:
 def merge_lora(model: nn.Module) -> None:
     """Fold every adapter into its weight (W + scale * B A) and put plain Linear layers
     back, in place: the model is then an ordinary one, every parameter trainable again."""
+    _unwrap(model, merge=True)
+
+
+def strip_lora(model: nn.Module) -> None:
+    """Drop the adapters, keeping the base weights as they are (not merged): the base
+    model the adapters were trained on, every parameter trainable again."""
+    _unwrap(model, merge=False)
+
+
+def _unwrap(model: nn.Module, *, merge: bool) -> None:
     for name, m in lora_modules(model).items():
-        m.merge()
+        if merge:
+            m.merge()
+        else:
+            m.unmerge()
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
-        with torch.device("meta"):  # no allocation: the merged weight is moved in
+        with torch.device("meta"):  # no allocation: the weight is moved in
             plain = Linear(m.in_features, m.out_features, bias=m.bias is not None)
         plain.weight, plain.bias = m.weight, m.bias
-        setattr(parent, child, plain)
+        setattr(parent, child, plain.train(m.training))
     for p in model.parameters():
         p.requires_grad_(True)
     if hasattr(model, "lora_config"):

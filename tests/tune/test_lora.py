@@ -200,6 +200,7 @@ def test_dropout_applies_in_training_only():
 def test_spec_parses_every_setting():
     c = parse_lora_spec("r=8,alpha=16,dropout=0.05,targets=q_proj,v_proj")
     assert c == LoraConfig(r=8, alpha=16.0, dropout=0.05, targets=("q_proj", "v_proj"))
+    assert parse_lora_spec("base=int8,r=2").base == "int8"
     assert parse_lora_spec("targets=all-linear,r=2") == LoraConfig(r=2, targets=("all-linear",))
     assert parse_lora_spec("r=4") == LoraConfig(r=4)
     assert parse_lora_spec(c.spec()) == c
@@ -214,7 +215,7 @@ def test_config_round_trips_through_json():
     ("spec", "message"),
     [
         ("", "empty LoRA spec"),
-        ("rank=8", r"unknown LoRA setting 'rank'.*r, alpha, dropout, targets"),
+        ("rank=8", r"unknown LoRA setting 'rank'.*r, alpha, dropout, base, targets"),
         ("r=0", "positive integer"),
         ("r=2.5", "positive integer"),
         ("r=eight", r"r='eight'.*not a number"),
@@ -223,6 +224,7 @@ def test_config_round_trips_through_json():
         ("r=8,8", "cannot read '8'"),
         ("r=8,r=4", "given twice"),
         ("targets=", "targets must be module names"),
+        ("base=int4", "base='int4' is not one of float, int8"),
     ],
 )
 def test_bad_specs_name_the_problem(spec, message):

@@ -59,6 +59,18 @@ def test_chat_works_on_a_lora_run(lora_run, capsys):
                  "--temperature", "0"]) == 0  # fmt: skip
 
 
+def test_an_int8_base_trains_and_merges(pretrained, tmp_path):
+    spec = "r=4,alpha=8,base=int8,targets=all-linear"
+    assert sft(pretrained, tmp_path / "q", "--steps", "3", "--lora", spec) == 0
+    folder = resolve_checkpoint(tmp_path / "q")
+    saved = load_file(folder / "model.safetensors")
+    assert saved["layers.0.mlp.up_proj.qweight"].dtype == torch.int8
+    wrapped, tok = load_model(folder, merge_adapters=False)
+    merged, _ = load_model(folder)
+    x = torch.tensor([tok.encode("The water")])
+    torch.testing.assert_close(merged(x), wrapped(x), rtol=0, atol=1e-5)
+
+
 def test_a_different_spec_on_resume_is_refused(pretrained, lora_run, capsys):
     capsys.readouterr()
     code = sft(pretrained, lora_run, "--steps", "6", "--lora", "r=8,targets=q_proj,v_proj")

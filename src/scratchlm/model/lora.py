@@ -13,7 +13,8 @@ the change is linear, it folds back into the weight when training is done:
 
     W' = W + (alpha / r) * B A                                   (``merge_lora``)
 
-and the merged model is an ordinary one, as fast as the base.
+and the merged model is an ordinary one, as fast as the base. With ``base="int8"`` the
+frozen hidden layers are stored as int8 first ("QLoRA-lite", model/lora_int8.py).
 
 ``apply_lora(model, config)`` wraps the chosen ``Linear`` layers in place by name
 (``q_proj``, ``mlp.up_proj``, ``layers.0.self_attn.v_proj``... or ``all-linear``: every
@@ -41,22 +42,27 @@ from torch import Tensor, nn
 
 from scratchlm.errors import ConfigError
 from scratchlm.model.layers import Linear
+from scratchlm.model.lora_int8 import FrozenInt8Linear, Int8Matmul, quantize_base
+from scratchlm.model.quantize import dequantize_weight
 
 ALL_LINEAR = "all-linear"
 OUTPUT_LAYER = "lm_head"
-SPEC_KEYS = ("r", "alpha", "dropout", "targets")
+SPEC_KEYS = ("r", "alpha", "dropout", "base", "targets")
 SPEC_EXAMPLE = "r=8,alpha=16,targets=q_proj,v_proj"
+BASES = ("float", "int8")  # how the frozen weights are stored
 
 
 @dataclass
 class LoraConfig:
     """Which layers get adapters and how big they are. ``targets``: module names or
-    name endings (``q_proj`` matches ``layers.3.self_attn.q_proj``), or ``all-linear``."""
+    name endings (``q_proj`` matches ``layers.3.self_attn.q_proj``), or ``all-linear``.
+    ``base``: "float", or "int8" to store the frozen hidden layers as int8."""
 
     r: int = 8
     alpha: float = 16.0
     dropout: float = 0.0
     targets: tuple[str, ...] = ("q_proj", "v_proj")
+    base: str = "float"
 
     def __post_init__(self) -> None:
         if isinstance(self.targets, str):
@@ -74,6 +80,8 @@ class LoraConfig:
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"LoRA dropout must be in [0, 1), got {self.dropout!r}")
         self.dropout = float(self.dropout)
+        if self.base not in BASES:
+            raise ConfigError(f"LoRA base={self.base!r} is not one of {', '.join(BASES)}")
         if not self.targets or not all(isinstance(t, str) and t for t in self.targets):
             raise ConfigError(
                 f"LoRA targets must be module names such as q_proj,v_proj or {ALL_LINEAR}, "
@@ -103,7 +111,7 @@ class LoraConfig:
     def spec(self) -> str:
         """The canonical ``--lora`` text of this config (``parse_lora_spec`` reads it)."""
         return (
-            f"r={self.r},alpha={self.alpha:g},dropout={self.dropout:g},"
+            f"r={self.r},alpha={self.alpha:g},dropout={self.dropout:g},base={self.base},"
             f"targets={','.join(self.targets)}"
         )
 
@@ -137,8 +145,8 @@ def parse_lora_spec(spec: str) -> LoraConfig:
             )
     settings: dict[str, Any] = {}
     for key, words in values.items():
-        if key == "targets":
-            settings[key] = tuple(words)
+        if key in ("targets", "base"):
+            settings[key] = tuple(words) if key == "targets" else words[0]
             continue
         number = _number(words[0], key, spec)
         settings[key] = int(number) if key == "r" and number.is_integer() else number
@@ -158,21 +166,29 @@ class LoraLinear(nn.Module):
     """A frozen Linear plus a trainable low-rank update:
     y = x W^T + b + scale * dropout(x) A^T B^T, with A (r, in), B (out, r).
 
-    ``weight`` and ``bias`` are the base layer's own Parameters (shared, not copied: a
-    tied matrix stays tied). ``enabled`` False runs the base alone (``adapters_disabled``);
-    ``merged`` True means the update has been added into ``weight`` (``merge``)."""
+    The base layer's tensors keep their names: ``weight`` and ``bias`` of a Linear (its
+    own Parameters, shared, not copied: a tied matrix stays tied), or ``qweight``,
+    ``scale`` and ``bias`` of a FrozenInt8Linear. ``enabled`` False runs the base alone
+    (``adapters_disabled``); ``merged`` True means the update has been added into
+    ``weight`` (``merge``)."""
 
-    def __init__(self, base: Linear, r: int, alpha: float, dropout: float = 0.0) -> None:
+    def __init__(
+        self, base: Linear | FrozenInt8Linear, r: int, alpha: float, dropout: float = 0.0
+    ) -> None:
         super().__init__()
         self.in_features, self.out_features = base.in_features, base.out_features
-        self.weight = base.weight  # (out, in), frozen by apply_lora
+        self.quantized = isinstance(base, FrozenInt8Linear)
+        if self.quantized:
+            self.register_buffer("qweight", base.qweight)  # (out, in) int8
+            self.register_buffer("scale", base.scale)  # (out,)
+            device, dtype = base.scale.device, base.scale.dtype
+        else:
+            self.weight = base.weight  # (out, in), frozen by apply_lora
+            device, dtype = base.weight.device, base.weight.dtype
         self.bias = base.bias
-        self.r, self.alpha, self.scale = r, alpha, alpha / r
-        w = base.weight
-        self.lora_A = nn.Parameter(torch.empty(r, self.in_features, device=w.device, dtype=w.dtype))
-        self.lora_B = nn.Parameter(
-            torch.zeros(self.out_features, r, device=w.device, dtype=w.dtype)
-        )
+        self.r, self.alpha, self.lora_scale = r, alpha, alpha / r
+        self.lora_A = nn.Parameter(torch.empty(r, self.in_features, device=device, dtype=dtype))
+        self.lora_B = nn.Parameter(torch.zeros(self.out_features, r, device=device, dtype=dtype))
         # PEFT's default: kaiming_uniform_(a=sqrt(5)), which is uniform in +-1/sqrt(in).
         bound = 1.0 / math.sqrt(self.in_features)
         nn.init.uniform_(self.lora_A, -bound, bound)
@@ -181,19 +197,34 @@ class LoraLinear(nn.Module):
         self.merged = False
 
     def forward(self, x: Tensor) -> Tensor:  # (..., in) -> (..., out)
-        y = F.linear(x, self.weight, self.bias)
+        if self.quantized:
+            y = Int8Matmul.apply(x, self.qweight, self.scale)
+            y = y if self.bias is None else y + self.bias
+        else:
+            y = F.linear(x, self.weight, self.bias)
         if self.merged or not self.enabled:
             return y
         h = F.linear(self.dropout(x), self.lora_A)  # (..., r)
-        return y + F.linear(h, self.lora_B) * self.scale  # (..., out)
+        return y + F.linear(h, self.lora_B) * self.lora_scale  # (..., out)
 
     def delta_weight(self) -> Tensor:
         """scale * B A: the (out, in) change the adapter makes to the weight."""
-        return (self.lora_B @ self.lora_A) * self.scale
+        return (self.lora_B @ self.lora_A) * self.lora_scale
+
+    def base_weight(self) -> Tensor:
+        """The frozen weight (out, in): the int8 one dequantized to float32."""
+        if self.quantized:
+            return dequantize_weight(self.qweight, self.scale)
+        return self.weight
 
     @torch.no_grad()
     def merge(self) -> None:
         """Add the update into ``weight`` (forward then skips the adapter)."""
+        if self.quantized:
+            raise ConfigError(
+                "adapters on an int8 base cannot be merged in place: merge_lora gives a "
+                "float model (the dequantized weights plus the update)"
+            )
         if not self.merged:
             self.weight.add_(self.delta_weight())
             self.merged = True
@@ -206,7 +237,8 @@ class LoraLinear(nn.Module):
             self.merged = False
 
     def extra_repr(self) -> str:
-        return f"{self.in_features} -> {self.out_features}, r={self.r}, alpha={self.alpha:g}"
+        int8 = ", int8 base" if self.quantized else ""
+        return f"{self.in_features} -> {self.out_features}, r={self.r}, alpha={self.alpha:g}{int8}"
 
 
 def _matches(name: str, target: str) -> bool:
@@ -216,7 +248,7 @@ def _matches(name: str, target: str) -> bool:
 def target_modules(model: nn.Module, config: LoraConfig) -> list[str]:
     """The names of the Linear layers ``config.targets`` picks, in model order.
     ConfigError for a target that matches none (with the names there are)."""
-    linears = [name for name, m in model.named_modules() if isinstance(m, Linear)]
+    linears = [n for n, m in model.named_modules() if isinstance(m, Linear | FrozenInt8Linear)]
     chosen: set[str] = set()
     for target in config.targets:
         if target == ALL_LINEAR:
@@ -251,6 +283,8 @@ def apply_lora(model: nn.Module, config: LoraConfig) -> list[str]:
         )
     for p in model.parameters():
         p.requires_grad_(False)
+    if config.base == "int8":
+        quantize_base(model)
     for name in names:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
@@ -326,16 +360,28 @@ def strip_lora(model: nn.Module) -> None:
 
 
 def _unwrap(model: nn.Module, *, merge: bool) -> None:
-    for name, m in lora_modules(model).items():
-        if merge:
-            m.merge()
+    """Put a plain Linear in place of every LoraLinear (and, for an int8 base, of every
+    FrozenInt8Linear: its dequantized weight), merging the update or not."""
+    for name, m in list(model.named_modules()):
+        if not isinstance(m, LoraLinear | FrozenInt8Linear):
+            continue
+        if isinstance(m, FrozenInt8Linear):
+            weight = nn.Parameter(m.dequantized())
+        elif m.quantized:
+            with torch.no_grad():
+                weight = m.base_weight() + (m.delta_weight() if merge else 0)
+            weight = nn.Parameter(weight)
         else:
-            m.unmerge()
+            if merge:
+                m.merge()
+            else:
+                m.unmerge()
+            weight = m.weight
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         with torch.device("meta"):  # no allocation: the weight is moved in
             plain = Linear(m.in_features, m.out_features, bias=m.bias is not None)
-        plain.weight, plain.bias = m.weight, m.bias
+        plain.weight, plain.bias = weight, m.bias
         setattr(parent, child, plain.train(m.training))
     for p in model.parameters():
         p.requires_grad_(True)

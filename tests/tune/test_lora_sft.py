@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from scratchlm.checkpoint import load_model, resolve_checkpoint
+from scratchlm.checkpoint import format_report, inspect_checkpoint, load_model, resolve_checkpoint
 from scratchlm.cli import main
 from scratchlm.tune.lora import LoraConfig, LoraLinear, lora_parameters
 
@@ -31,6 +31,7 @@ def test_only_the_adapters_change(pretrained, lora_run):
     folder = resolve_checkpoint(lora_run)
     config = json.loads((folder / "config.json").read_text())
     assert config["lora"] == LoraConfig(r=4, alpha=8).to_dict()
+    assert "lora         r=4 alpha=8.0" in format_report(inspect_checkpoint(folder))
     saved = load_file(folder / "model.safetensors")
     adapters = {k for k in saved if ".lora_" in k}
     assert len(adapters) == 2 * 2 * 2  # two layers, q and v, A and B

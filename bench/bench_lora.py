@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> None:
     runs: dict[str, Run] = {}
     for name, spec in MODES.items():
         runs[name] = measure_torch(
-            train_steps, threads=args.threads, timeout=900, spec=spec, steps=args.steps,
+            train_steps, threads=args.threads, timeout=3600, spec=spec, steps=args.steps,
             warmup=args.warmup, batch=args.batch, seq_len=args.seq_len,
         )  # fmt: skip
     report.show(results_table(runs, args))

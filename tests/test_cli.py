@@ -103,6 +103,8 @@ def test_version_as_a_module(tmp_path):
         ["plot"],
         ["report"],
         ["model", "info"],
+        ["lora", "merge"],
+        ["lora", "export"],
     ],
 )
 def test_help(capsys, argv):

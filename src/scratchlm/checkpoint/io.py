@@ -2,7 +2,8 @@
 
     step_00001000/
       model.safetensors                     weights (contiguous, a tied tensor stored once)
-      config.json                           format_version, model config (or null), step, created
+      config.json                           format_version, model config (or null), step, created,
+                                            lora (a LoRA model's LoraConfig; absent otherwise)
       tokenizer.json                        when a tokenizer was given
       trainer_state/optimizer.safetensors   optimizer state tensors ("state.{index}.{name}")
       trainer_state/optimizer.json          the rest of the optimizer state dict
@@ -59,6 +60,7 @@ from scratchlm.checkpoint.state import (
 from scratchlm.config import ModelConfig
 from scratchlm.errors import CheckpointError, ConfigError
 from scratchlm.model.inference import refuse_prepared
+from scratchlm.model.lora import LoraConfig, lora_config_of
 from scratchlm.tokenizer.files import save_tokenizer
 
 log = logging.getLogger(__name__)
@@ -100,6 +102,9 @@ def save_checkpoint(
         "step": step,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
     }
+    lora = lora_config_of(model)
+    if lora is not None:  # the weights hold adapters: load_model wraps the model first
+        config["lora"] = lora.to_dict()
     # Everything is gathered (and checked) before the first byte is written.
     weights, aliases = weights_to_save(model)
     opt = optimizer_to_save(optimizer) if optimizer is not None else None
@@ -151,6 +156,18 @@ def read_config(path: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(config.get("model"), dict | None):
         raise CheckpointError(f"{file} is damaged: 'model' must be an object or null")
     return config
+
+
+def read_lora_config(config: dict[str, Any], file: Path) -> LoraConfig | None:
+    """The LoraConfig recorded in a checkpoint's config.json (``read_config``), or None
+    for a model without adapters."""
+    lora = config.get("lora")
+    if lora is None:
+        return None
+    try:
+        return LoraConfig.from_dict(lora)
+    except (ConfigError, TypeError) as e:
+        raise CheckpointError(f"{file} is damaged: its 'lora' entry is not valid ({e})") from None
 
 
 def load_checkpoint(

@@ -1,5 +1,10 @@
 """A TransformerLM and its tokenizer rebuilt from a checkpoint alone.
 
+A checkpoint of a LoRA run (config.json has a ``lora`` entry) holds the frozen base
+weights and the adapters: the model is wrapped the same way before loading, then, unless
+``merge_adapters=False``, the adapters are folded into the weights, so chat, serve,
+export and evals get an ordinary model.
+
 The model is built from config.json, so its shapes always match the weights; nothing
 about the architecture has to be passed in or remembered. config.json is checked against
 the weights' header and the machine's memory first (``fits``): an edited config can
@@ -17,21 +22,24 @@ import torch
 from scratchlm.checkpoint.files import CONFIG, TOKENIZER, WEIGHTS, verify_checkpoint
 from scratchlm.checkpoint.fits import check_config_fits
 from scratchlm.checkpoint.header import read_header
-from scratchlm.checkpoint.io import read_config
+from scratchlm.checkpoint.io import read_config, read_lora_config
 from scratchlm.checkpoint.manager import resolve_checkpoint
 from scratchlm.checkpoint.state import check_shapes, load_weights, read_aliases, stored_shapes
 from scratchlm.config import ModelConfig
 from scratchlm.errors import CheckpointError
 from scratchlm.model import TransformerLM
+from scratchlm.model.lora import apply_lora, merge_lora
 from scratchlm.tokenizer.files import load_tokenizer
 
 
 def load_model(
-    path: str | os.PathLike, *, device: str | torch.device = "cpu"
+    path: str | os.PathLike, *, device: str | torch.device = "cpu", merge_adapters: bool = True
 ) -> tuple[TransformerLM, Any]:
     """``(model in eval mode, tokenizer or None)`` from a checkpoint directory, or from a
     run directory's latest valid checkpoint. The weights keep the dtype they were saved
-    in when all floating-point tensors share one (a bf16 run loads as bf16)."""
+    in when all floating-point tensors share one (a bf16 run loads as bf16). LoRA
+    adapters are merged into the weights unless ``merge_adapters`` is False (then the
+    model keeps its ``LoraLinear`` layers, frozen but for the adapters)."""
     folder = resolve_checkpoint(path)
     if folder == Path(path):  # a run directory's checkpoint was verified when it was chosen
         verify_checkpoint(folder)
@@ -44,6 +52,12 @@ def load_model(
     model_config = ModelConfig.from_dict(config["model"])
     header = read_header(folder / WEIGHTS)
     shapes = check_config_fits(model_config, [header], folder / CONFIG)
+    lora = read_lora_config(config, folder / CONFIG)
+    if lora is not None:  # the base's tensors and the adapters'
+        with torch.device("meta"):
+            wrapped = TransformerLM(model_config)
+            apply_lora(wrapped, lora)
+        shapes = {name: tuple(t.shape) for name, t in wrapped.state_dict().items()}
     check_shapes(
         folder / WEIGHTS, stored_shapes(header, read_aliases(folder / WEIGHTS, header)), shapes
     )
@@ -56,7 +70,11 @@ def load_model(
                 f"model only {model_config.vocab_size}: they do not belong together"
             )
     model = TransformerLM(model_config)
+    if lora is not None:
+        apply_lora(model, lora)
     stored = load_weights(model, folder / WEIGHTS)
+    if lora is not None and merge_adapters:
+        merge_lora(model)
     dtypes = {t.dtype for t in stored.values() if t.is_floating_point()}
     dtype = dtypes.pop() if len(dtypes) == 1 else None
     model.to(device=device, dtype=dtype)

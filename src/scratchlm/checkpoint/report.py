@@ -64,7 +64,8 @@ def _is_loss_key(key: str) -> bool:
 def inspect_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """A summary of a checkpoint (or of a run directory's latest valid one):
     ``path, format_version, step, created, model, tokenizer, tokens_seen, losses,
-    train_state_keys, optimizer, files, total_bytes, parameters, tied, tensors``.
+    train_state_keys, optimizer, files, total_bytes, parameters, tied, tensors`` and,
+    for a checkpoint of LoRA adapters, ``lora`` (their settings).
 
     ``tokens_seen`` (train_state's "tokens_seen" or "tokens") and ``losses`` (its keys
     containing "loss", starting with "val_" or ending in "_val") come from the trainer
@@ -86,6 +87,8 @@ def inspect_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         "train_state_keys": sorted(state),
         "optimizer": None,
     }
+    if config.get("lora") is not None:
+        info["lora"] = config["lora"]
     if (folder / TOKENIZER).is_file():
         tok = load_tokenizer(folder / TOKENIZER)
         info["tokenizer"] = {
@@ -155,6 +158,9 @@ def format_report(info: dict[str, Any]) -> str:
         fields = " ".join(f"{k}={v}" for k, v in model.items())
         wrapped = textwrap.wrap(fields, 86, break_long_words=False)
         lines += [("model        " if i == 0 else " " * 13) + w for i, w in enumerate(wrapped)]
+    if info.get("lora") is not None:
+        fields = " ".join(f"{k}={v}" for k, v in info["lora"].items())
+        lines.append(f"lora         {fields} (the adapters are merged on loading)")
     tok = info["tokenizer"]
     if tok is not None:
         specials = ", ".join(tok["special_tokens"]) or "none"

@@ -32,6 +32,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "report": ("report", "write a run's report card (report.md, report.json)"),
     "export": ("export", "write a checkpoint in another ecosystem's format"),
     "import": ("export", "read another ecosystem's model as a checkpoint"),
+    "lora": ("lora", "merge a LoRA run's adapters, or write them for PEFT"),
     "model": ("model", "inspect model presets"),
     "tokenizer": ("tokenizer", "train, apply and inspect tokenizers"),
 }

@@ -16,6 +16,7 @@ from scratchlm.errors import ConfigError
 from scratchlm.train.assembly import nothing_to_resume
 from scratchlm.train.config import SFT_DEFAULTS, TrainConfig, load_run_config, resolve_config
 from scratchlm.train.trainer import Trainer
+from scratchlm.tune.lora import ADAPTER_DIR, export_adapter
 
 EPILOG = """examples:
   scratchlm train                                   # the default run on the built-in data
@@ -73,7 +74,20 @@ def _run(
     val = f", validation loss {result.val_loss:.4f}" if result.val_loss is not None else ""
     loss = f"loss {result.loss:.4f}" if result.loss is not None else "no steps taken"
     print(f"done: {result.step} steps, {result.tokens:,} tokens, {loss}{val}{where}")
+    if config.lora and result.checkpoint is not None:
+        _write_adapter(result.checkpoint, Path(config.out) / ADAPTER_DIR)
     return 0
+
+
+def _write_adapter(checkpoint: Path, out: Path) -> None:
+    """A LoRA run's adapters, alone, in PEFT's format (the run itself is complete
+    without them: a model PEFT cannot load them onto only gets a note)."""
+    try:
+        export_adapter(checkpoint, out, force=True)
+    except ConfigError as e:
+        print(f"no PEFT adapter written: {e}")
+        return
+    print(f"wrote PEFT adapter {out} (scratchlm lora merge RUN OUT: a merged checkpoint)")
 
 
 def _train(args: argparse.Namespace) -> int:

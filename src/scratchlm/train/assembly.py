@@ -34,6 +34,7 @@ from scratchlm.config import ModelConfig
 from scratchlm.data import data_fingerprint, read_meta, tokenizer_fingerprint
 from scratchlm.errors import ConfigError
 from scratchlm.model import TransformerLM
+from scratchlm.model.lora import apply_lora, parse_lora_spec
 from scratchlm.model.resize import grow_vocab
 from scratchlm.tokenizer import load_tokenizer
 from scratchlm.train.config import (
@@ -63,7 +64,15 @@ def run_tokenizer(config: TrainConfig) -> Any:
 
 def build_model(config: TrainConfig, tokenizer: Any) -> TransformerLM:
     """A new TransformerLM for the run, or the one in ``config.init_from`` (with rows
-    added for tokens the tokenizer has and the checkpoint lacks, e.g. the chat tokens)."""
+    added for tokens the tokenizer has and the checkpoint lacks, e.g. the chat tokens);
+    with ``config.lora``, frozen and wrapped with new LoRA adapters (model/lora.py)."""
+    model = _base_model(config, tokenizer)
+    if config.lora:
+        apply_lora(model, parse_lora_spec(config.lora))
+    return model
+
+
+def _base_model(config: TrainConfig, tokenizer: Any) -> TransformerLM:
     if not config.init_from:
         model_config = config.model_config(tokenizer.vocab_size)
         check_fits_in_memory(model_config)

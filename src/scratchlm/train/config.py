@@ -20,6 +20,7 @@ from typing import Any
 from scratchlm.atomic import atomic_write_text, naming_write_errors
 from scratchlm.config import PRESETS, ModelConfig, _known_fields, flag_info, preset, setting
 from scratchlm.errors import ConfigError
+from scratchlm.model.lora import parse_lora_spec
 from scratchlm.train.budget import parse_duration
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -94,6 +95,12 @@ class TrainConfig:
     )
     val_fraction: float = setting(0.1, "share of the conversations held out for validation")
     skip_bad: bool = setting(False, "skip malformed records, with a count")
+    lora: str = setting(
+        "",
+        "train LoRA adapters only, the model frozen: r=8,alpha=16,dropout=0,"
+        "targets=q_proj,v_proj (targets: layer names or all-linear; docs/lora.md)",
+        metavar="SPEC",
+    )
 
     steps: int = setting(1000, "optimizer updates")
     tokens: int = setting(0, "train on this many tokens instead of --steps (0 = use --steps)")
@@ -179,6 +186,10 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)  # JSON and TOML give lists
+        if self.lora:  # one spelling per adapter shape, so a resume compares like with like
+            if not isinstance(self.lora, str):
+                raise ConfigError(f'lora must be a spec such as "r=8,alpha=16", got {self.lora!r}')
+            self.lora = parse_lora_spec(self.lora).spec()
         self.validate()
 
     def validate(self) -> None:
@@ -234,6 +245,10 @@ class TrainConfig:
         self._validate_budget()
         if self.phase == "sft" and not self.init_from:
             raise ConfigError("instruction tuning starts from a pretrained model: pass --from")
+        if self.lora and not self.init_from:
+            raise ConfigError("LoRA adapts a trained model: pass --from CHECKPOINT with --lora")
+        if self.lora and self.fsdp:
+            raise ConfigError("--lora does not work with --fsdp: train the adapters with DDP")
         if not 0 < self.val_fraction < 1:
             raise ConfigError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
         if not isinstance(self.model, dict):

@@ -400,8 +400,13 @@ class Trainer:
         length = f"{self.total} steps"
         if self.budget:
             length = f"{self.config.time_budget} ({self.budget.seconds:g} s) of steps"
+        size = f"{m.num_parameters() / 1e6:.2f}M"
+        what = f"{size} parameters"
+        if self.config.lora:  # the rest is frozen
+            trainable = sum(p.numel() for p in m.parameters() if p.requires_grad)
+            what = f"{trainable:,} LoRA parameters of a frozen {size} model"
         self.echo(
-            f"training {m.num_parameters() / 1e6:.2f}M parameters on {self.device} "
+            f"training {what} on {self.device} "
             f"({self.precision}, {self.dist.world_size} process(es)): {length} of "
             f"{self.tokens_per_step:,} tokens, from step {self.state.step}"
         )

@@ -52,7 +52,8 @@ WAVE1_STEPS_PER_MINUTE = 30  # 450 steps in the reference's 15 minutes
 # to contender b: `scratchlm train --data D --time-budget Nm` is the recipe).
 RECIPE = (
     "preset small, bf16 autocast (--precision auto on a CPU with AVX512-BF16/AMX), "
-    "--optimizer muon (--muon-lr 0.02 for the hidden matrices, AdamW --lr for the rest), "
+    "--optimizer muon (--muon-lr 0.02 for the hidden matrices, AdamW at --lr 1e-3 for the "
+    "rest; Newton-Schulz in bf16), "
     "--schedule wsd (warmup 5%, decay from 80% of the budget), 8 x 256 tokens per step"
 )
 
@@ -82,6 +83,8 @@ def contenders(budget: float) -> list[Contender]:
         Contender("b10", "new default, 10-minute budget", minutes=10),
         Contender("b-fp32", "new default in float32", "--precision fp32"),
         Contender("b-adamw", "new default with AdamW (lr 1e-3)", "--optimizer adamw --lr 1e-3"),
+        Contender("b-lr3e-3", "new default, AdamW parameters at lr 3e-3", "--lr 3e-3"),
+        Contender("b-accum2", "new default, 2 x 8 x 256 tokens per step", "--grad-accum 2"),
         Contender(
             "b-nostable",
             "new default, no stable phase (linear decay right after warmup)",

@@ -113,7 +113,7 @@ class TrainConfig:
         "muon (Muon for the hidden layers' matrices at --muon-lr, AdamW at --lr for "
         "embeddings, the output layer, norms and biases), adamw or sgd",
     )
-    lr: float = setting(3e-3, "peak learning rate (with muon: of the AdamW parameters)")
+    lr: float = setting(1e-3, "peak learning rate (with muon: of the AdamW parameters)")
     muon_lr: float = setting(
         0.02, "peak learning rate of the matrices Muon steps (--optimizer muon only)"
     )

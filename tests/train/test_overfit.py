@@ -10,7 +10,10 @@ from pathlib import Path
 import pytest
 
 from scratchlm.builtin import END_OF_TEXT
+from scratchlm.checkpoint import CheckpointManager
 from scratchlm.data import prepare
+from scratchlm.pipeline import _training_stage
+from scratchlm.train.config import TrainConfig
 from scratchlm.train.overfit import RISE, overfit_warning
 from scratchlm.train.trainer import Trainer
 
@@ -41,18 +44,22 @@ def _events(run: Path) -> list[str]:
     return [r["message"] for r in records if r["kind"] == "event"]
 
 
-def test_a_run_that_memorises_its_data_warns_once(prepared, tiny_config, tmp_path):
-    # Two documents, each one sentence repeated: one is trained on, the other validates.
-    # A model that learns the first by heart grows ever surer of it, and ever more wrong
-    # about the second.
+@pytest.fixture
+def memorising(prepared, tiny_config, tmp_path) -> TrainConfig:
+    """A tiny run that overfits: two documents, each one sentence repeated, one trained
+    on and the other validating. A model that learns the first by heart grows ever surer
+    of it, and ever more wrong about the second."""
     docs = ["the cat sat on the mat. " * 40, "a dog ran to the park! " * 40]
     corpus = tmp_path / "corpus.txt"
     corpus.write_text(END_OF_TEXT.join(docs))
     data = tmp_path / "data"
     prepare([corpus], prepared / "tokenizer.json", data, val_docs=1, workers=1, progress=False)
     assert json.loads((data / "meta.json").read_text())["splits"]["val"]["documents"] == 1
-    config = dataclasses.replace(tiny_config, data=str(data), steps=120, lr=1e-2, eval_every=10)
+    return dataclasses.replace(tiny_config, data=str(data), steps=120, lr=1e-2, eval_every=10)
 
+
+def test_a_run_that_memorises_its_data_warns_once(memorising):
+    config = memorising
     Trainer(config).run()
 
     run = Path(config.out)
@@ -71,3 +78,17 @@ def test_a_run_that_memorises_its_data_warns_once(prepared, tiny_config, tmp_pat
 def test_a_run_that_keeps_improving_does_not_warn(tiny_config):
     Trainer(tiny_config).run()
     assert not [m for m in _events(Path(tiny_config.out)) if m.startswith("overfitting")]
+
+
+def test_the_default_run_goes_on_from_the_best_pretraining_checkpoint(memorising):
+    lines: list[str] = []
+    chosen = _training_stage(3, "pretraining", memorising, lines.append, best=True)
+
+    checkpoints = CheckpointManager(memorising.out)
+    assert chosen == checkpoints.best() != checkpoints.latest_valid()  # it overfitted
+    assert any("continuing from the lowest validation loss" in line for line in lines)
+    again: list[str] = []
+    assert _training_stage(3, "pretraining", memorising, again.append, best=True) == chosen
+    assert any(f"reusing {chosen}" in line for line in again)
+    # Without best (instruction tuning), the last checkpoint.
+    assert _training_stage(3, "pretraining", memorising, again.append) == checkpoints.latest_valid()

@@ -38,6 +38,7 @@ def test_default_run_trains_then_reuses(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [
         ".lock",  # the run lock: one default run at a time in a directory
+        "conversations.txt",  # their exchanges, pretrained on
         "data",
         "facts.json",
         "pretrain",

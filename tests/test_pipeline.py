@@ -7,7 +7,13 @@ import json
 
 from scratchlm.builtin import END_OF_TEXT, builtin_chat_eval, builtin_chat_heldout, builtin_corpus
 from scratchlm.evals import read_fact_questions
-from scratchlm.pipeline import QUESTIONS, SAMPLE_SENTENCE, DefaultRun, run_default
+from scratchlm.pipeline import (
+    QUESTIONS,
+    SAMPLE_SENTENCE,
+    DefaultRun,
+    conversations_as_text,
+    run_default,
+)
 from scratchlm.tokenizer import load_tokenizer, train_bpe
 
 
@@ -32,6 +38,7 @@ def test_default_run_trains_then_reuses(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [
         ".lock",  # the run lock: one default run at a time in a directory
+        "conversations.txt",  # their exchanges, pretrained on
         "data",
         "facts.json",
         "pretrain",
@@ -84,3 +91,23 @@ def test_default_run_trains_then_reuses(tmp_path):
     assert file.read_bytes() == saved and file.stat().st_mtime_ns == mtime
     assert (checkpoint / "model.safetensors").stat().st_mtime_ns == weights
     assert load_tokenizer(file).vocab == base.vocab
+
+
+def test_conversations_as_text_holds_the_exchanges_instruction_tuning_trains_on(tmp_path):
+    from scratchlm.train.config import TrainConfig
+    from scratchlm.train.sft_data import split_conversations
+
+    talks = [
+        [{"role": "user", "content": f"Question {i}?"}, {"role": "assistant", "content": f"A{i}."}]
+        for i in range(60)
+    ]
+    talks[0] = [{"role": "system", "content": "Be brief."}, *talks[0]]
+    file = tmp_path / "chats.jsonl"
+    file.write_text("".join(json.dumps({"messages": t}) + "\n" for t in talks))
+
+    docs = conversations_as_text([str(file)]).split(END_OF_TEXT)
+
+    train, val = split_conversations(talks, TrainConfig().val_fraction)
+    assert val  # some are held out, and none of them is pretrained on
+    assert docs == ["\n".join(m["content"] for m in t if m["role"] != "system") for t in train]
+    assert "Be brief." not in "".join(docs)

@@ -1,8 +1,10 @@
 """The quality bar of the default recipe, on a reduced configuration: the default run's
 pipeline (tokenizer, pretraining, instruction tuning, fact check) on the built-in corpus,
 instruction-tuned on the built-in conversations about a subset of its facts, with a
-smaller model and fewer steps. Its answers must hold the expected fact for at least 80%
-of the questions it was taught and 50% of reworded questions it never saw.
+smaller model and fewer steps. Its answers must hold the expected fact for at least 90%
+of the questions it was taught and 70% of reworded questions it never saw (measured with
+the conversations' exchanges in pretraining: 100% and 85% in bf16, 100% and 95% in fp32;
+without them, 100% and 75%).
 
 The subset: the first held-out questions, and every single-turn conversation whose answer
 holds one of their facts. The taught questions checked are those conversations' own
@@ -78,5 +80,5 @@ def test_reduced_default_run_answers_taught_and_reworded_questions(tmp_path):
         name: [(a["question"], a["answer"]) for a in facts[name]["answers"] if not a["correct"]]
         for name in scores
     }
-    assert scores["trained"] >= 0.8, (scores, misses["trained"])
-    assert scores["reworded"] >= 0.5, (scores, misses["reworded"])
+    assert scores["trained"] >= 0.9, (scores, misses["trained"])
+    assert scores["reworded"] >= 0.7, (scores, misses["reworded"])

@@ -11,17 +11,18 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from scratchlm.atomic import atomic_write_text
-from scratchlm.builtin import END_OF_TEXT, builtin_corpus
+from scratchlm.builtin import END_OF_TEXT, builtin_corpus, resolve_builtin
 from scratchlm.chat import reply
 from scratchlm.checkpoint import CheckpointManager, RunLock, load_model, read_config
 from scratchlm.console import CountProgress
 from scratchlm.data import prepare
+from scratchlm.data.chat_sources import read_conversations
 from scratchlm.errors import ScratchLMError, TokenizerError
 from scratchlm.evals import FactReport, check_facts, read_fact_questions
 from scratchlm.model import TransformerLM, prepare_for_inference
@@ -31,6 +32,7 @@ from scratchlm.tokenizer.files import FILENAME, write_tokenizer_dir
 from scratchlm.tokenizer.report import compression, longest_tokens, show_split
 from scratchlm.train import TrainConfig, Trainer
 from scratchlm.train.config import sft_config
+from scratchlm.train.sft_data import split_conversations
 
 SAMPLE_SENTENCE = (
     "Water boils at 100 degrees Celsius, and the sky looks blue because air scatters light."
@@ -45,17 +47,20 @@ log = logging.getLogger(__name__)
 @dataclass
 class DefaultRun:
     """Settings of the default run. The model is small enough to learn the built-in
-    corpus in a few minutes on two CPU cores."""
+    corpus in a few minutes on two CPU cores (bf16 where the CPU has it: ``precision``
+    auto)."""
 
     out_dir: Path = Path("runs/default")
     vocab_size: int = 1024
+    # Dropout: the built-in text is small enough to memorise, which helps no new question.
     model: dict[str, Any] = field(
         default_factory=lambda: {
-            "d_model": 192,
+            "d_model": 256,
             "n_layers": 4,
-            "n_heads": 6,
-            "n_kv_heads": 6,
-            "d_ff": 512,
+            "n_heads": 8,
+            "n_kv_heads": 8,
+            "d_ff": 688,
+            "dropout": 0.1,
         }
     )
     # 256 tokens hold a few exchanges of a chat; 8 windows of it a step train on as many
@@ -64,12 +69,20 @@ class DefaultRun:
     batch_size: int = 8
     steps: int = 400
     lr: float = 2e-3
+    optimizer: str = "adamw"
+    muon_lr: float = 0.02
+    weight_decay: float = 0.1
+    precision: str = "auto"
     sample_tokens: int = 40
-    sft_steps: int = 1000
+    sft_steps: int = 1200
     sft_lr: float = 1e-3
+    sft_muon_lr: float = 0.01
     # What instruction tuning trains on, and the questions its answers are checked with:
     # ones taught in the conversations, and reworded ones held out of them.
     conversations: tuple[str, ...] = ("builtin:chat",)
+    # Pretrain on the conversations' exchanges too (``conversations_as_text``): seven
+    # times the text of the science corpus alone, which a model of this size memorises.
+    pretrain_on_conversations: bool = True
     trained_questions: str = "builtin:chat_eval"
     reworded_questions: str = "builtin:chat_heldout"
 
@@ -130,16 +143,36 @@ def tokenizer_stage(run: DefaultRun, progress: bool, echo: Callable[[str], None]
 def data_stage(
     run: DefaultRun, tok: BPETokenizer, progress: bool, echo: Callable[[str], None]
 ) -> Path:
-    """[2] The corpus as token files, a tenth of the documents held out for validation."""
+    """[2] The corpus as token files, a tenth of the documents held out for validation;
+    with ``run.pretrain_on_conversations``, the conversations' exchanges too."""
     data_dir = run.out_dir / "data"
     echo(f"[2/{STAGES}] data: encoding the corpus into token files in {data_dir}")
-    meta = prepare(["builtin:science"], tok, data_dir, val_fraction=0.1, workers=1, progress=False)
+    inputs = ["builtin:science"]
+    if run.pretrain_on_conversations:
+        exchanges = run.out_dir / "conversations.txt"
+        atomic_write_text(exchanges, conversations_as_text(run.conversations))
+        inputs.append(str(exchanges))
+        echo(f"      with the exchanges of the conversations' training share: {exchanges}")
+    meta = prepare(inputs, tok, data_dir, val_fraction=0.1, workers=1, progress=False)
     train, val = meta["splits"]["train"], meta["splits"]["val"]
     echo(
         f"      train: {train['tokens']:,} tokens in {train['documents']} documents; "
         f"validation: {val['tokens']:,} tokens in {val['documents']} documents"
     )
     return data_dir
+
+
+def conversations_as_text(names: Sequence[str]) -> str:
+    """The question-and-answer exchanges of the conversation files ``names`` as plain
+    text for pretraining: one document per conversation, each message on its own line,
+    documents separated by ``<|endoftext|>``. Only the conversations instruction tuning
+    trains on (``split_conversations``, at the default validation share): its validation
+    tenth stays unseen. The built-in corpus is small, and a model pretrained on these
+    sentences too meets more ways of asking about the same facts."""
+    conversations, _ = read_conversations([str(resolve_builtin(n)) for n in names])
+    train, _ = split_conversations(conversations, TrainConfig().val_fraction)
+    docs = ["\n".join(m["content"] for m in talk if m["role"] != "system") for talk in train]
+    return END_OF_TEXT.join(docs)
 
 
 def pretrain_stage(
@@ -155,13 +188,20 @@ def pretrain_stage(
         batch_size=run.batch_size,
         steps=run.steps,
         lr=run.lr,
+        optimizer=run.optimizer,
+        muon_lr=run.muon_lr,
+        weight_decay=run.weight_decay,
+        precision=run.precision,
         eval_windows=16,
         sample_prompts=list(PROMPTS[:1]),
         sample_tokens=16,
         progress=progress,
         device="auto",
     )
-    return _training_stage(3, "pretraining a small Transformer on the token files", config, echo)
+    # The next stage starts from the lowest validation loss: a model that went on to
+    # memorise the small built-in corpus is worse on new text than it was at its best.
+    what = "pretraining a small Transformer on the token files"
+    return _training_stage(3, what, config, echo, best=True)
 
 
 def sft_stage(
@@ -174,6 +214,10 @@ def sft_stage(
         out=str(run.out_dir / "sft"),
         steps=run.sft_steps,
         lr=run.sft_lr,
+        optimizer=run.optimizer,
+        muon_lr=run.sft_muon_lr,
+        weight_decay=run.weight_decay,
+        precision=run.precision,
         batch_size=run.batch_size,
         eval_windows=16,
         sample_prompts=list(QUESTIONS[1:2]),
@@ -184,12 +228,17 @@ def sft_stage(
     return _training_stage(4, "instruction tuning on the built-in conversations", config, echo)
 
 
-def _training_stage(number: int, what: str, config: Any, echo: Callable[[str], None]) -> Path:
-    """Run ``config`` to its end, or reuse its finished run; the last checkpoint."""
-    latest = CheckpointManager(config.out).latest_valid()
+def _training_stage(
+    number: int, what: str, config: Any, echo: Callable[[str], None], *, best: bool = False
+) -> Path:
+    """Run ``config`` to its end, or reuse its finished run; its last checkpoint, or with
+    ``best`` the one of lowest validation loss (the last one when none was evaluated)."""
+    checkpoints = CheckpointManager(config.out)
+    latest = checkpoints.latest_valid()
     if latest is not None and read_config(latest)["step"] >= config.steps:
-        echo(f"[{number}/{STAGES}] {what}: reusing {latest} (delete {config.out} to redo it)")
-        return latest
+        chosen = (checkpoints.best() if best else None) or latest
+        echo(f"[{number}/{STAGES}] {what}: reusing {chosen} (delete {config.out} to redo it)")
+        return chosen
     echo(f"[{number}/{STAGES}] {what} ...")
     result = Trainer(config, echo=lambda line: echo(f"      {line}")).run()
     if result.interrupted:
@@ -199,7 +248,14 @@ def _training_stage(number: int, what: str, config: Any, echo: Callable[[str], N
         f"      done: {result.step} steps, validation loss {result.val_loss:.3f}; "
         f"checkpoint {result.checkpoint}"
     )
-    return result.checkpoint
+    lowest = checkpoints.best() if best else None
+    if lowest is None or lowest == result.checkpoint:
+        return result.checkpoint
+    echo(
+        f"      continuing from the lowest validation loss, {checkpoints.best_val_loss():.3f}: "
+        f"{lowest}"
+    )
+    return lowest
 
 
 def conversation_stage(

@@ -47,6 +47,7 @@ from scratchlm.train.config import CONFIG_FILE, TrainConfig
 from scratchlm.train.evaluate import draw_samples, evaluate
 from scratchlm.train.guard import DivergenceGuard
 from scratchlm.train.optim import build_optimizer, clip_grad_norm
+from scratchlm.train.overfit import overfit_warning
 from scratchlm.train.pacing import Pacing
 from scratchlm.train.parallel import gather_to_cpu, scatter_from_cpu, wrap_for_training
 from scratchlm.train.progress import Progress, mfu, peak_flops, peak_memory_bytes
@@ -139,6 +140,7 @@ class Trainer:
             self.state, is_main=self.dist.is_main, bar_enabled=bar, clock=self.clock
         )
         self.last_checkpoint: Path | None = None
+        self.overfit_warned = False  # said once per process (overfit.py)
         self.fingerprints = run_fingerprints(
             c, self.tokenizer, self.sampler, (self.val_x, self.val_y)
         )
@@ -455,6 +457,7 @@ class Trainer:
         self.run_log.say(
             bar, f"step {self.state.step}: validation loss {self.state.last_val:.4f}{bpb}"
         )
+        self._warn_if_overfitting()
         texts = []  # none from a sharded model: generation would need every shard
         if not c.fsdp:
             prompts, n = self.prompts, c.sample_tokens
@@ -467,6 +470,18 @@ class Trainer:
             shown = text if c.phase == "sft" else prompt + text  # an answer, or a continuation
             self.run_log.say(bar, f"  {prompt!r} -> {shown[:120]!r}")
         return self.state.last_val
+
+    def _warn_if_overfitting(self) -> None:
+        """Say once (per process) that the validation loss rose well above its best."""
+        if self.overfit_warned:
+            return
+        best = self.checkpoints.best()
+        warning = overfit_warning(
+            self.state.step, self.state.last_val, self.checkpoints.best_val_loss(), best
+        )
+        if warning is not None:
+            self.overfit_warned = True
+            self.run_log.event(warning)  # a WARNING on the console, and in metrics.jsonl
 
     def _result(self, interrupted: str | None = None) -> TrainResult:
         s = self.state

@@ -54,7 +54,7 @@ RECIPE = (
     "preset small, bf16 autocast (--precision auto on a CPU with AVX512-BF16/AMX), "
     "--optimizer muon (--muon-lr 0.02 for the hidden matrices, AdamW at --lr 1e-3 for the "
     "rest; Newton-Schulz in bf16), "
-    "--schedule wsd (warmup 5%, decay from 80% of the budget), 8 x 256 tokens per step"
+    "--schedule wsd (warmup 5%, decay from 80% of the budget), 2 x 8 x 256 tokens per step"
 )
 
 
@@ -84,7 +84,7 @@ def contenders(budget: float) -> list[Contender]:
         Contender("b-fp32", "new default in float32", "--precision fp32"),
         Contender("b-adamw", "new default with AdamW (lr 1e-3)", "--optimizer adamw --lr 1e-3"),
         Contender("b-lr3e-3", "new default, AdamW parameters at lr 3e-3", "--lr 3e-3"),
-        Contender("b-accum2", "new default, 2 x 8 x 256 tokens per step", "--grad-accum 2"),
+        Contender("b-accum1", "new default, 8 x 256 tokens per step", "--grad-accum 1"),
         Contender(
             "b-nostable",
             "new default, no stable phase (linear decay right after warmup)",

@@ -37,7 +37,8 @@ def pretrained(prepared, tmp_path_factory):
     config = TrainConfig(data=str(prepared), out=str(out), preset="tiny", model=dict(TINY),
                          context_length=64, steps=5, batch_size=4, warmup_steps=1,
                          eval_every=0, eval_windows=2, sample_tokens=0, progress=False,
-                         device="cpu", optimizer="adamw", precision="fp32")  # fmt: skip
+                         device="cpu", optimizer="adamw", precision="fp32",
+                         grad_accum=1)  # fmt: skip
     return Trainer(config).run().checkpoint
 
 
@@ -65,5 +66,6 @@ def tiny_config(prepared, tmp_path):
         device="cpu",
         precision="fp32",  # the numbers tests compare do not depend on the CPU's bf16 unit
         optimizer="adamw",
+        grad_accum=1,
         seed=7,
     )

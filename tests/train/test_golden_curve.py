@@ -95,6 +95,7 @@ def golden_run(root: Path) -> list[float]:
         batch_size=4,
         precision="fp32",
         optimizer="adamw",
+        grad_accum=1,
         lr=3e-3,
         warmup_steps=3,
         eval_every=0,

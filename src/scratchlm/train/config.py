@@ -38,6 +38,7 @@ SFT_DEFAULTS: dict[str, Any] = {
     "steps": 300,
     "optimizer": "adamw",  # small steps from a trained model; Muon is for pretraining
     "lr": 3e-4,
+    "grad_accum": 1,
     "batch_size": 16,
     "sample_prompts": [],
     "sample_tokens": 48,
@@ -105,7 +106,7 @@ class TrainConfig:
     steps: int = setting(1000, "optimizer updates")
     tokens: int = setting(0, "train on this many tokens instead of --steps (0 = use --steps)")
     batch_size: int = setting(8, "windows per micro-batch per process")
-    grad_accum: int = setting(1, "micro-batches per update")
+    grad_accum: int = setting(2, "micro-batches per update")
     context_length: int = setting(0, "tokens per window (0 = the preset's)")
 
     optimizer: str = setting(

@@ -118,9 +118,7 @@ class Trainer:
         self.train_step_model = wrap_for_training(
             self.loss_module, self.dist, self.device, fsdp=c.fsdp, compile=c.compile
         )
-        self.make_optimizer = functools.partial(
-            build_optimizer, config=c, precision=self.precision
-        )
+        self.make_optimizer = functools.partial(build_optimizer, config=c, precision=self.precision)
         self.optimizer = self.make_optimizer(self.model)
         self.sampler, self.val_x, self.val_y, self.bytes_per_token, self.prompts = training_data(
             c, self.tokenizer, T, rank=self.dist.rank, world_size=self.dist.world_size

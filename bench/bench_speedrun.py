@@ -73,7 +73,7 @@ def contenders(budget: float) -> list[Contender]:
     steps = round(WAVE1_STEPS_PER_MINUTE * budget)
     wave1 = (
         f"--steps {steps} --precision fp32 --optimizer adamw --lr 1e-3 --schedule cosine "
-        "--eval-every 25 --checkpoint-every 150"
+        "--grad-accum 1 --eval-every 25 --checkpoint-every 150"
     )
     return [
         Contender("a", f"wave-1: small, fp32, AdamW, cosine over {steps} steps", wave1, False),

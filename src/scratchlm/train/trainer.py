@@ -44,21 +44,19 @@ from scratchlm.train.assembly import (
     run_tokenizer,
 )
 from scratchlm.train.config import CONFIG_FILE, TrainConfig
-from scratchlm.train.evaluate import draw_samples, evaluate
 from scratchlm.train.guard import DivergenceGuard
 from scratchlm.train.optim import build_optimizer, clip_grad_norm
 from scratchlm.train.pacing import Pacing
 from scratchlm.train.parallel import gather_to_cpu, scatter_from_cpu, wrap_for_training
-from scratchlm.train.progress import Progress, mfu, peak_flops, peak_memory_bytes
+from scratchlm.train.progress import Progress, peak_flops
+from scratchlm.train.reporting import announce, evaluate_run, log_train
 from scratchlm.train.run_log import RunLog
 from scratchlm.train.runtime import (
     LossModule,
     SignalFlag,
     autocast,
-    cpu_flags,
     init_distributed,
     pick_precision,
-    precision_advice,
     shutdown_distributed,
 )
 from scratchlm.train.sources import training_data
@@ -245,12 +243,12 @@ class Trainer:
 
     def _loop(self, stop: SignalFlag) -> TrainResult:
         c = self.config
-        self._announce()
+        announce(self)
         bar = Progress(self.total, initial_step=self.state.step, enabled=self.run_log.bar_enabled)
         window_tokens, window_time = 0, 0.0
         with bar:
             if self.budget:  # measure an evaluation's cost first: the reserve kept for the last
-                self._timed("eval", self._evaluate, bar)
+                self._timed("eval", evaluate_run, self, bar)
             finished = self.state.step if self.resume_from else -1  # evaluated and saved
             while self.state.step < self.total:
                 before = self.run_log.wall_time()
@@ -258,7 +256,7 @@ class Trainer:
                     # Spent between steps (logging, a resume late in the budget): the
                     # last step's evaluation and checkpoint, unless it had them.
                     if finished != self.state.step:
-                        val = self._timed("eval", self._evaluate, bar)
+                        val = self._timed("eval", evaluate_run, self, bar)
                         self._timed("checkpoint", self.save_checkpoint, val_loss=val)
                     break
                 t0 = self.clock()
@@ -272,14 +270,14 @@ class Trainer:
                 bar.update(self.state.step, loss=loss, lr=lr, grad_norm=grad_norm, seconds=seconds)
                 if self.state.step % c.log_every == 0 or self.state.step == self.total:
                     tps = window_tokens / max(window_time, 1e-9)
-                    self._log_train(bar, loss, grad_norm, lr, tps)
+                    log_train(self, bar, loss, grad_norm, lr, tps)
                     window_tokens, window_time = 0, 0.0
                 eval_due, ckpt_due, at_end = self.pacing.after_step(
                     self.state.step, before, seconds, self.run_log.wall_time()
                 )
                 val, new_best = None, False
                 if eval_due or at_end:
-                    val = self._timed("eval", self._evaluate, bar)
+                    val = self._timed("eval", evaluate_run, self, bar)
                     new_best = self._beats_best(val)
                 signalled = self.dist.any(stop.name is not None, self.device)
                 if ckpt_due or at_end or signalled or new_best:
@@ -388,78 +386,6 @@ class Trainer:
         self.run_log.event(
             f"rolled back to {latest.name} after {what}; learning rate now x{self.state.lr_scale:g}"
         )
-
-    # ----------------------------------------------------------------------------------
-    # Reporting
-    def _announce(self) -> None:
-        if not self.dist.is_main:
-            return
-        m = self.model
-        length = f"{self.total} steps"
-        if self.budget:
-            length = f"{self.config.time_budget} ({self.budget.seconds:g} s) of steps"
-        self.echo(
-            f"training {m.num_parameters() / 1e6:.2f}M parameters on {self.device} "
-            f"({self.precision}, {self.dist.world_size} process(es)): {length} of "
-            f"{self.tokens_per_step:,} tokens, from step {self.state.step}"
-        )
-        advice = precision_advice(self.config.precision, self.precision, self.device, cpu_flags())
-        if advice:
-            self.echo(advice)
-
-    def _log_train(self, bar: Any, loss: float, grad_norm: float, lr: float, tps: float) -> None:
-        util = mfu(tps / self.dist.world_size, self.flops_per_token, self.peak)
-        bar.update(
-            self.state.step, loss=loss, lr=lr, grad_norm=grad_norm, tokens_per_s=tps, mfu=util
-        )
-        self.run_log.record(
-            kind="train",
-            loss=loss,
-            lr=lr,
-            grad_norm=grad_norm,
-            tokens_per_s=tps,
-            mfu=util,
-            peak_memory_bytes=peak_memory_bytes(self.device),
-        )
-        if not self.run_log.bar_enabled and self.dist.is_main:
-            total = "?" if self.budget else self.total
-            log.info("step %d/%s loss %.4f lr %.2e", self.state.step, total, loss, lr)
-
-    def _evaluate(self, bar: Any) -> float | None:
-        c = self.config
-        if not (self.dist.is_main or c.fsdp):  # a sharded model evaluates on every process
-            return None
-        result = evaluate(
-            self.model,
-            self.val_x,
-            self.val_y,
-            batch_size=c.batch_size,
-            bytes_per_token=self.bytes_per_token,
-            autocast=autocast(self.device, self.precision),
-            loss_fn=self.loss_module if c.fsdp else None,
-        )
-        if not self.dist.is_main:
-            return None
-        self.state.last_val = result["val_loss"]
-        if self.state.best_val is None or self.state.last_val < self.state.best_val:
-            self.state.best_val = self.state.last_val
-        self.run_log.record(kind="val", **result)
-        bpb = f", {result['val_bpb']:.3f} bits/byte" if "val_bpb" in result else ""
-        self.run_log.say(
-            bar, f"step {self.state.step}: validation loss {self.state.last_val:.4f}{bpb}"
-        )
-        texts = []  # none from a sharded model: generation would need every shard
-        if not c.fsdp:
-            prompts, n = self.prompts, c.sample_tokens
-            chat = c.phase == "sft"
-            texts = draw_samples(
-                self.model, self.tokenizer, prompts, max_new_tokens=n, seed=c.seed, chat=chat
-            )
-        for prompt, text in zip(self.prompts[: len(texts)], texts, strict=True):
-            self.run_log.record(kind="sample", prompt=prompt, text=text)
-            shown = text if c.phase == "sft" else prompt + text  # an answer, or a continuation
-            self.run_log.say(bar, f"  {prompt!r} -> {shown[:120]!r}")
-        return self.state.last_val
 
     def _result(self, interrupted: str | None = None) -> TrainResult:
         s = self.state

@@ -25,7 +25,9 @@ from scratchlm.train.budget import parse_duration
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 SCHEDULES = ("cosine", "linear", "constant", "wsd")
 OPTIMIZERS = ("adamw", "sgd", "muon")
-PHASES = ("pretrain", "sft")
+PHASES = ("pretrain", "sft", "dpo")
+LM_PHASES = ("pretrain", "sft")  # next-token prediction; dpo: preference pairs (scratchlm.tune)
+DPO_LOSSES = ("sigmoid", "ipo")
 
 DEFAULT_PROMPTS = ("The", "Water", "In the")
 
@@ -37,6 +39,20 @@ SFT_DEFAULTS: dict[str, Any] = {
     "steps": 300,
     "lr": 3e-4,
     "batch_size": 16,
+    "sample_prompts": [],
+    "sample_tokens": 48,
+}
+
+# Preference tuning (DPO) starts from an instruction-tuned model and moves it little: a
+# low learning rate, few steps; it samples answers to held-out questions like SFT.
+DPO_DEFAULTS: dict[str, Any] = {
+    "phase": "dpo",
+    "out": "runs/dpo",
+    "conversations": ["builtin:preferences"],
+    "val_data": ["builtin:preferences_heldout"],
+    "steps": 100,
+    "lr": 2e-5,
+    "batch_size": 8,
     "sample_prompts": [],
     "sample_tokens": 48,
 }
@@ -65,7 +81,7 @@ RESUMABLE_CHANGES = frozenset(
 # Fields that name where things are. A resumed run compares what they hold, not how they
 # are spelled (a run directory given as ./runs/a or moved elsewhere is the same run): the
 # data's and the tokenizer's fingerprints and the model, recorded in each checkpoint.
-PATH_SETTINGS = frozenset({"out", "data", "tokenizer", "init_from", "conversations"})
+PATH_SETTINGS = frozenset({"out", "data", "tokenizer", "init_from", "conversations", "val_data"})
 
 
 @dataclass
@@ -93,6 +109,16 @@ class TrainConfig:
     )
     val_fraction: float = setting(0.1, "share of the conversations held out for validation")
     skip_bad: bool = setting(False, "skip malformed records, with a count")
+    val_data: list[str] = field(
+        default_factory=list,
+        metadata=flag_info(
+            "held-out preference files (default: a --val-fraction share of --data)",
+            nargs="+",
+            metavar="FILE",
+        ),
+    )
+    beta: float = setting(0.1, "DPO's beta: how far the tuned model may move from the reference")
+    dpo_loss: str = setting("sigmoid", "sigmoid (DPO) or ipo", flag="--loss")
 
     steps: int = setting(1000, "optimizer updates")
     tokens: int = setting(0, "train on this many tokens instead of --steps (0 = use --steps)")
@@ -187,6 +213,7 @@ class TrainConfig:
             ("schedule", SCHEDULES),
             ("optimizer", OPTIMIZERS),
             ("phase", PHASES),
+            ("dpo_loss", DPO_LOSSES),
         ):
             if getattr(self, name) not in allowed:
                 raise ConfigError(
@@ -229,8 +256,10 @@ class TrainConfig:
                 f"{self.spike_factor} and {self.rollback_lr}"
             )
         self._validate_budget()
-        if self.phase == "sft" and not self.init_from:
-            raise ConfigError("instruction tuning starts from a pretrained model: pass --from")
+        if self.phase != "pretrain" and not self.init_from:
+            raise ConfigError(f"{self.phase} starts from a trained model: pass --from")
+        if not (math.isfinite(self.beta) and self.beta > 0):
+            raise ConfigError(f"beta must be a positive number, got {self.beta}")
         if not 0 < self.val_fraction < 1:
             raise ConfigError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
         if not isinstance(self.model, dict):

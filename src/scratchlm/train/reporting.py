@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from scratchlm.train.evaluate import draw_samples, evaluate
+from scratchlm.train.evaluate import draw_samples
 from scratchlm.train.progress import mfu, peak_memory_bytes
 from scratchlm.train.runtime import autocast, cpu_flags, precision_advice
 
@@ -49,6 +49,7 @@ def log_train(trainer: Any, bar: Any, loss: float, grad_norm: float, lr: float, 
         tokens_per_s=tps,
         mfu=util,
         peak_memory_bytes=peak_memory_bytes(t.device),
+        **{name: float(value) for name, value in t.step_metrics.items()},
     )
     if not t.run_log.bar_enabled and t.dist.is_main:
         total = "?" if t.budget else t.total
@@ -62,12 +63,10 @@ def evaluate_run(trainer: Any, bar: Any) -> float | None:
     c = t.config
     if not (t.dist.is_main or c.fsdp):  # a sharded model evaluates on every process
         return None
-    result = evaluate(
+    result = t.objective.evaluate(
         t.model,
-        t.val_x,
-        t.val_y,
+        t.data,
         batch_size=c.batch_size,
-        bytes_per_token=t.bytes_per_token,
         autocast=autocast(t.device, t.precision),
         loss_fn=t.loss_module if c.fsdp else None,
     )
@@ -77,17 +76,19 @@ def evaluate_run(trainer: Any, bar: Any) -> float | None:
     if t.state.best_val is None or t.state.last_val < t.state.best_val:
         t.state.best_val = t.state.last_val
     t.run_log.record(kind="val", **result)
-    bpb = f", {result['val_bpb']:.3f} bits/byte" if "val_bpb" in result else ""
-    t.run_log.say(bar, f"step {t.state.step}: validation loss {t.state.last_val:.4f}{bpb}")
+    more = f", {result['val_bpb']:.3f} bits/byte" if "val_bpb" in result else ""
+    if "val_accuracy" in result:  # preference pairs
+        more += f", preference accuracy {result['val_accuracy']:.1%}"
+    t.run_log.say(bar, f"step {t.state.step}: validation loss {t.state.last_val:.4f}{more}")
     texts = []  # none from a sharded model: generation would need every shard
     if not c.fsdp:
         prompts, n = t.prompts, c.sample_tokens
-        chat = c.phase == "sft"
+        chat = c.phase != "pretrain"
         texts = draw_samples(
             t.model, t.tokenizer, prompts, max_new_tokens=n, seed=c.seed, chat=chat
         )
     for prompt, text in zip(t.prompts[: len(texts)], texts, strict=True):
         t.run_log.record(kind="sample", prompt=prompt, text=text)
-        shown = text if c.phase == "sft" else prompt + text  # an answer, or a continuation
+        shown = text if c.phase != "pretrain" else prompt + text  # an answer, or a continuation
         t.run_log.say(bar, f"  {prompt!r} -> {shown[:120]!r}")
     return t.state.last_val

@@ -33,18 +33,18 @@ from scratchlm.checkpoint import (
     read_train_state,
     restore_rng_state,
 )
-from scratchlm.errors import ScratchLMError, WriteError
-from scratchlm.model.loss import IGNORE_INDEX
+from scratchlm.data import tokenizer_fingerprint
+from scratchlm.errors import ConfigError, ScratchLMError, WriteError
 from scratchlm.train.assembly import (
     build_model,
     is_resuming,
     lock_run_dir,
     resume_point,
-    run_fingerprints,
     run_tokenizer,
 )
-from scratchlm.train.config import CONFIG_FILE, TrainConfig
+from scratchlm.train.config import CONFIG_FILE, LM_PHASES, TrainConfig
 from scratchlm.train.guard import DivergenceGuard
+from scratchlm.train.objective import LanguageModelObjective, Objective
 from scratchlm.train.optim import build_optimizer, clip_grad_norm
 from scratchlm.train.pacing import Pacing
 from scratchlm.train.parallel import gather_to_cpu, scatter_from_cpu, wrap_for_training
@@ -52,14 +52,12 @@ from scratchlm.train.progress import Progress, peak_flops
 from scratchlm.train.reporting import announce, evaluate_run, log_train
 from scratchlm.train.run_log import RunLog
 from scratchlm.train.runtime import (
-    LossModule,
     SignalFlag,
     autocast,
     init_distributed,
     pick_precision,
     shutdown_distributed,
 )
-from scratchlm.train.sources import training_data
 from scratchlm.train.state import TrainResult, TrainState, join_tensors, split_tensors
 
 log = logging.getLogger(__name__)
@@ -78,12 +76,20 @@ class Trainer:
         *,
         echo: Callable[[str], None] | None = None,
         clock: Callable[[], float] = time.perf_counter,
+        objective: Objective | None = None,
     ) -> None:
         """Build everything the run needs (checking the settings, the data and the
         tokenizer on the way), without writing anything; ``run`` then trains. The run
         directory's lock (rank 0) is taken first when the directory exists, so a second
         writer is refused before it reads anything; ``run`` releases it. ``clock``
-        (seconds) times the run and its ``--time-budget``; tests pass a fake one."""
+        (seconds) times the run and its ``--time-budget``; tests pass a fake one.
+        ``objective``: what the run minimises (default: next-token prediction, the
+        pretrain and sft phases; ``scratchlm.tune`` passes preference tuning's)."""
+        if objective is None and config.phase not in LM_PHASES:
+            raise ConfigError(
+                f"phase {config.phase!r} needs its objective: run `scratchlm {config.phase}`"
+            )
+        self.objective = objective or LanguageModelObjective()
         self.config = config
         self.clock = clock
         self.echo = echo or log.info
@@ -111,15 +117,16 @@ class Trainer:
         T = self.model.config.context_length
         # What the steps call (made before the optimizer: FSDP replaces the parameters).
         # Evaluation, sampling and checkpoints use self.model.
-        self.loss_module = LossModule(self.model)
+        self.loss_module = self.objective.training_module(self.model)
         self.train_step_model = wrap_for_training(
             self.loss_module, self.dist, self.device, fsdp=c.fsdp, compile=c.compile
         )
         self.make_optimizer = functools.partial(build_optimizer, config=c)
         self.optimizer = self.make_optimizer(self.model)
-        self.sampler, self.val_x, self.val_y, self.bytes_per_token, self.prompts = training_data(
-            c, self.tokenizer, T, rank=self.dist.rank, world_size=self.dist.world_size
+        self.data = self.objective.load_data(
+            c, self.tokenizer, self.model, rank=self.dist.rank, world_size=self.dist.world_size
         )
+        self.sampler, self.prompts = self.data.sampler, self.data.prompts
         self.tokens_per_step = c.batch_size * c.grad_accum * T * self.dist.world_size
         self.pacing = Pacing(c, self.tokens_per_step, self._rank0_says)
         self.total, self.budget = self.pacing.total, self.pacing.budget  # budget: or None
@@ -135,9 +142,13 @@ class Trainer:
             self.state, is_main=self.dist.is_main, bar_enabled=bar, clock=self.clock
         )
         self.last_checkpoint: Path | None = None
-        self.fingerprints = run_fingerprints(
-            c, self.tokenizer, self.sampler, (self.val_x, self.val_y)
-        )
+        # What the steps depend on besides the settings, by content: checkpoints record
+        # it, a resume compares it.
+        self.fingerprints = {
+            "data": self.data.fingerprint,
+            "tokenizer": tokenizer_fingerprint(self.tokenizer),
+        }
+        self.step_metrics: dict[str, Tensor] = {}  # the last step's objective metrics
         self.resume_from: Path | None = None  # the checkpoint run() continues from
         if self.resuming:
             self.resume_from = resume_point(self.checkpoints, self.fingerprints, self.model)
@@ -224,6 +235,7 @@ class Trainer:
                 lock_run_dir(self.lock, resuming=self.resuming)
                 self.run_log.open(self.run_dir, c.tensorboard)
                 c.save(self.run_dir / CONFIG_FILE)
+                self.objective.write_files(self.run_dir)
             self.run_log.start_clock()
             if self.resuming:
                 latest = self.resume_from
@@ -322,24 +334,28 @@ class Trainer:
         lr = self.state.lr_scale * self.pacing.lr(self.state.step, self.run_log.wall_time())
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        # The loss is the mean over the step's target tokens on all processes, as for the
-        # batch in one piece: each micro-batch adds its summed loss over that count, so
-        # one with few answer tokens weighs no more than its tokens do. DDP averages the
-        # gradients over the processes, hence the world size. Batches: x, y (, segment_ids).
+        # The loss is the mean over the step's items (target tokens; pairs) on all
+        # processes, as for the batch in one piece: each micro-batch adds its summed loss
+        # over that count, so one with few answer tokens weighs no more than its tokens
+        # do. DDP averages the gradients over the processes, hence the world size.
         batches = [self.sampler.next(self.device) for _ in range(c.grad_accum)]
-        targets = torch.stack([(batch[1] != IGNORE_INDEX).sum() for batch in batches]).sum()
+        targets = torch.stack([self.objective.count(batch) for batch in batches]).sum()
         targets = self.dist.sum(targets).clamp(min=1)  # 0-dim, on the device: no host sync
         scale = self.dist.world_size / targets
         loss_sum = torch.zeros((), device=self.device)
+        metric_sums: dict[str, Tensor] = {}
         for micro, batch in enumerate(batches):
             last = micro == c.grad_accum - 1
             # DDP averages gradients across processes on the last micro-step only.
             no_sync = getattr(self.train_step_model, "no_sync", None)
             with no_sync() if (no_sync and not last) else contextlib.nullcontext():
                 with autocast(self.device, self.precision):
-                    loss = self.train_step_model(*batch, reduction="sum")
+                    loss, metrics = self.objective.loss(self.train_step_model, batch)
                 self.scaler.scale(loss * scale).backward()
             loss_sum += loss.detach()
+            for name, value in metrics.items():
+                metric_sums[name] = metric_sums.get(name, 0) + value.detach()
+        self.step_metrics = {k: self.dist.sum(v) / targets for k, v in metric_sums.items()}
         self.scaler.unscale_(self.optimizer)
         norm = clip_grad_norm(self.model.parameters(), c.grad_clip or float("inf"))
         loss_value = float(self.dist.sum(loss_sum) / targets)  # the mean per target token

@@ -1,0 +1,1 @@
+"""Tuning a model you already have: preference tuning (DPO)."""

@@ -50,9 +50,10 @@ DPO_DEFAULTS: dict[str, Any] = {
     "out": "runs/dpo",
     "conversations": ["builtin:preferences"],
     "val_data": ["builtin:preferences_heldout"],
-    "steps": 100,
-    "lr": 2e-5,
+    "steps": 60,
+    "lr": 1e-4,
     "batch_size": 8,
+    "eval_every": 20,
     "sample_prompts": [],
     "sample_tokens": 48,
 }

@@ -17,9 +17,10 @@ import scratchlm
 from scratchlm.cli import COMMANDS, build_parser, main
 from scratchlm.cli.chat import sample_config
 from scratchlm.cli.config_flags import flag_fields, flag_name
-from scratchlm.cli.train import PRETRAIN_ONLY, SFT_ONLY, _flags
+from scratchlm.cli.train import DPO_ONLY, PRETRAIN_ONLY, SFT_ONLY, _flags
 from scratchlm.config import SampleConfig
 from scratchlm.train.config import TrainConfig, sft_config
+from scratchlm.tune.dpo import dpo_config
 
 
 def help_of(capsys, *argv: str) -> str:
@@ -53,8 +54,9 @@ CASES = [
     # command, the settings it runs with when no flag is given, fields it does not offer
     ("chat", SampleConfig, set()),
     ("generate", SampleConfig, set()),
-    ("train", TrainConfig, SFT_ONLY),
-    ("sft", lambda: sft_config(init_from="ckpt"), PRETRAIN_ONLY),
+    ("train", TrainConfig, SFT_ONLY | DPO_ONLY),
+    ("sft", lambda: sft_config(init_from="ckpt"), PRETRAIN_ONLY | DPO_ONLY),
+    ("dpo", lambda: dpo_config(init_from="ckpt"), PRETRAIN_ONLY),
 ]
 
 

@@ -13,8 +13,9 @@ from train_helpers import TINY
 
 from scratchlm.errors import ConfigError
 from scratchlm.train.config import TrainConfig, resolve_config
+from scratchlm.train.runtime import LossModule
 from scratchlm.train.state import TrainState
-from scratchlm.train.trainer import LossModule, Trainer, TrainingDiverged
+from scratchlm.train.trainer import Trainer, TrainingDiverged
 
 
 def _records(run_dir, kind):
@@ -283,11 +284,11 @@ def test_train_state_round_trips_with_the_keys_checkpoints_have_always_had():
 def test_best_is_the_lowest_validation_loss_even_between_checkpoint_steps(tiny_config, monkeypatch):
     """An evaluation that beats every earlier one saves a checkpoint there and then, so
     ``best`` names the lowest validation loss seen; one that does not saves nothing."""
-    import scratchlm.train.trainer as trainer_module
+    import scratchlm.train.objective as objective
     from scratchlm.checkpoint import CheckpointManager
 
     losses = iter([5.0, 4.0, 4.5, 4.2])  # the evaluations at steps 3, 6, 9 and 12
-    monkeypatch.setattr(trainer_module, "evaluate", lambda *a, **k: {"val_loss": next(losses)})
+    monkeypatch.setattr(objective, "evaluate", lambda *a, **k: {"val_loss": next(losses)})
     config = tiny_config.replace(
         steps=12, eval_every=3, checkpoint_every=12, keep_last=10, sample_tokens=0
     )

@@ -36,6 +36,8 @@ BUILTIN_FILES = {
     "builtin:chat": "chat.jsonl",
     "builtin:chat_eval": "chat_eval.jsonl",
     "builtin:chat_heldout": "chat_heldout.jsonl",
+    "builtin:preferences": "preferences.jsonl",
+    "builtin:preferences_heldout": "preferences_heldout.jsonl",
 }
 # Names that stand for a whole corpus wherever an input is expected.
 BUILTIN_INPUTS = ("builtin:science", "builtin:python")

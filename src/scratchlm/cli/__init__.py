@@ -22,6 +22,7 @@ from scratchlm.errors import ScratchLMError
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("train", "pretrain a model (no arguments: the default run on the built-in data)"),
     "sft": ("train", "instruction-tune a pretrained model on conversations"),
+    "dpo": ("dpo", "preference-tune a model on chosen/rejected answers (DPO)"),
     "chat": ("chat", "talk to an instruction-tuned model"),
     "generate": ("chat", "continue a prompt with any model (raw completion)"),
     "serve": ("serve", "serve a model over HTTP: OpenAI-compatible API and a chat page"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from scratchlm.console import live_progress
 from scratchlm.errors import ConfigError
 from scratchlm.train.assembly import nothing_to_resume
 from scratchlm.train.config import SFT_DEFAULTS, TrainConfig, load_run_config, resolve_config
+from scratchlm.train.objective import Objective
 from scratchlm.train.trainer import Trainer
 from scratchlm.tune.lora import ADAPTER_DIR, export_adapter
 
@@ -33,6 +35,7 @@ RUN_DIR/train_config.json. Rerunning the same command resumes from the last chec
 # TrainConfig fields that are flags of one command only.
 PRETRAIN_ONLY = frozenset({"data", "preset", "init_from", "tokenizer"})  # sft: from --from
 SFT_ONLY = frozenset({"conversations", "val_fraction", "skip_bad"})
+DPO_ONLY = frozenset({"val_data", "beta", "dpo_loss"})
 
 
 def _model_override(text: str) -> tuple[str, Any]:
@@ -53,9 +56,16 @@ def _flags(args: argparse.Namespace) -> dict[str, Any]:
     return flags
 
 
-def _run(
-    args: argparse.Namespace, flags: dict[str, Any], defaults: dict[str, Any], command: str
+def run_training(
+    args: argparse.Namespace,
+    flags: dict[str, Any],
+    defaults: dict[str, Any],
+    command: str,
+    objective: Callable[[TrainConfig], Objective] | None = None,
 ) -> int:
+    """Resolve the settings (a resumed run's own, the file's, the flags), train, and
+    print how it ended; ``objective`` makes the run's objective from its settings
+    (default: next-token prediction)."""
     base = None
     if args.resume:
         base = load_run_config(args.resume)
@@ -63,7 +73,8 @@ def _run(
             raise nothing_to_resume(args.resume)
         flags.update(out=args.resume, resume=True)
     config = resolve_config(args.config, flags, base, defaults=defaults)
-    result = Trainer(config, echo=print).run()
+    made = objective(config) if objective is not None else None
+    result = Trainer(config, echo=print, objective=made).run()
     where = f"; checkpoint {result.checkpoint}" if result.checkpoint else ""
     if result.interrupted:
         print(
@@ -96,7 +107,7 @@ def _train(args: argparse.Namespace) -> int:
         progress = live_progress(quiet=args.progress is False)
         pipeline.run_default(pipeline.DefaultRun(out_dir=out), progress=progress)
         return 0
-    return _run(args, _flags(args), {}, "train")
+    return run_training(args, _flags(args), {}, "train")
 
 
 def _sft(args: argparse.Namespace) -> int:
@@ -107,17 +118,17 @@ def _sft(args: argparse.Namespace) -> int:
         )
     if not (args.init_from or args.resume):
         raise ConfigError("instruction tuning starts from a pretrained model: pass --from DIR")
-    return _run(args, _flags(args), SFT_DEFAULTS, "sft")
+    return run_training(args, _flags(args), SFT_DEFAULTS, "sft")
 
 
-class _Refused(argparse.Action):
+class Refused(argparse.Action):
     """A flag that means nothing to this command: recorded, then refused in one line."""
 
     def __call__(self, parser: Any, namespace: Any, values: Any, option: Any = None) -> None:
         setattr(namespace, self.dest, option)
 
 
-def _add_training_flags(
+def add_training_flags(
     p: argparse.ArgumentParser, skip: frozenset[str], defaults: dict[str, Any]
 ) -> None:
     p.add_argument("--config", help="a TOML or JSON file of settings")
@@ -152,7 +163,7 @@ def train_parser(p: argparse.ArgumentParser) -> None:
         "reusing the stages a previous run finished."
     )
     p.epilog = EPILOG
-    _add_training_flags(p, SFT_ONLY, {})
+    add_training_flags(p, SFT_ONLY | DPO_ONLY, {})
     p.set_defaults(func=_train)
 
 
@@ -167,10 +178,10 @@ def sft_parser(p: argparse.ArgumentParser) -> None:
         *("--preset", "--init-from", "--tokenizer"),
         dest="refused",
         nargs="?",
-        action=_Refused,
+        action=Refused,
         help=argparse.SUPPRESS,
     )
-    _add_training_flags(p, PRETRAIN_ONLY, SFT_DEFAULTS)
+    add_training_flags(p, PRETRAIN_ONLY | DPO_ONLY, SFT_DEFAULTS)
     p.set_defaults(func=_sft, refused=None)
 
 

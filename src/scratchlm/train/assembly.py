@@ -49,7 +49,7 @@ from scratchlm.train.config import (
 def run_tokenizer(config: TrainConfig) -> Any:
     """The run's tokenizer: ``config.tokenizer``, else the copy in the data directory (for
     instruction tuning: the starting checkpoint's, with the chat tokens added)."""
-    if config.phase == "sft" and not config.tokenizer:
+    if config.phase != "pretrain" and not config.tokenizer:
         path = resolve_checkpoint(config.init_from) / "tokenizer.json"
         if not path.exists():
             raise ConfigError(f"the checkpoint {path.parent} holds no tokenizer.json")

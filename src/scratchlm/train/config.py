@@ -26,7 +26,9 @@ from scratchlm.train.budget import parse_duration
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 SCHEDULES = ("auto", "cosine", "linear", "constant", "wsd")
 OPTIMIZERS = ("adamw", "sgd", "muon")
-PHASES = ("pretrain", "sft")
+PHASES = ("pretrain", "sft", "dpo")
+LM_PHASES = ("pretrain", "sft")  # next-token prediction; dpo: preference pairs (scratchlm.tune)
+DPO_LOSSES = ("sigmoid", "ipo")
 
 DEFAULT_PROMPTS = ("The", "Water", "In the")
 
@@ -40,6 +42,23 @@ SFT_DEFAULTS: dict[str, Any] = {
     "lr": 3e-4,
     "grad_accum": 1,
     "batch_size": 16,
+    "sample_prompts": [],
+    "sample_tokens": 48,
+}
+
+# Preference tuning (DPO) starts from an instruction-tuned model and moves it little: a
+# low learning rate, few steps; it samples answers to held-out questions like SFT.
+DPO_DEFAULTS: dict[str, Any] = {
+    "phase": "dpo",
+    "out": "runs/dpo",
+    "conversations": ["builtin:preferences"],
+    "val_data": ["builtin:preferences_heldout"],
+    "steps": 60,
+    "optimizer": "adamw",
+    "lr": 1e-4,
+    "batch_size": 8,
+    "grad_accum": 1,
+    "eval_every": 20,
     "sample_prompts": [],
     "sample_tokens": 48,
 }
@@ -68,7 +87,7 @@ RESUMABLE_CHANGES = frozenset(
 # Fields that name where things are. A resumed run compares what they hold, not how they
 # are spelled (a run directory given as ./runs/a or moved elsewhere is the same run): the
 # data's and the tokenizer's fingerprints and the model, recorded in each checkpoint.
-PATH_SETTINGS = frozenset({"out", "data", "tokenizer", "init_from", "conversations"})
+PATH_SETTINGS = frozenset({"out", "data", "tokenizer", "init_from", "conversations", "val_data"})
 
 
 @dataclass
@@ -102,6 +121,16 @@ class TrainConfig:
         "targets=q_proj,v_proj (targets: layer names or all-linear; docs/lora.md)",
         metavar="SPEC",
     )
+    val_data: list[str] = field(
+        default_factory=list,
+        metadata=flag_info(
+            "held-out preference files (default: a --val-fraction share of --data)",
+            nargs="+",
+            metavar="FILE",
+        ),
+    )
+    beta: float = setting(0.1, "DPO's beta: how far the tuned model may move from the reference")
+    dpo_loss: str = setting("sigmoid", "sigmoid (DPO) or ipo", flag="--loss")
 
     steps: int = setting(1000, "optimizer updates")
     tokens: int = setting(0, "train on this many tokens instead of --steps (0 = use --steps)")
@@ -202,6 +231,7 @@ class TrainConfig:
             ("schedule", SCHEDULES),
             ("optimizer", OPTIMIZERS),
             ("phase", PHASES),
+            ("dpo_loss", DPO_LOSSES),
         ):
             if getattr(self, name) not in allowed:
                 raise ConfigError(
@@ -244,8 +274,10 @@ class TrainConfig:
                 f"{self.spike_factor} and {self.rollback_lr}"
             )
         self._validate_budget()
-        if self.phase == "sft" and not self.init_from:
-            raise ConfigError("instruction tuning starts from a pretrained model: pass --from")
+        if self.phase != "pretrain" and not self.init_from:
+            raise ConfigError(f"{self.phase} starts from a trained model: pass --from")
+        if not (math.isfinite(self.beta) and self.beta > 0):
+            raise ConfigError(f"beta must be a positive number, got {self.beta}")
         if self.lora and not self.init_from:
             raise ConfigError("LoRA adapts a trained model: pass --from CHECKPOINT with --lora")
         if self.lora and self.fsdp:

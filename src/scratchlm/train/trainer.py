@@ -33,36 +33,32 @@ from scratchlm.checkpoint import (
     read_train_state,
     restore_rng_state,
 )
-from scratchlm.errors import ScratchLMError, WriteError
-from scratchlm.model.loss import IGNORE_INDEX
+from scratchlm.data import tokenizer_fingerprint
+from scratchlm.errors import ConfigError, ScratchLMError, WriteError
 from scratchlm.train.assembly import (
     build_model,
     is_resuming,
     lock_run_dir,
     resume_point,
-    run_fingerprints,
     run_tokenizer,
 )
-from scratchlm.train.config import CONFIG_FILE, TrainConfig
-from scratchlm.train.evaluate import draw_samples, evaluate
+from scratchlm.train.config import CONFIG_FILE, LM_PHASES, TrainConfig
 from scratchlm.train.guard import DivergenceGuard
+from scratchlm.train.objective import LanguageModelObjective, Objective
 from scratchlm.train.optim import build_optimizer, clip_grad_norm
-from scratchlm.train.overfit import overfit_warning
 from scratchlm.train.pacing import Pacing
 from scratchlm.train.parallel import gather_to_cpu, scatter_from_cpu, wrap_for_training
-from scratchlm.train.progress import Progress, mfu, peak_flops, peak_memory_bytes
+from scratchlm.train.progress import Progress, peak_flops
+from scratchlm.train.reporting import announce, evaluate_run, log_train
 from scratchlm.train.run_log import RunLog
 from scratchlm.train.runtime import (
-    LossModule,
     SignalFlag,
     autocast,
     cpu_flags,
     init_distributed,
     pick_precision,
-    precision_advice,
     shutdown_distributed,
 )
-from scratchlm.train.sources import training_data
 from scratchlm.train.state import TrainResult, TrainState, join_tensors, split_tensors
 
 log = logging.getLogger(__name__)
@@ -81,12 +77,20 @@ class Trainer:
         *,
         echo: Callable[[str], None] | None = None,
         clock: Callable[[], float] = time.perf_counter,
+        objective: Objective | None = None,
     ) -> None:
         """Build everything the run needs (checking the settings, the data and the
         tokenizer on the way), without writing anything; ``run`` then trains. The run
         directory's lock (rank 0) is taken first when the directory exists, so a second
         writer is refused before it reads anything; ``run`` releases it. ``clock``
-        (seconds) times the run and its ``--time-budget``; tests pass a fake one."""
+        (seconds) times the run and its ``--time-budget``; tests pass a fake one.
+        ``objective``: what the run minimises (default: next-token prediction, the
+        pretrain and sft phases; ``scratchlm.tune`` passes preference tuning's)."""
+        if objective is None and config.phase not in LM_PHASES:
+            raise ConfigError(
+                f"phase {config.phase!r} needs its objective: run `scratchlm {config.phase}`"
+            )
+        self.objective = objective or LanguageModelObjective()
         self.config = config
         self.clock = clock
         self.echo = echo or log.info
@@ -114,15 +118,16 @@ class Trainer:
         T = self.model.config.context_length
         # What the steps call (made before the optimizer: FSDP replaces the parameters).
         # Evaluation, sampling and checkpoints use self.model.
-        self.loss_module = LossModule(self.model)
+        self.loss_module = self.objective.training_module(self.model)
         self.train_step_model = wrap_for_training(
             self.loss_module, self.dist, self.device, fsdp=c.fsdp, compile=c.compile
         )
         self.make_optimizer = functools.partial(build_optimizer, config=c, precision=self.precision)
         self.optimizer = self.make_optimizer(self.model)
-        self.sampler, self.val_x, self.val_y, self.bytes_per_token, self.prompts = training_data(
-            c, self.tokenizer, T, rank=self.dist.rank, world_size=self.dist.world_size
+        self.data = self.objective.load_data(
+            c, self.tokenizer, self.model, rank=self.dist.rank, world_size=self.dist.world_size
         )
+        self.sampler, self.prompts = self.data.sampler, self.data.prompts
         self.tokens_per_step = c.batch_size * c.grad_accum * T * self.dist.world_size
         self.pacing = Pacing(c, self.tokens_per_step, self._rank0_says)
         self.total, self.budget = self.pacing.total, self.pacing.budget  # budget: or None
@@ -138,10 +143,14 @@ class Trainer:
             self.state, is_main=self.dist.is_main, bar_enabled=bar, clock=self.clock
         )
         self.last_checkpoint: Path | None = None
-        self.overfit_warned = False  # said once per process (overfit.py)
-        self.fingerprints = run_fingerprints(
-            c, self.tokenizer, self.sampler, (self.val_x, self.val_y)
-        )
+        self.overfit_warned = False  # said once per process (reporting.py)
+        # What the steps depend on besides the settings, by content: checkpoints record
+        # it, a resume compares it.
+        self.fingerprints = {
+            "data": self.data.fingerprint,
+            "tokenizer": tokenizer_fingerprint(self.tokenizer),
+        }
+        self.step_metrics: dict[str, Tensor] = {}  # the last step's objective metrics
         self.resume_from: Path | None = None  # the checkpoint run() continues from
         if self.resuming:
             self.resume_from = resume_point(self.checkpoints, self.fingerprints, self.model)
@@ -228,6 +237,7 @@ class Trainer:
                 lock_run_dir(self.lock, resuming=self.resuming)
                 self.run_log.open(self.run_dir, c.tensorboard)
                 c.save(self.run_dir / CONFIG_FILE)
+                self.objective.write_files(self.run_dir)
             self.run_log.start_clock()
             if self.resuming:
                 latest = self.resume_from
@@ -247,12 +257,12 @@ class Trainer:
 
     def _loop(self, stop: SignalFlag) -> TrainResult:
         c = self.config
-        self._announce()
+        announce(self)
         bar = Progress(self.total, initial_step=self.state.step, enabled=self.run_log.bar_enabled)
         window_tokens, window_time = 0, 0.0
         with bar:
             if self.budget:  # measure an evaluation's cost first: the reserve kept for the last
-                self._timed("eval", self._evaluate, bar)
+                self._timed("eval", evaluate_run, self, bar)
             finished = self.state.step if self.resume_from else -1  # evaluated and saved
             while self.state.step < self.total:
                 before = self.run_log.wall_time()
@@ -260,7 +270,7 @@ class Trainer:
                     # Spent between steps (logging, a resume late in the budget): the
                     # last step's evaluation and checkpoint, unless it had them.
                     if finished != self.state.step:
-                        val = self._timed("eval", self._evaluate, bar)
+                        val = self._timed("eval", evaluate_run, self, bar)
                         self._timed("checkpoint", self.save_checkpoint, val_loss=val)
                     break
                 t0 = self.clock()
@@ -274,14 +284,14 @@ class Trainer:
                 bar.update(self.state.step, loss=loss, lr=lr, grad_norm=grad_norm, seconds=seconds)
                 if self.state.step % c.log_every == 0 or self.state.step == self.total:
                     tps = window_tokens / max(window_time, 1e-9)
-                    self._log_train(bar, loss, grad_norm, lr, tps)
+                    log_train(self, bar, loss, grad_norm, lr, tps)
                     window_tokens, window_time = 0, 0.0
                 eval_due, ckpt_due, at_end = self.pacing.after_step(
                     self.state.step, before, seconds, self.run_log.wall_time()
                 )
                 val, new_best = None, False
                 if eval_due or at_end:
-                    val = self._timed("eval", self._evaluate, bar)
+                    val = self._timed("eval", evaluate_run, self, bar)
                     new_best = self._beats_best(val)
                 signalled = self.dist.any(stop.name is not None, self.device)
                 if ckpt_due or at_end or signalled or new_best:
@@ -326,24 +336,28 @@ class Trainer:
         lr = self.state.lr_scale * self.pacing.lr(self.state.step, self.run_log.wall_time())
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        # The loss is the mean over the step's target tokens on all processes, as for the
-        # batch in one piece: each micro-batch adds its summed loss over that count, so
-        # one with few answer tokens weighs no more than its tokens do. DDP averages the
-        # gradients over the processes, hence the world size. Batches: x, y (, segment_ids).
+        # The loss is the mean over the step's items (target tokens; pairs) on all
+        # processes, as for the batch in one piece: each micro-batch adds its summed loss
+        # over that count, so one with few answer tokens weighs no more than its tokens
+        # do. DDP averages the gradients over the processes, hence the world size.
         batches = [self.sampler.next(self.device) for _ in range(c.grad_accum)]
-        targets = torch.stack([(batch[1] != IGNORE_INDEX).sum() for batch in batches]).sum()
+        targets = torch.stack([self.objective.count(batch) for batch in batches]).sum()
         targets = self.dist.sum(targets).clamp(min=1)  # 0-dim, on the device: no host sync
         scale = self.dist.world_size / targets
         loss_sum = torch.zeros((), device=self.device)
+        metric_sums: dict[str, Tensor] = {}
         for micro, batch in enumerate(batches):
             last = micro == c.grad_accum - 1
             # DDP averages gradients across processes on the last micro-step only.
             no_sync = getattr(self.train_step_model, "no_sync", None)
             with no_sync() if (no_sync and not last) else contextlib.nullcontext():
                 with autocast(self.device, self.precision):
-                    loss = self.train_step_model(*batch, reduction="sum")
+                    loss, metrics = self.objective.loss(self.train_step_model, batch)
                 self.scaler.scale(loss * scale).backward()
             loss_sum += loss.detach()
+            for name, value in metrics.items():
+                metric_sums[name] = metric_sums.get(name, 0) + value.detach()
+        self.step_metrics = {k: self.dist.sum(v) / targets for k, v in metric_sums.items()}
         self.scaler.unscale_(self.optimizer)
         norm = clip_grad_norm(self.model.parameters(), c.grad_clip or float("inf"))
         loss_value = float(self.dist.sum(loss_sum) / targets)  # the mean per target token
@@ -390,96 +404,6 @@ class Trainer:
         self.run_log.event(
             f"rolled back to {latest.name} after {what}; learning rate now x{self.state.lr_scale:g}"
         )
-
-    # ----------------------------------------------------------------------------------
-    # Reporting
-    def _announce(self) -> None:
-        if not self.dist.is_main:
-            return
-        m = self.model
-        length = f"{self.total} steps"
-        if self.budget:
-            length = f"{self.config.time_budget} ({self.budget.seconds:g} s) of steps"
-        size = f"{m.num_parameters() / 1e6:.2f}M"
-        what = f"{size} parameters"
-        if self.config.lora:  # the rest is frozen
-            trainable = sum(p.numel() for p in m.parameters() if p.requires_grad)
-            what = f"{trainable:,} LoRA parameters of a frozen {size} model"
-        self.echo(
-            f"training {what} on {self.device} "
-            f"({self.precision}, {self.dist.world_size} process(es)): {length} of "
-            f"{self.tokens_per_step:,} tokens, from step {self.state.step}"
-        )
-        advice = precision_advice(self.config.precision, self.precision, self.device, cpu_flags())
-        if advice:
-            self.echo(advice)
-
-    def _log_train(self, bar: Any, loss: float, grad_norm: float, lr: float, tps: float) -> None:
-        util = mfu(tps / self.dist.world_size, self.flops_per_token, self.peak)
-        bar.update(
-            self.state.step, loss=loss, lr=lr, grad_norm=grad_norm, tokens_per_s=tps, mfu=util
-        )
-        self.run_log.record(
-            kind="train",
-            loss=loss,
-            lr=lr,
-            grad_norm=grad_norm,
-            tokens_per_s=tps,
-            mfu=util,
-            peak_memory_bytes=peak_memory_bytes(self.device),
-        )
-        if not self.run_log.bar_enabled and self.dist.is_main:
-            total = "?" if self.budget else self.total
-            log.info("step %d/%s loss %.4f lr %.2e", self.state.step, total, loss, lr)
-
-    def _evaluate(self, bar: Any) -> float | None:
-        c = self.config
-        if not (self.dist.is_main or c.fsdp):  # a sharded model evaluates on every process
-            return None
-        result = evaluate(
-            self.model,
-            self.val_x,
-            self.val_y,
-            batch_size=c.batch_size,
-            bytes_per_token=self.bytes_per_token,
-            autocast=autocast(self.device, self.precision),
-            loss_fn=self.loss_module if c.fsdp else None,
-        )
-        if not self.dist.is_main:
-            return None
-        self.state.last_val = result["val_loss"]
-        if self.state.best_val is None or self.state.last_val < self.state.best_val:
-            self.state.best_val = self.state.last_val
-        self.run_log.record(kind="val", **result)
-        bpb = f", {result['val_bpb']:.3f} bits/byte" if "val_bpb" in result else ""
-        self.run_log.say(
-            bar, f"step {self.state.step}: validation loss {self.state.last_val:.4f}{bpb}"
-        )
-        self._warn_if_overfitting()
-        texts = []  # none from a sharded model: generation would need every shard
-        if not c.fsdp:
-            prompts, n = self.prompts, c.sample_tokens
-            chat = c.phase == "sft"
-            texts = draw_samples(
-                self.model, self.tokenizer, prompts, max_new_tokens=n, seed=c.seed, chat=chat
-            )
-        for prompt, text in zip(self.prompts[: len(texts)], texts, strict=True):
-            self.run_log.record(kind="sample", prompt=prompt, text=text)
-            shown = text if c.phase == "sft" else prompt + text  # an answer, or a continuation
-            self.run_log.say(bar, f"  {prompt!r} -> {shown[:120]!r}")
-        return self.state.last_val
-
-    def _warn_if_overfitting(self) -> None:
-        """Say once (per process) that the validation loss rose well above its best."""
-        if self.overfit_warned:
-            return
-        best = self.checkpoints.best()
-        warning = overfit_warning(
-            self.state.step, self.state.last_val, self.checkpoints.best_val_loss(), best
-        )
-        if warning is not None:
-            self.overfit_warned = True
-            self.run_log.event(warning)  # a WARNING on the console, and in metrics.jsonl
 
     def _result(self, interrupted: str | None = None) -> TrainResult:
         s = self.state

@@ -1,1 +1,1 @@
-"""Tuning a model that exists: LoRA adapters (``tune.lora``) and preference tuning."""
+"""Tuning a model that exists: LoRA adapters (``tune.lora``) and preference tuning (DPO)."""

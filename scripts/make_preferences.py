@@ -1,0 +1,73 @@
+"""Write the built-in preference pairs (src/scratchlm/builtin/preferences*.jsonl).
+
+Deterministic: the same chat.jsonl gives the same files. Each pair asks one question of
+the built-in conversations (chat.jsonl, whose facts come from science.txt); ``chosen`` is
+the concise, correct answer those conversations teach, ``rejected`` either the same
+answer wrapped in rambling (an aimless opening and closing) or a wrong answer (another
+question's, stated as confidently). Questions whose answer is small talk or a refusal
+are left out. One question per fact; every fifth fact is held out (preferences_heldout
+.jsonl), so the held-out accuracy measures preferences learned, not answers seen.
+
+    python scripts/make_preferences.py
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+BUILTIN = Path(__file__).resolve().parent.parent / "src" / "scratchlm" / "builtin"
+
+OPENINGS = (
+    "Well, that is a really good question. ",
+    "Hmm, let me think about that for a bit. ",
+    "Oh, people ask this a lot, so here goes. ",
+    "Okay, so, where do I even start with this? ",
+)
+CLOSINGS = (
+    " Anyway, that is more or less it.",
+    " But it is all quite complicated, really.",
+    " I hope that makes some sense, maybe.",
+    " There is a lot more to say, but whatever.",
+)
+NOT_A_FACT = re.compile(r"\b(I|I'm|I am|me|you're welcome|hello|hi)\b", re.IGNORECASE)
+
+
+def facts(chat: Path) -> list[tuple[str, list[str]]]:
+    """(answer, the questions asked for it) of each single-exchange fact, in file order."""
+    questions: dict[str, list[str]] = {}
+    for line in chat.read_text(encoding="utf-8").splitlines():
+        messages = json.loads(line)["messages"]
+        if [m["role"] for m in messages] != ["user", "assistant"]:
+            continue
+        question, answer = messages[0]["content"], messages[1]["content"]
+        if not NOT_A_FACT.search(answer):
+            questions.setdefault(answer, []).append(question)
+    return [(a, q) for a, q in questions.items() if len(q) >= 5]  # taught, not incidental
+
+
+def pairs(found: list[tuple[str, list[str]]]) -> tuple[list[dict], list[dict]]:
+    train, heldout = [], []
+    n = len(found)
+    for i, (answer, questions) in enumerate(found):
+        if i % 2 == 0:  # rambling: the right answer, padded
+            rejected = OPENINGS[i // 2 % 4] + answer + CLOSINGS[i // 8 % 4]
+        else:  # wrong: another fact's answer
+            rejected = found[(i + n // 2) % n][0]
+        question = questions[i % len(questions)]
+        pair = {"prompt": question, "chosen": answer, "rejected": rejected}
+        (heldout if i % 5 == 4 else train).append(pair)
+    return train, heldout
+
+
+def main() -> None:
+    train, heldout = pairs(facts(BUILTIN / "chat.jsonl"))
+    for name, rows in (("preferences.jsonl", train), ("preferences_heldout.jsonl", heldout)):
+        text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+        (BUILTIN / name).write_text(text, encoding="utf-8")
+        print(f"{name}: {len(rows)} pairs")
+
+
+if __name__ == "__main__":
+    main()

@@ -66,7 +66,7 @@ def train_steps(spec: str, steps: int, warmup: int, batch: int, seq_len: int) ->
     model = TransformerLM(preset("small", context_length=seq_len)).train()
     if spec:
         apply_lora(model, parse_lora_spec(spec))
-    optimizer = build_optimizer(model, TrainConfig(lr=3e-4))
+    optimizer = build_optimizer(model, TrainConfig(optimizer="adamw", lr=3e-4))  # as sft
     g = torch.Generator().manual_seed(SEED)
     vocab = model.config.vocab_size
     batches = [torch.randint(0, vocab, (batch, seq_len + 1), generator=g) for _ in range(4)]

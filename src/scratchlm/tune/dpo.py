@@ -21,7 +21,7 @@ from scratchlm.errors import ConfigError, DataError
 from scratchlm.train.config import DPO_DEFAULTS, TrainConfig, resolve_config
 from scratchlm.train.objective import Metrics, RunData
 from scratchlm.train.runtime import autocast as autocast_of
-from scratchlm.train.runtime import pick_precision
+from scratchlm.train.runtime import cpu_flags, pick_precision
 from scratchlm.train.sft_data import SAMPLED_HELDOUT
 from scratchlm.tune.dpo_data import (
     PreferencePair,
@@ -81,7 +81,8 @@ class DPOObjective:
             len(val_rows.x),
         )
         device = next(model.parameters()).device
-        precision = pick_precision(c.precision, device)  # the Trainer's: the same numbers
+        # The Trainer's choice, so that step 1 measures the model against itself exactly.
+        precision = pick_precision(c.precision, device, cpu_flags())
         self.cache.attach(
             model,
             {"train": train_rows, "val": val_rows},

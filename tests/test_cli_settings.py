@@ -19,7 +19,8 @@ from scratchlm.cli.chat import sample_config
 from scratchlm.cli.config_flags import flag_fields, flag_name
 from scratchlm.cli.train import DPO_ONLY, PRETRAIN_ONLY, SFT_ONLY, _flags
 from scratchlm.config import SampleConfig
-from scratchlm.train.config import TrainConfig, sft_config
+from scratchlm.train.config import TrainConfig
+from scratchlm.train.config_files import sft_config
 from scratchlm.tune.dpo import dpo_config
 
 

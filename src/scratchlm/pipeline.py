@@ -31,7 +31,7 @@ from scratchlm.tokenizer import BPETokenizer, Tokenizer, load_tokenizer, train_b
 from scratchlm.tokenizer.files import FILENAME, write_tokenizer_dir
 from scratchlm.tokenizer.report import compression, longest_tokens, show_split
 from scratchlm.train import TrainConfig, Trainer
-from scratchlm.train.config import sft_config
+from scratchlm.train.config_files import sft_config
 from scratchlm.train.sft_data import split_conversations
 
 SAMPLE_SENTENCE = (

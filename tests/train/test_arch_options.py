@@ -11,7 +11,7 @@ from train_helpers import TINY
 
 from scratchlm.checkpoint import load_model
 from scratchlm.cli import main
-from scratchlm.train.config import resolve_config
+from scratchlm.train.config_files import resolve_config
 
 OPTIONS = {"ffn": "relu2", "zero_init_proj": True, "logit_softcap": 30.0}
 QUICK = ["--context-length", "32", "--batch-size", "2", "--eval-windows", "2", "--quiet"]

@@ -13,7 +13,7 @@ import pytest
 from scratchlm.chat_format import chat_tokenizer
 from scratchlm.data.chat_sources import read_conversations
 from scratchlm.tokenizer import load_tokenizer
-from scratchlm.train.config import sft_config
+from scratchlm.train.config_files import sft_config
 from scratchlm.train.sft_data import (
     heldout_prompts,
     load_sft_data,

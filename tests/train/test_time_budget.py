@@ -16,7 +16,8 @@ from scratchlm.checkpoint import read_train_state
 from scratchlm.cli import main
 from scratchlm.errors import ConfigError
 from scratchlm.train.budget import TimeBudget, parse_duration
-from scratchlm.train.config import TrainConfig, resolve_config
+from scratchlm.train.config import TrainConfig
+from scratchlm.train.config_files import resolve_config
 from scratchlm.train.trainer import Trainer
 
 

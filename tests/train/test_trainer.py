@@ -12,7 +12,8 @@ import torch
 from train_helpers import TINY
 
 from scratchlm.errors import ConfigError
-from scratchlm.train.config import TrainConfig, resolve_config
+from scratchlm.train.config import TrainConfig
+from scratchlm.train.config_files import resolve_config
 from scratchlm.train.runtime import LossModule
 from scratchlm.train.state import TrainState
 from scratchlm.train.trainer import Trainer, TrainingDiverged

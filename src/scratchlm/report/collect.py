@@ -36,7 +36,7 @@ from scratchlm.report.schema import (
     Stage,
     TrainingFacts,
 )
-from scratchlm.train.config import CONFIG_FILE
+from scratchlm.train.config_files import CONFIG_FILE
 from scratchlm.train.metrics import METRICS_FILE, read_metrics
 
 log = logging.getLogger(__name__)

@@ -37,13 +37,8 @@ from scratchlm.model import TransformerLM
 from scratchlm.model.lora import apply_lora, parse_lora_spec
 from scratchlm.model.resize import grow_vocab
 from scratchlm.tokenizer import load_tokenizer
-from scratchlm.train.config import (
-    CONFIG_FILE,
-    PATH_SETTINGS,
-    RESUMABLE_CHANGES,
-    TrainConfig,
-    load_run_config,
-)
+from scratchlm.train.config import PATH_SETTINGS, RESUMABLE_CHANGES, TrainConfig
+from scratchlm.train.config_files import CONFIG_FILE, load_run_config
 
 
 def run_tokenizer(config: TrainConfig) -> Any:

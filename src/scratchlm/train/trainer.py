@@ -42,7 +42,8 @@ from scratchlm.train.assembly import (
     resume_point,
     run_tokenizer,
 )
-from scratchlm.train.config import CONFIG_FILE, LM_PHASES, TrainConfig
+from scratchlm.train.config import LM_PHASES, TrainConfig
+from scratchlm.train.config_files import CONFIG_FILE
 from scratchlm.train.guard import DivergenceGuard
 from scratchlm.train.objective import LanguageModelObjective, Objective
 from scratchlm.train.optim import build_optimizer, clip_grad_norm

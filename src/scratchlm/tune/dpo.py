@@ -18,7 +18,8 @@ import torch
 from torch import Tensor, nn
 
 from scratchlm.errors import ConfigError, DataError
-from scratchlm.train.config import DPO_DEFAULTS, TrainConfig, resolve_config
+from scratchlm.train.config import DPO_DEFAULTS, TrainConfig
+from scratchlm.train.config_files import resolve_config
 from scratchlm.train.objective import Metrics, RunData
 from scratchlm.train.runtime import autocast as autocast_of
 from scratchlm.train.runtime import cpu_flags, pick_precision

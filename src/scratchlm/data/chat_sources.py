@@ -213,9 +213,11 @@ def parse_dialogue(text: str) -> Conversation:
 # ----------------------------------------------------------------------- formats
 
 
-def _jsonl_records(path: Path) -> Iterator[Record]:
-    """One record per non-blank line; bad UTF-8 spoils only its own line."""
-    data = _read_bytes(path).removeprefix(b"\xef\xbb\xbf")
+def jsonl_values(path: Path, data: bytes) -> Iterator[tuple[str, Any]]:
+    """``(FILE:LINE, value)`` for each non-blank line of the JSONL text ``data`` read from
+    ``path``: the parsed JSON value, or a BadRecord saying why the line is not one (bad
+    UTF-8 or bad JSON spoils only its own line)."""
+    data = data.removeprefix(b"\xef\xbb\xbf")
     for lineno, raw in enumerate(data.split(b"\n"), 1):
         where = f"{path}:{lineno}"
         try:
@@ -226,11 +228,15 @@ def _jsonl_records(path: Path) -> Iterator[Record]:
         if not line.strip():
             continue
         try:
-            value = json.loads(line)
+            yield where, json.loads(line)
         except json.JSONDecodeError as e:
             yield where, BadRecord(f"invalid JSON ({e.msg} at column {e.colno})")
-            continue
-        yield where, _parsed(value)
+
+
+def _jsonl_records(path: Path) -> Iterator[Record]:
+    """One conversation per non-blank line."""
+    for where, value in jsonl_values(path, _read_bytes(path)):
+        yield where, value if isinstance(value, BadRecord) else _parsed(value)
 
 
 def _parsed(value: Any) -> Conversation | BadRecord:

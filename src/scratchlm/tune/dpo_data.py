@@ -38,7 +38,7 @@ from torch import Tensor
 from scratchlm.builtin import resolve_builtin
 from scratchlm.chat_format import render_conversation, render_prompt
 from scratchlm.data.batches import RankedDraws
-from scratchlm.data.chat_sources import BadRecord, checked_conversation
+from scratchlm.data.chat_sources import BadRecord, checked_conversation, jsonl_values
 from scratchlm.errors import DataError
 from scratchlm.model.loss import IGNORE_INDEX
 
@@ -112,22 +112,12 @@ def _records(path: Path) -> Iterator[tuple[str, PreferencePair | BadRecord]]:
             "may: split it into several files"
         )
     try:
-        data = path.read_bytes().removeprefix(b"\xef\xbb\xbf")
+        data = path.read_bytes()
     except OSError as e:
         raise DataError(f"cannot read {path}: {e.strerror}; check its permissions") from None
-    for lineno, raw in enumerate(data.split(b"\n"), 1):
-        where = f"{path}:{lineno}"
-        try:
-            line = raw.decode("utf-8")
-        except UnicodeDecodeError as e:
-            yield where, BadRecord(f"invalid UTF-8 at column {e.start + 1}")
-            continue
-        if not line.strip():
-            continue
-        try:
-            value = json.loads(line)
-        except json.JSONDecodeError as e:
-            yield where, BadRecord(f"invalid JSON ({e.msg} at column {e.colno})")
+    for where, value in jsonl_values(path, data):
+        if isinstance(value, BadRecord):
+            yield where, value
             continue
         try:
             yield where, preference_pair(value)

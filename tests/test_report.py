@@ -44,7 +44,7 @@ def trained_run(tmp_path_factory) -> Path:
                          model=dict(TINY), context_length=32, steps=6, batch_size=4,
                          warmup_steps=1, eval_every=3, eval_windows=2, log_every=1,
                          sample_prompts=["Water"], sample_tokens=4, progress=False,
-                         device="cpu", seed=5)  # fmt: skip
+                         device="cpu", seed=5, grad_accum=1)  # fmt: skip
     Trainer(config).run()
     torch.set_num_threads(threads)
     return root / "run"

@@ -30,7 +30,7 @@ import json
 import logging
 import os
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -72,22 +72,8 @@ def read_conversations(
     files = [f for p in paths for f in _expand(Path(p))]
     if not files:
         raise DataError("no conversation files given: name .jsonl, .json or .csv files")
-    conversations: list[Conversation] = []
-    skipped = 0
-    first_bad = ""
-    for file in files:
-        for where, record in _records(file):
-            if isinstance(record, BadRecord):
-                if not skip_bad:
-                    raise DataError(f"{where}: {record}; fix it or pass --skip-bad")
-                skipped += 1
-                first_bad = first_bad or f"{where}: {record}"
-            else:
-                conversations.append(record)
-    if skipped:
-        log.warning(
-            "skipped %d malformed conversation record(s); the first: %s", skipped, first_bad
-        )
+    records = (record for file in files for record in _records(file))
+    conversations, skipped = good_records(records, skip_bad, "conversation")
     if not conversations:
         names = ", ".join(map(str, files[:3])) + (" ..." if len(files) > 3 else "")
         raise DataError(f"no usable conversations in {names} ({skipped} skipped as malformed)")
@@ -211,6 +197,27 @@ def parse_dialogue(text: str) -> Conversation:
 
 
 # ----------------------------------------------------------------------- formats
+
+
+def good_records(
+    records: Iterable[tuple[str, Any]], skip_bad: bool, what: str
+) -> tuple[list[Any], int]:
+    """The records of ``(FILE:LINE, record or BadRecord)`` pairs that are not BadRecords,
+    and how many were skipped: the first bad one is a DataError naming its place, or with
+    ``skip_bad`` each is counted and the first named in one warning."""
+    good: list[Any] = []
+    skipped, first_bad = 0, ""
+    for where, record in records:
+        if isinstance(record, BadRecord):
+            if not skip_bad:
+                raise DataError(f"{where}: {record}; fix it or pass --skip-bad")
+            skipped += 1
+            first_bad = first_bad or f"{where}: {record}"
+        else:
+            good.append(record)
+    if skipped:
+        log.warning("skipped %d malformed %s record(s); the first: %s", skipped, what, first_bad)
+    return good, skipped
 
 
 def jsonl_values(path: Path, data: bytes) -> Iterator[tuple[str, Any]]:

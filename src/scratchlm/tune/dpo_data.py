@@ -38,7 +38,12 @@ from torch import Tensor
 from scratchlm.builtin import resolve_builtin
 from scratchlm.chat_format import render_conversation, render_prompt
 from scratchlm.data.batches import RankedDraws
-from scratchlm.data.chat_sources import BadRecord, checked_conversation, jsonl_values
+from scratchlm.data.chat_sources import (
+    BadRecord,
+    checked_conversation,
+    good_records,
+    jsonl_values,
+)
 from scratchlm.errors import DataError
 from scratchlm.model.loss import IGNORE_INDEX
 
@@ -78,19 +83,8 @@ def read_preferences(
     files = [resolve_builtin(p) for p in paths]
     if not files:
         raise DataError("preference tuning needs preference pairs: pass --data FILE.jsonl")
-    pairs: list[PreferencePair] = []
-    skipped, first_bad = 0, ""
-    for file in files:
-        for where, record in _records(file):
-            if isinstance(record, BadRecord):
-                if not skip_bad:
-                    raise DataError(f"{where}: {record}; fix it or pass --skip-bad")
-                skipped += 1
-                first_bad = first_bad or f"{where}: {record}"
-            else:
-                pairs.append(record)
-    if skipped:
-        log.warning("skipped %d malformed preference record(s); the first: %s", skipped, first_bad)
+    records = (record for file in files for record in _records(file))
+    pairs, skipped = good_records(records, skip_bad, "preference")
     if not pairs:
         names = ", ".join(map(str, files[:3]))
         raise DataError(f"no usable preference pairs in {names} ({skipped} skipped as malformed)")

@@ -274,6 +274,12 @@ def test_dropout_out_of_range(dropout):
     assert str(dropout) in str(info.value)
 
 
+@pytest.mark.parametrize("p", [-0.1, 1.0, "0.1", True])
+def test_attention_dropout_out_of_range(p):
+    with pytest.raises(ConfigError, match="attention_dropout"):
+        ModelConfig(attention_dropout=p)
+
+
 @pytest.mark.parametrize("dropout", [0.0, 0.5, 0.99])
 def test_dropout_in_range(dropout):
     assert ModelConfig(dropout=dropout).dropout == dropout

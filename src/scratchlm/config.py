@@ -82,7 +82,10 @@ class ModelConfig:
     bias: bool = False
     qk_norm: bool = False
     shared_depth: int = 1
-    dropout: float = 0.0
+    dropout: float = 0.0  # on the embeddings and each block's two residual branches
+    # On the attention probabilities; None: the same as ``dropout``. On a CPU its random
+    # mask (batch x heads x T x T numbers a layer) costs far more than the residual ones.
+    attention_dropout: float | None = None
     init_std: float = 0.02
     zero_init_proj: bool = False
     logit_softcap: float | None = None  # None: logits as they are
@@ -140,6 +143,11 @@ class ModelConfig:
             raise ConfigError(f"rope_theta must be positive, got {self.rope_theta}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
+        p = self.attention_dropout
+        if p is not None and not (_is_number(p) and 0.0 <= p < 1.0):
+            raise ConfigError(
+                f"attention_dropout must be in [0, 1), or null for dropout's; got {p!r}"
+            )
         if not _is_int(self.shared_depth) or self.shared_depth < 1:
             raise ConfigError(f"shared_depth must be an integer >= 1, got {self.shared_depth!r}")
         if self.norm_eps <= 0 or self.init_std <= 0:
@@ -151,6 +159,11 @@ class ModelConfig:
     @property
     def head_dim(self) -> int:
         return self.d_model // self.n_heads
+
+    @property
+    def attention_dropout_p(self) -> float:
+        """The dropout on attention probabilities: ``attention_dropout``, else ``dropout``."""
+        return self.dropout if self.attention_dropout is None else self.attention_dropout
 
     @property
     def kv_heads(self) -> int:

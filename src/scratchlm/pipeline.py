@@ -61,20 +61,21 @@ class DefaultRun:
             "n_kv_heads": 8,
             "d_ff": 688,
             "dropout": 0.1,
+            "attention_dropout": 0.0,
         }
     )
     # 256 tokens hold a few exchanges of a chat; 8 windows of it a step train on as many
     # tokens as 16 of 128 did, so the run takes about as long.
     context_length: int = 256
     batch_size: int = 8
-    steps: int = 400
+    steps: int = 600
     lr: float = 2e-3
     optimizer: str = "adamw"
     muon_lr: float = 0.02
     weight_decay: float = 0.1
     precision: str = "auto"
     sample_tokens: int = 40
-    sft_steps: int = 1200
+    sft_steps: int = 700
     sft_lr: float = 1e-3
     sft_muon_lr: float = 0.01
     # What instruction tuning trains on, and the questions its answers are checked with:

@@ -238,6 +238,24 @@ def test_dropout_only_in_training():
     assert_close(plain(ids), c)
 
 
+def test_attention_dropout_drops_attention_probabilities_only():
+    """attention_dropout=0 with dropout>0: attention is deterministic in training, the
+    residual dropout is not; None follows dropout."""
+    config = make_config(dropout=0.5, attention_dropout=0.0)
+    model = make_model(config).train()
+    attention = model.layers[0].self_attn
+    x = torch.randn(2, 8, config.d_model)
+    assert torch.equal(attention(x), attention(x))
+    ids = random_ids(config, 2, 8)
+    assert not torch.allclose(model(ids), model(ids))  # the residual branches still drop
+
+    only_attention = make_model(make_config(dropout=0.0, attention_dropout=0.5)).train()
+    attention = only_attention.layers[0].self_attn
+    assert not torch.allclose(attention(x), attention(x))
+    assert make_config(dropout=0.3).attention_dropout_p == 0.3
+    assert make_config(dropout=0.3, attention_dropout=0.1).attention_dropout_p == 0.1
+
+
 # ------------------------------------------------------------------ parameter counts
 
 

@@ -106,7 +106,7 @@ def hf_config(c: ModelConfig, bos: int | None, eos: int | None, dtype: str) -> d
         "layer_norm_epsilon": c.norm_eps,
         "resid_pdrop": c.dropout,
         "embd_pdrop": c.dropout,
-        "attn_pdrop": c.dropout,
+        "attn_pdrop": c.attention_dropout_p,
         "scale_attn_weights": True,
         "scale_attn_by_inverse_layer_idx": False,
         "reorder_and_upcast_attn": False,

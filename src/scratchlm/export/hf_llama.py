@@ -81,7 +81,7 @@ def hf_config(c: ModelConfig, bos: int | None, eos: int | None, dtype: str) -> d
         "mlp_bias": False,
         # HF Llama has dropout on attention probabilities only; ours also drops on the
         # residual branches. Either way it only matters in training.
-        "attention_dropout": c.dropout,
+        "attention_dropout": c.attention_dropout_p,
         "initializer_range": c.init_std,
         "tie_word_embeddings": c.tie_embeddings,
         "bos_token_id": bos,

@@ -164,7 +164,7 @@ class MultiHeadSelfAttention(nn.Module):
         self.q_norm = RMSNorm(c.head_dim, c.norm_eps) if c.qk_norm else None
         self.k_norm = RMSNorm(c.head_dim, c.norm_eps) if c.qk_norm else None
         self.cope = CoPE(c.context_length, c.head_dim) if c.position == "cope" else None
-        self.dropout = c.dropout
+        self.dropout = c.attention_dropout_p
         self.impl = "fast"
 
     def forward(

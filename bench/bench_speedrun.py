@@ -90,6 +90,8 @@ def contenders(budget: float) -> list[Contender]:
             "new default, no stable phase (linear decay right after warmup)",
             "--decay-start 0.05",
         ),
+        Contender("b-decay60", "new default, decay from 60% of the budget", "--decay-start 0.6"),
+        Contender("b-min0", "new default, learning rates decay to 0", "--min-lr 0"),
         Contender(
             "b-zero-init", "+ zero-initialised output projections", "--model zero_init_proj=true"
         ),

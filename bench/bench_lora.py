@@ -35,6 +35,7 @@ printed beside the measured ratios.
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import statistics
 import time
@@ -192,12 +193,14 @@ def results_table(runs: dict[tuple[str, bool], Run], args: argparse.Namespace) -
 
 def machine_table(args: argparse.Namespace) -> Table:
     table = Table("Machine", ["fact", "value"])
+    malloc = ", ".join(f"{k}={v}" for k, v in sorted(os.environ.items()) if k.startswith("MALLOC_"))
     table.rows += [
         ["cores", cores()],
         ["load average at start", load_average()],
         ["python", platform.python_version()],
         ["torch", package_version("torch")],
         ["torch threads", f"{args.threads} (torch.set_num_threads, OMP_NUM_THREADS)"],
+        ["glibc malloc", malloc or "default settings (freed memory may stay resident)"],
         ["date", datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")],
     ]
     return table

@@ -1,29 +1,41 @@
 """LoRA benchmark: memory and speed of training adapters beside full fine-tuning.
 
     .venv/bin/python bench/bench_lora.py [--quick] [--steps N] [--batch N] [--seq-len N]
+                                         [--precision P] [--checkpointing off|on|both]
                                          [--threads N] [--markdown PATH]
 
 Each contender trains preset ``small`` (random weights: memory and speed do not depend
 on them) in a fresh process (``harness.measure_torch``, 2 threads), on the same random
-token batches, with what the trainer does per step: forward + loss, backward, clip the
-gradient to 1.0, AdamW (``build_optimizer``, fused where torch has it), zero_grad:
+token batches, with what the trainer does per step: forward + loss under the run's
+autocast (``--precision``, default: what ``--precision auto`` picks here, bf16 on a CPU
+with hardware bf16), backward, clip the gradient to 1.0, AdamW (``build_optimizer``,
+fused where torch has it), zero_grad:
 
 - full: every parameter trained (what ``scratchlm sft`` does without ``--lora``);
 - lora: ``--lora r=8,alpha=16,targets=q_proj,v_proj``, the base frozen;
 - lora int8: the same adapters on the int8 base (``base=int8``, "QLoRA-lite").
 
+All three run under the same settings, once keeping every activation for the backward
+pass and once with ``--checkpoint-activations`` (each block's input kept, the block
+recomputed in backward); each ratio compares with full fine-tuning under the same
+settings. The loss is ``model.loss``, the chunked output layer + cross-entropy the trainer
+uses (it never holds the (tokens x vocabulary) logits at once).
+
 Peak RSS is read from the kernel (VmHWM). The training peak is measured from the start
 of the first step, after the model was built (the high-water mark is reset through
 /proc/self/clear_refs): weights, gradients, optimizer state and activations, plus the
-Python and torch runtime already resident. The process peak also counts building the
-model (for int8: the float weights before they are quantized). Nothing here asserts a
-timing or a size: the issue's target (LoRA's peak at most half of full fine-tuning's,
-optimizer state included) is printed beside the measured ratio.
+Python and torch runtime already resident. "Above baseline" subtracts the RSS the
+process had before the model was built (Python, torch, the imports): what training
+itself costs. The process peak also counts building the model (for int8: the float
+weights before they are quantized). Nothing here asserts a timing or a size: the issue's
+target (LoRA's peak at most half of full fine-tuning's, optimizer state included) is
+printed beside the measured ratios.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import statistics
 import time
@@ -50,20 +62,34 @@ def _status(field: str) -> float:
     raise RuntimeError(f"no {field} in /proc/self/status")
 
 
-def train_steps(spec: str, steps: int, warmup: int, batch: int, seq_len: int) -> dict:
+def train_steps(
+    spec: str,
+    steps: int,
+    warmup: int,
+    batch: int,
+    seq_len: int,
+    precision: str = "fp32",
+    checkpointing: bool = False,
+) -> dict:
     """Train preset small for ``warmup`` + ``steps`` steps, LoRA per ``spec`` ("" = full
-    fine-tuning); returns step times, memory and parameter counts."""
+    fine-tuning), under ``precision``'s autocast ("auto": what the trainer would pick),
+    with activation checkpointing or not; returns step times, memory and parameter
+    counts."""
     import torch
 
     from scratchlm.config import preset
     from scratchlm.model import TransformerLM
     from scratchlm.train.config import TrainConfig
     from scratchlm.train.optim import build_optimizer, clip_grad_norm
+    from scratchlm.train.runtime import autocast, cpu_flags, pick_precision
     from scratchlm.tune.lora import apply_lora, parse_lora_spec
 
+    cpu = torch.device("cpu")
+    precision = pick_precision(precision, cpu, cpu_flags())
     torch.manual_seed(SEED)
     rss_start = _status("VmRSS")
     model = TransformerLM(preset("small", context_length=seq_len)).train()
+    model.checkpoint_activations = checkpointing
     if spec:
         apply_lora(model, parse_lora_spec(spec))
     optimizer = build_optimizer(model, TrainConfig(optimizer="adamw", lr=3e-4))  # as sft
@@ -77,7 +103,8 @@ def train_steps(spec: str, steps: int, warmup: int, batch: int, seq_len: int) ->
     def step(i: int) -> float:
         start = time.perf_counter()
         rows = batches[i % len(batches)]
-        loss = model.loss(rows[:, :-1], rows[:, 1:])
+        with autocast(cpu, precision):
+            loss = model.loss(rows[:, :-1], rows[:, 1:])
         loss.backward()
         clip_grad_norm(model.parameters(), 1.0)
         optimizer.step()
@@ -100,45 +127,64 @@ def train_steps(spec: str, steps: int, warmup: int, batch: int, seq_len: int) ->
         "rss_built_mib": rss_built,
         "train_peak_mib": _status("VmHWM"),
         "tokens_per_step": batch * seq_len,
+        "precision": precision,
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
     }
 
 
-def results_table(runs: dict[str, Run], args: argparse.Namespace) -> Table:
+GROUPS = {"off": (False,), "on": (True,), "both": (False, True)}
+
+
+def _group(checkpointing: bool) -> str:
+    return "checkpointed" if checkpointing else "all kept"
+
+
+def results_table(runs: dict[tuple[str, bool], Run], args: argparse.Namespace) -> Table:
+    done = [r.result for r in runs.values() if not r.error]
+    precision = done[0]["precision"] if done else args.precision
     title = (
-        f"preset small, batch {args.batch} x {args.seq_len} tokens, fp32, {args.threads} "
-        f"threads, {args.steps} timed steps after {args.warmup}"
+        f"preset small, batch {args.batch} x {args.seq_len} tokens, {precision} autocast, "
+        f"{args.threads} threads, {args.steps} timed steps after {args.warmup}"
     )
-    headers = ["training", "trainable params", "weights MiB", "optimizer state MiB",
-               "training peak RSS MiB", "vs full", "process peak RSS MiB", "tokens/s (median)",
-               "vs full"]  # fmt: skip
+    headers = ["training", "activations", "trainable params", "weights MiB",
+               "optimizer state MiB", "training peak RSS MiB", "vs full",
+               "peak above baseline MiB", "vs full", "process peak RSS MiB",
+               "tokens/s (median)", "vs full"]  # fmt: skip
     table = Table(title, headers)
-    full = runs.get("full")
-    base = full.result if full is not None and not full.error else None
 
     def tps(r: dict) -> float:
         return r["tokens_per_step"] / statistics.median(r["step_s"])
 
-    for name, run in runs.items():
+    def above(r: dict) -> float:
+        return r["train_peak_mib"] - r["rss_start_mib"]
+
+    for (name, checkpointing), run in runs.items():
+        group = _group(checkpointing)
         if run.error:
-            table.rows.append([name, "failed", run.error, "", "", "", "", "", ""])
+            table.rows.append([name, group, "failed", run.error] + [""] * 8)
             continue
         r = run.result
-        mem = ratio(r["train_peak_mib"] / base["train_peak_mib"]) if base else ""
+        full = runs.get(("full", checkpointing))
+        base = full.result if full is not None and not full.error else None
+        peak = ratio(r["train_peak_mib"] / base["train_peak_mib"]) if base else ""
+        net = ratio(above(r) / above(base)) if base else ""
         speed = ratio(tps(r) / tps(base)) if base else ""
         table.rows.append([
-            name, f"{r['trainable']:,}", f"{r['weights_mib']:,.0f}", f"{r['optimizer_mib']:,.1f}",
-            f"{r['train_peak_mib']:,.0f}", mem, f"{run.peak_rss_mib:,.0f}", f"{tps(r):,.0f}",
-            speed,
+            name, group, f"{r['trainable']:,}", f"{r['weights_mib']:,.0f}",
+            f"{r['optimizer_mib']:,.1f}", f"{r['train_peak_mib']:,.0f}", peak,
+            f"{above(r):,.0f}", net, f"{run.peak_rss_mib:,.0f}", f"{tps(r):,.0f}", speed,
         ])  # fmt: skip
-    if base:
+    if done:
+        starts = sorted(r["rss_start_mib"] for r in done)
         table.notes.append(
-            f"runtime resident before the model was built: {base['rss_start_mib']:,.0f} MiB "
-            "(Python, torch); it is part of every peak"
+            f"baseline, resident before the model was built (Python, torch, imports): "
+            f"{starts[0]:,.0f}-{starts[-1]:,.0f} MiB; it is part of every training peak"
         )
     table.notes += [
         "LoRA: " + "; ".join(f"{k}: --lora {v}" for k, v in MODES.items() if v),
+        "activations: all kept for backward, or checkpointed (--checkpoint-activations: "
+        "each block's input kept, the block recomputed in backward)",
         "the issue's target: LoRA's training peak at most 0.50x full fine-tuning's",
         "random token batches (fixed seed), the loss on every position; one process per row",
     ]
@@ -147,12 +193,14 @@ def results_table(runs: dict[str, Run], args: argparse.Namespace) -> Table:
 
 def machine_table(args: argparse.Namespace) -> Table:
     table = Table("Machine", ["fact", "value"])
+    malloc = ", ".join(f"{k}={v}" for k, v in sorted(os.environ.items()) if k.startswith("MALLOC_"))
     table.rows += [
         ["cores", cores()],
         ["load average at start", load_average()],
         ["python", platform.python_version()],
         ["torch", package_version("torch")],
         ["torch threads", f"{args.threads} (torch.set_num_threads, OMP_NUM_THREADS)"],
+        ["glibc malloc", malloc or "default settings (freed memory may stay resident)"],
         ["date", datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")],
     ]
     return table
@@ -166,6 +214,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batch", type=int, help="rows per step (default 8)")
     p.add_argument("--seq-len", type=int, help="tokens per row (default 256)")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument(
+        "--precision", default="auto", help="fp32, bf16 or auto (the trainer's choice here)"
+    )
+    p.add_argument(
+        "--checkpointing", choices=sorted(GROUPS), default="both",
+        help="activation checkpointing off, on, or both (each contender twice)",
+    )  # fmt: skip
     p.add_argument("--markdown", type=Path, help="also write the tables here as Markdown")
     args = p.parse_args(argv)
     args.steps = args.steps or (2 if args.quick else 20)
@@ -174,12 +229,15 @@ def main(argv: list[str] | None = None) -> None:
 
     report = Report()
     report.show(machine_table(args))
-    runs: dict[str, Run] = {}
-    for name, spec in MODES.items():
-        runs[name] = measure_torch(
-            train_steps, threads=args.threads, timeout=3600, spec=spec, steps=args.steps,
-            warmup=args.warmup, batch=args.batch, seq_len=args.seq_len,
-        )  # fmt: skip
+    runs: dict[tuple[str, bool], Run] = {}
+    for checkpointing in GROUPS[args.checkpointing]:
+        for name, spec in MODES.items():
+            runs[name, checkpointing] = measure_torch(
+                train_steps, threads=args.threads, timeout=3600, spec=spec, steps=args.steps,
+                warmup=args.warmup, batch=args.batch, seq_len=args.seq_len,
+                precision=args.precision, checkpointing=checkpointing,
+            )  # fmt: skip
+            print(f"  {name}, {_group(checkpointing)}: done", flush=True)
     report.show(results_table(runs, args))
     quick = " (--quick: few steps, not for docs)" if args.quick else ""
     report.finish(f"LoRA vs full fine-tuning{quick}", args.markdown)

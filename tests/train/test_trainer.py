@@ -264,6 +264,17 @@ def test_compiled_training_matches_eager(tiny_config, tmp_path):
     assert compiled == pytest.approx(eager, rel=1e-4)
 
 
+def test_checkpointed_activations_train_the_same_steps(tiny_config, tmp_path):
+    """--checkpoint-activations recomputes each block in backward: the same losses and
+    gradient norms as keeping every activation (dropout on: the same masks replayed)."""
+    config = tiny_config.replace(steps=4, eval_every=0, model={**TINY, "dropout": 0.1})
+    Trainer(config.replace(out=str(tmp_path / "kept"))).run()
+    Trainer(config.replace(out=str(tmp_path / "ckpt"), checkpoint_activations=True)).run()
+    kept = [r[k] for r in _records(tmp_path / "kept", "train") for k in ("loss", "grad_norm")]
+    ckpt = [r[k] for r in _records(tmp_path / "ckpt", "train") for k in ("loss", "grad_norm")]
+    assert len(kept) == 8 and ckpt == pytest.approx(kept, rel=1e-5)
+
+
 def test_a_token_budget_sets_the_number_of_steps(tiny_config):
     # 4 windows of 32 tokens = 128 tokens per step: 1,000 tokens take 8 steps.
     result = Trainer(tiny_config.replace(tokens=1000, eval_every=0)).run()

@@ -124,13 +124,18 @@ class _LinearCrossEntropy(torch.autograd.Function):
             if cap is not None:
                 raw = logits
                 logits = soft_cap(raw, cap)  # (C, V)
-            logsumexp = torch.logsumexp(logits, dim=-1)  # (C,)
             picked = logits.gather(1, tc[:, None]).squeeze(1)  # (C,)
-            total += (logsumexp - picked).sum()
+            # logsumexp written out in place (torch.logsumexp would allocate a second
+            # (C, V) buffer): exp(z - max) overwrites the logits, which then become the
+            # softmax, the gradient's main part.
+            top = logits.amax(dim=-1)  # (C,)
+            exp = logits.sub_(top[:, None]).exp_()  # (C, V), in [0, 1]
+            sums = exp.sum(dim=-1)  # (C,) >= 1: the max's own term is 1
+            total += (top + sums.log() - picked).sum()
             if not (want_h or want_w):
                 continue
             # d(loss)/d(logits) = (softmax - one_hot) / divisor, built in place.
-            grad = logits.sub_(logsumexp[:, None]).exp_()
+            grad = exp.div_(sums[:, None])
             grad.scatter_add_(1, tc[:, None], torch.full_like(picked, -1.0)[:, None])
             if cap is not None:  # chain rule through cap * tanh(z / cap): 1 - tanh^2
                 grad.mul_(raw.div_(cap).tanh_().square_().neg_().add_(1.0))

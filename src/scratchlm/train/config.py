@@ -78,6 +78,7 @@ RESUMABLE_CHANGES = frozenset(
         "tensorboard",
         "device",
         "compile",
+        "checkpoint_activations",
         "resume",
         "max_rollbacks",
         "max_skips",
@@ -175,6 +176,11 @@ class TrainConfig:
         "auto", "auto (bf16 on GPUs and on CPUs with hardware bf16, else fp32), fp32, bf16, fp16"
     )
     compile: bool = setting(False, "torch.compile the training model")
+    checkpoint_activations: bool = setting(
+        False,
+        "keep only each block's input and recompute the block in the backward pass: the "
+        "same updates with less memory, for about a third more compute",
+    )
     fsdp: bool = setting(False, "shard the model across processes")
     seed: int = setting(1337, "seed of initialisation and data order")
 

@@ -116,6 +116,7 @@ class Trainer:
         self.tokenizer = run_tokenizer(c)
         torch.manual_seed(c.seed)  # the same initial weights on every process
         self.model = build_model(c, self.tokenizer).to(self.device)
+        self.model.checkpoint_activations = c.checkpoint_activations
         T = self.model.config.context_length
         # What the steps call (made before the optimizer: FSDP replaces the parameters).
         # Evaluation, sampling and checkpoints use self.model.

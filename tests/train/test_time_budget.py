@@ -52,6 +52,12 @@ def test_budget_settings_are_checked():
         TrainConfig(time_budget="1m", schedule="wsd", tokens=1000)
 
 
+def test_a_run_sized_in_time_has_no_step_count():
+    assert TrainConfig(time_budget="15m").total_steps(4096) is None  # not the steps default
+    assert TrainConfig(steps=7).total_steps(4096) == 7
+    assert TrainConfig(tokens=10_000).total_steps(4096) == 3
+
+
 def test_budget_from_toml_and_flags(tmp_path):
     file = tmp_path / "run.toml"
     file.write_text('time_budget = "15m"\nschedule = "wsd"\ndecay_start = 0.7\n')

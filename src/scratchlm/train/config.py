@@ -338,8 +338,12 @@ class TrainConfig:
             overrides["context_length"] = self.context_length
         return preset(self.preset, **overrides)
 
-    def total_steps(self, tokens_per_step: int) -> int:
-        """Optimizer updates of the run: ``steps``, or enough to cover ``tokens``."""
+    def total_steps(self, tokens_per_step: int) -> int | None:
+        """Optimizer updates of the run: ``steps``, or enough to cover ``tokens``; None
+        for a run sized in time, whose step count is unknown (``steps`` keeps its default
+        there, a number nothing may size or warn about)."""
+        if self.time_budget:
+            return None
         if self.tokens:
             return max(1, math.ceil(self.tokens / tokens_per_step))
         return self.steps

@@ -38,8 +38,9 @@ def announce(trainer: Any) -> None:
         f"{t.tokens_per_step:,} tokens, from step {t.state.step}"
     )
     advice = precision_advice(t.config.precision, t.precision, t.device, cpu_flags())
-    if advice:
-        t.echo(advice)
+    for note in (advice, t.optimizer_note):
+        if note:
+            t.echo(note)
 
 
 def log_train(trainer: Any, bar: Any, loss: float, grad_norm: float, lr: float, tps: float) -> None:

@@ -110,6 +110,10 @@ class Trainer:
         """The run's pieces (``__init__`` without the lock)."""
         c = self.config
         self.precision = pick_precision(c.precision, self.device, cpu_flags())
+        # The optimizer auto stands for, by name in the saved settings and checkpoints:
+        # a resume compares and goes on with the one the run started with.
+        self.optimizer_note = c.optimizer_note()  # said by announce()
+        c = self.config = c.replace(optimizer=c.resolved_optimizer())
         self.checkpoints = CheckpointManager(self.run_dir, keep_last=c.keep_last)
         self.checkpoints.check_layout()
         self.resuming = is_resuming(c, self.run_dir)

@@ -164,6 +164,19 @@ def test_a_resumed_run_counts_the_time_already_spent(tiny_config, tmp_path):
     assert abs(resumed.step - whole.step) <= 0.15 * whole.step
 
 
+def test_a_budget_the_first_evaluation_eats_is_evaluated_once_and_said(tiny_config, tmp_path):
+    # Every reading of the clock is 0.3 s: the first evaluation alone takes 0.3 s or
+    # more, and 1.5 times that kept back for the last one leaves no time for a step.
+    config = budget_config(tiny_config, tmp_path / "run").replace(time_budget="1s")
+    result = Trainer(config, clock=FakeClock(tick=0.3)).run()
+    assert result.step == 0 and result.checkpoint is not None
+    records = _records(tmp_path / "run")
+    assert [r["step"] for r in records if r["kind"] == "val"] == [0]  # not evaluated twice
+    (event,) = [r["message"] for r in records if r["kind"] == "event"]
+    assert event.startswith("the time budget (1 s) was spent before the first step")
+    assert "--time-budget" in event and "--eval-windows" in event
+
+
 @pytest.mark.slow
 def test_two_gloo_processes_stop_a_budgeted_run_together(prepared, tmp_path):
     """Rank 0's clock decides every evaluation, checkpoint and the last step: the other

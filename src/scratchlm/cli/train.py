@@ -112,14 +112,21 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _sft(args: argparse.Namespace) -> int:
+    check_tuning_args(args, "sft", "instruction tuning starts from a pretrained model")
+    return run_training(args, _flags(args), SFT_DEFAULTS, "sft")
+
+
+def check_tuning_args(args: argparse.Namespace, command: str, starts_from: str) -> None:
+    """ConfigError for a flag ``add_tuning_flags`` refuses, or a run with neither --from
+    nor --resume; ``starts_from`` says what the command needs ("instruction tuning
+    starts from a pretrained model")."""
     if args.refused:
         raise ConfigError(
-            f"sft takes no {args.refused}: the model, its preset and its tokenizer come "
-            "from the checkpoint given with --from"
+            f"{command} takes no {args.refused}: the model, its preset and its tokenizer "
+            "come from the checkpoint given with --from"
         )
     if not (args.init_from or args.resume):
-        raise ConfigError("instruction tuning starts from a pretrained model: pass --from DIR")
-    return run_training(args, _flags(args), SFT_DEFAULTS, "sft")
+        raise ConfigError(f"{starts_from}: pass --from DIR")
 
 
 class Refused(argparse.Action):
@@ -143,6 +150,24 @@ def add_training_flags(
         f"fields: {', '.join(f.name for f in dataclasses.fields(ModelConfig))})",
     )
     add_config_flags(p, TrainConfig, skip=skip, defaults=defaults)
+
+
+def add_tuning_flags(
+    p: argparse.ArgumentParser, skip: frozenset[str], defaults: dict[str, Any]
+) -> None:
+    """The flags of a command that tunes a trained model (sft, dpo): --from CHECKPOINT,
+    the training flags but ``skip``, and the flags that would choose another model or
+    tokenizer, which ``check_tuning_args`` refuses in one line."""
+    p.add_argument("--from", dest="init_from", metavar="CHECKPOINT", help="a checkpoint or run dir")
+    p.add_argument(
+        *("--preset", "--init-from", "--tokenizer"),
+        dest="refused",
+        nargs="?",
+        action=Refused,
+        help=argparse.SUPPRESS,
+    )
+    add_training_flags(p, skip, defaults)
+    p.set_defaults(refused=None)
 
 
 SFT_EPILOG = """examples:
@@ -174,16 +199,8 @@ def sft_parser(p: argparse.ArgumentParser) -> None:
         "assistant's words only. Rerunning the same command resumes."
     )
     p.epilog = SFT_EPILOG
-    p.add_argument("--from", dest="init_from", metavar="CHECKPOINT", help="a checkpoint or run dir")
-    p.add_argument(
-        *("--preset", "--init-from", "--tokenizer"),
-        dest="refused",
-        nargs="?",
-        action=Refused,
-        help=argparse.SUPPRESS,
-    )
-    add_training_flags(p, PRETRAIN_ONLY | DPO_ONLY, SFT_DEFAULTS)
-    p.set_defaults(func=_sft, refused=None)
+    add_tuning_flags(p, PRETRAIN_ONLY | DPO_ONLY, SFT_DEFAULTS)
+    p.set_defaults(func=_sft)
 
 
 PARSERS = {"train": train_parser, "sft": sft_parser}

@@ -14,6 +14,7 @@ from train_helpers import ENV, train_command
 
 from scratchlm.checkpoint import read_train_state
 from scratchlm.cli import main
+from scratchlm.cli.train import done_line
 from scratchlm.errors import ConfigError
 from scratchlm.train.budget import TimeBudget, parse_duration
 from scratchlm.train.config import TrainConfig
@@ -168,8 +169,14 @@ def test_a_budget_the_first_evaluation_eats_is_evaluated_once_and_said(tiny_conf
     # Every reading of the clock is 0.3 s: the first evaluation alone takes 0.3 s or
     # more, and 1.5 times that kept back for the last one leaves no time for a step.
     config = budget_config(tiny_config, tmp_path / "run").replace(time_budget="1s")
-    result = Trainer(config, clock=FakeClock(tick=0.3)).run()
+    said: list[str] = []
+    result = Trainer(config, clock=FakeClock(tick=0.3), echo=said.append).run()
+    assert said[0].endswith(": steps of 128 tokens for 1s (1 s), from step 0")  # 4 x 32
     assert result.step == 0 and result.checkpoint is not None
+    assert done_line(result) == (
+        f"done: no steps taken, validation loss {result.val_loss:.4f}; "
+        f"checkpoint {result.checkpoint}"
+    )
     records = _records(tmp_path / "run")
     assert [r["step"] for r in records if r["kind"] == "val"] == [0]  # not evaluated twice
     (event,) = [r["message"] for r in records if r["kind"] == "event"]

@@ -18,6 +18,7 @@ from scratchlm.train.assembly import nothing_to_resume
 from scratchlm.train.config import SFT_DEFAULTS, TrainConfig
 from scratchlm.train.config_files import load_run_config, resolve_config
 from scratchlm.train.objective import Objective
+from scratchlm.train.state import TrainResult
 from scratchlm.train.trainer import Trainer
 from scratchlm.tune.lora import ADAPTER_DIR, export_adapter
 
@@ -83,12 +84,21 @@ def run_training(
             f"continue with: scratchlm {command} --resume {config.out}"
         )
         return 130 if result.interrupted == "SIGINT" else 143
-    val = f", validation loss {result.val_loss:.4f}" if result.val_loss is not None else ""
-    loss = f"loss {result.loss:.4f}" if result.loss is not None else "no steps taken"
-    print(f"done: {result.step} steps, {result.tokens:,} tokens, {loss}{val}{where}")
+    print(done_line(result))
     if config.lora and result.checkpoint is not None:
         _write_adapter(result.checkpoint, Path(config.out) / ADAPTER_DIR)
     return 0
+
+
+def done_line(result: TrainResult) -> str:
+    """``done: 400 steps, 3,276,800 tokens, loss 2.1234, validation loss 2.3456;
+    checkpoint runs/x/checkpoints/step_00000400`` (a run that took no step says so)."""
+    trained = "no steps taken"
+    if result.loss is not None:
+        trained = f"{result.step} steps, {result.tokens:,} tokens, loss {result.loss:.4f}"
+    val = f", validation loss {result.val_loss:.4f}" if result.val_loss is not None else ""
+    where = f"; checkpoint {result.checkpoint}" if result.checkpoint else ""
+    return f"done: {trained}{val}{where}"
 
 
 def _write_adapter(checkpoint: Path, out: Path) -> None:

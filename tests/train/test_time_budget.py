@@ -181,7 +181,7 @@ def test_a_budget_the_first_evaluation_eats_is_evaluated_once_and_said(tiny_conf
     assert [r["step"] for r in records if r["kind"] == "val"] == [0]  # not evaluated twice
     (event,) = [r["message"] for r in records if r["kind"] == "event"]
     assert event.startswith("the time budget (1 s) was spent before the first step")
-    assert "--time-budget" in event and "--eval-windows" in event
+    assert "--time-budget" in event and "--eval-windows" in event and "--val-fraction" in event
 
 
 @pytest.mark.slow

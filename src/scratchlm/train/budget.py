@@ -86,7 +86,8 @@ class TimeBudget:
             f"the time budget ({self.seconds:g} s) was spent before the first step: an "
             f"evaluation takes {self.eval_seconds:.1f} s here, and {self.safety:g} times "
             "that is kept back for the last one; give a longer --time-budget or a "
-            "cheaper evaluation (fewer --eval-windows, --sample-tokens 0)"
+            "cheaper evaluation (--sample-tokens 0; fewer --eval-windows when "
+            "pretraining, a smaller --val-fraction when tuning)"
         )
 
     def measured(self, kind: str, seconds: float) -> None:

@@ -110,13 +110,24 @@ def test_sft_help_shows_the_settings_sft_runs_with(capsys):
     assert "--val-fraction" not in train and "--skip-bad" not in train
 
 
+@pytest.mark.parametrize("command", ["sft", "dpo"])
 @pytest.mark.parametrize("flag", ["--preset", "--init-from", "--tokenizer"])
-def test_sft_refuses_flags_that_mean_nothing_beside_from(capsys, tmp_path, flag):
-    argv = ["sft", "--from", str(tmp_path), "--data", "builtin:chat", flag, "x"]
+def test_tuning_refuses_flags_that_mean_nothing_beside_from(capsys, tmp_path, command, flag):
+    argv = [command, "--from", str(tmp_path), flag, "x"]
     assert main([*argv, "--out", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("scratchlm: error: sft takes no " + flag) and "\n" not in err
-    assert not (tmp_path / "run").exists()
+    assert err.startswith(f"scratchlm: error: {command} takes no {flag}: the model")
+    assert "\n" not in err and not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    ("command", "needs"),
+    [("sft", "instruction tuning starts from a pretrained model"), ("dpo", "a tuned model")],
+)
+def test_tuning_without_from_is_one_line(capsys, tmp_path, command, needs):
+    assert main([command, "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert needs in err and err.endswith("pass --from DIR") and "\n" not in err
 
 
 def test_flags_not_given_leave_the_defaults_and_a_config_file_alone():

@@ -20,6 +20,7 @@ from train_helpers import ENV, train_command, wait_for_step
 from scratchlm.config import preset
 from scratchlm.errors import ConfigError
 from scratchlm.model import TransformerLM
+from scratchlm.train.config import TrainConfig
 from scratchlm.train.muon import Muon, newton_schulz
 from scratchlm.train.optim import build_optimizer, muon_param_groups
 from scratchlm.train.trainer import Trainer
@@ -156,13 +157,42 @@ def test_build_optimizer_makes_muon_with_its_own_learning_rate(tiny_config):
 
 
 def test_config_refuses_muon_with_fsdp_and_a_bad_muon_lr(tiny_config):
-    with pytest.raises(ConfigError, match="fsdp"):
-        dataclasses.replace(tiny_config, optimizer="muon", fsdp=True)
+    with pytest.raises(ConfigError, match="--optimizer muon does not work with --fsdp"):
+        dataclasses.replace(tiny_config, optimizer="muon", fsdp=True)  # asked for by name
     with pytest.raises(ConfigError, match="muon_lr"):
         dataclasses.replace(tiny_config, optimizer="muon", muon_lr=-1.0)
 
 
+def test_the_default_optimizer_is_muon_and_adamw_with_fsdp():
+    default = TrainConfig()
+    assert default.optimizer == "auto"
+    assert default.resolved_optimizer() == "muon" and default.optimizer_note() is None
+    sharded = TrainConfig(fsdp=True)  # not refused for the default's sake
+    assert sharded.resolved_optimizer() == "adamw"
+    assert "muon does not work with --fsdp" in sharded.optimizer_note()
+    assert TrainConfig(fsdp=True, optimizer="sgd").resolved_optimizer() == "sgd"
+    assert TrainConfig(fsdp=True, optimizer="adamw").optimizer_note() is None  # chosen
+    model = tiny_model()
+    assert isinstance(build_optimizer(model, default), Muon)
+    assert not isinstance(build_optimizer(model, sharded), Muon)
+
+
 # ----------------------------------------------------------------------------- training
+
+
+def test_a_run_saves_the_optimizer_auto_stood_for_and_resumes_with_auto(tiny_config, one_thread):
+    config = dataclasses.replace(
+        tiny_config, optimizer="auto", steps=4, eval_every=0, sample_tokens=0, checkpoint_every=2
+    )
+    Trainer(config).run()
+    run = Path(config.out)
+    assert json.loads((run / "train_config.json").read_text())["optimizer"] == "muon"
+    checkpoint = run / "checkpoints" / "step_00000004"
+    state = json.loads((checkpoint / "trainer_state" / "state.json").read_text())
+    assert state["config"]["optimizer"] == "muon"
+    # The same command again (optimizer auto) resumes the run, with its Muon state.
+    result = Trainer(dataclasses.replace(config, steps=6)).run()
+    assert result.step == 6
 
 
 def test_a_tiny_muon_run_learns(tiny_config, one_thread):

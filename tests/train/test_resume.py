@@ -107,10 +107,10 @@ def test_fsdp_matches_one_process_and_resumes_from_its_checkpoints(prepared, tmp
     batch; its checkpoints are ordinary ones; deleting the newest and rerunning redoes
     the last steps from the one before, to the same losses."""
     common = ["--steps", "8", "--checkpoint-every", "4", "--eval-every", "4", "--warmup-steps", "2"]
-    # Muon, the default, refuses --fsdp (test_muon.py); fp32: the comparison is to 1e-5
-    common += ["--optimizer", "adamw", "--precision", "fp32", "--grad-accum", "1"]
-    single = train_command(prepared, tmp_path / "one", *common)
+    common += ["--precision", "fp32", "--grad-accum", "1"]  # fp32: the comparison is to 1e-5
+    single = train_command(prepared, tmp_path / "one", *common, "--optimizer", "adamw")
     single[single.index("--batch-size") + 1] = "8"
+    # No --optimizer: the default stands for adamw under --fsdp (Muon would refuse it).
     sharded = train_command(prepared, tmp_path / "two", *common, "--fsdp")
     sharded[sharded.index("--batch-size") + 1] = "4"
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
@@ -120,6 +120,8 @@ def test_fsdp_matches_one_process_and_resumes_from_its_checkpoints(prepared, tmp
     assert one.returncode == 0, one.stderr
     two = subprocess.run(sharded, env=ENV, capture_output=True, text=True, timeout=300)
     assert two.returncode == 0, two.stderr[-3000:]
+    assert "optimizer auto is adamw here" in two.stdout
+    assert json.loads((tmp_path / "two" / "train_config.json").read_text())["optimizer"] == "adamw"
     a, b = _losses(tmp_path / "one"), _losses(tmp_path / "two")
     assert [b[s] for s in a] == pytest.approx([a[s] for s in a], rel=1e-5)
 

@@ -133,3 +133,16 @@ def test_a_tiny_set_trained_for_long_is_warned_about(tmp_path, chat_tok, caplog)
     with caplog.at_level(logging.WARNING, logger="scratchlm"):
         training_data(config.replace(steps=2), chat_tok, T, rank=0, world_size=1)
     assert not [r for r in caplog.records if r.levelno == logging.WARNING]
+
+
+def test_a_run_sized_in_time_is_not_warned_about_steps_it_never_asked_for(
+    tmp_path, chat_tok, caplog
+):
+    path = write_jsonl(tmp_path / "mine.jsonl", python_conversations(30))
+    config = sft_config(
+        init_from="unused", conversations=[str(path)], out=str(tmp_path / "o"), time_budget="1m"
+    )
+    assert config.steps == 300  # the default stays, sizing nothing
+    with caplog.at_level(logging.WARNING, logger="scratchlm"):
+        training_data(config, chat_tok, T, rank=0, world_size=1)
+    assert not [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]

@@ -14,6 +14,7 @@ from train_helpers import ENV, train_command
 
 from scratchlm.checkpoint import read_train_state
 from scratchlm.cli import main
+from scratchlm.cli.train import done_line
 from scratchlm.errors import ConfigError
 from scratchlm.train.budget import TimeBudget, parse_duration
 from scratchlm.train.config import TrainConfig
@@ -50,6 +51,12 @@ def test_budget_settings_are_checked():
         TrainConfig(time_budget="1m", schedule="wsd", warmup_fraction=0.5, decay_start=0.3)
     with pytest.raises(ConfigError, match="pick one"):
         TrainConfig(time_budget="1m", schedule="wsd", tokens=1000)
+
+
+def test_a_run_sized_in_time_has_no_step_count():
+    assert TrainConfig(time_budget="15m").total_steps(4096) is None  # not the steps default
+    assert TrainConfig(steps=7).total_steps(4096) == 7
+    assert TrainConfig(tokens=10_000).total_steps(4096) == 3
 
 
 def test_budget_from_toml_and_flags(tmp_path):
@@ -156,6 +163,25 @@ def test_a_resumed_run_counts_the_time_already_spent(tiny_config, tmp_path):
     # It ends about where the uninterrupted run ended (the resumed process measures
     # its evaluation again and pays for one more).
     assert abs(resumed.step - whole.step) <= 0.15 * whole.step
+
+
+def test_a_budget_the_first_evaluation_eats_is_evaluated_once_and_said(tiny_config, tmp_path):
+    # Every reading of the clock is 0.3 s: the first evaluation alone takes 0.3 s or
+    # more, and 1.5 times that kept back for the last one leaves no time for a step.
+    config = budget_config(tiny_config, tmp_path / "run").replace(time_budget="1s")
+    said: list[str] = []
+    result = Trainer(config, clock=FakeClock(tick=0.3), echo=said.append).run()
+    assert said[0].endswith(": steps of 128 tokens for 1s (1 s), from step 0")  # 4 x 32
+    assert result.step == 0 and result.checkpoint is not None
+    assert done_line(result) == (
+        f"done: no steps taken, validation loss {result.val_loss:.4f}; "
+        f"checkpoint {result.checkpoint}"
+    )
+    records = _records(tmp_path / "run")
+    assert [r["step"] for r in records if r["kind"] == "val"] == [0]  # not evaluated twice
+    (event,) = [r["message"] for r in records if r["kind"] == "event"]
+    assert event.startswith("the time budget (1 s) was spent before the first step")
+    assert "--time-budget" in event and "--eval-windows" in event and "--val-fraction" in event
 
 
 @pytest.mark.slow

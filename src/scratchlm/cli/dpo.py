@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from scratchlm.cli.config_flags import given_settings
-from scratchlm.cli.train import PRETRAIN_ONLY, Refused, add_training_flags, run_training
+from scratchlm.cli.train import PRETRAIN_ONLY, add_tuning_flags, check_tuning_args, run_training
 from scratchlm.errors import ConfigError
 from scratchlm.train.config import DPO_DEFAULTS, TrainConfig
 from scratchlm.tune.dpo import DPOObjective
@@ -25,13 +25,7 @@ log-probabilities are computed once and cached in the run directory (docs/dpo.md
 
 
 def _dpo(args: argparse.Namespace) -> int:
-    if args.refused:
-        raise ConfigError(
-            f"dpo takes no {args.refused}: the model and its tokenizer come from the "
-            "checkpoint given with --from"
-        )
-    if not (args.init_from or args.resume):
-        raise ConfigError("preference tuning starts from a tuned model: pass --from DIR")
+    check_tuning_args(args, "dpo", "preference tuning starts from a tuned model")
     flags = given_settings(args, TrainConfig)
     if args.model:
         raise ConfigError("dpo keeps the architecture of the model given with --from")
@@ -46,16 +40,8 @@ def dpo_parser(p: argparse.ArgumentParser) -> None:
         "against the starting model as the reference. Rerunning the same command resumes."
     )
     p.epilog = EPILOG
-    p.add_argument("--from", dest="init_from", metavar="CHECKPOINT", help="a checkpoint or run dir")
-    p.add_argument(
-        *("--preset", "--init-from", "--tokenizer"),
-        dest="refused",
-        nargs="?",
-        action=Refused,
-        help=argparse.SUPPRESS,
-    )
-    add_training_flags(p, PRETRAIN_ONLY, DPO_DEFAULTS)
-    p.set_defaults(func=_dpo, refused=None)
+    add_tuning_flags(p, PRETRAIN_ONLY, DPO_DEFAULTS)
+    p.set_defaults(func=_dpo)
 
 
 PARSERS = {"dpo": dpo_parser}

@@ -18,6 +18,7 @@ from scratchlm.train.assembly import nothing_to_resume
 from scratchlm.train.config import SFT_DEFAULTS, TrainConfig
 from scratchlm.train.config_files import load_run_config, resolve_config
 from scratchlm.train.objective import Objective
+from scratchlm.train.state import TrainResult
 from scratchlm.train.trainer import Trainer
 from scratchlm.tune.lora import ADAPTER_DIR, export_adapter
 
@@ -83,12 +84,21 @@ def run_training(
             f"continue with: scratchlm {command} --resume {config.out}"
         )
         return 130 if result.interrupted == "SIGINT" else 143
-    val = f", validation loss {result.val_loss:.4f}" if result.val_loss is not None else ""
-    loss = f"loss {result.loss:.4f}" if result.loss is not None else "no steps taken"
-    print(f"done: {result.step} steps, {result.tokens:,} tokens, {loss}{val}{where}")
+    print(done_line(result))
     if config.lora and result.checkpoint is not None:
         _write_adapter(result.checkpoint, Path(config.out) / ADAPTER_DIR)
     return 0
+
+
+def done_line(result: TrainResult) -> str:
+    """``done: 400 steps, 3,276,800 tokens, loss 2.1234, validation loss 2.3456;
+    checkpoint runs/x/checkpoints/step_00000400`` (a run that took no step says so)."""
+    trained = "no steps taken"
+    if result.loss is not None:
+        trained = f"{result.step} steps, {result.tokens:,} tokens, loss {result.loss:.4f}"
+    val = f", validation loss {result.val_loss:.4f}" if result.val_loss is not None else ""
+    where = f"; checkpoint {result.checkpoint}" if result.checkpoint else ""
+    return f"done: {trained}{val}{where}"
 
 
 def _write_adapter(checkpoint: Path, out: Path) -> None:
@@ -112,14 +122,21 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _sft(args: argparse.Namespace) -> int:
+    check_tuning_args(args, "sft", "instruction tuning starts from a pretrained model")
+    return run_training(args, _flags(args), SFT_DEFAULTS, "sft")
+
+
+def check_tuning_args(args: argparse.Namespace, command: str, starts_from: str) -> None:
+    """ConfigError for a flag ``add_tuning_flags`` refuses, or a run with neither --from
+    nor --resume; ``starts_from`` says what the command needs ("instruction tuning
+    starts from a pretrained model")."""
     if args.refused:
         raise ConfigError(
-            f"sft takes no {args.refused}: the model, its preset and its tokenizer come "
-            "from the checkpoint given with --from"
+            f"{command} takes no {args.refused}: the model, its preset and its tokenizer "
+            "come from the checkpoint given with --from"
         )
     if not (args.init_from or args.resume):
-        raise ConfigError("instruction tuning starts from a pretrained model: pass --from DIR")
-    return run_training(args, _flags(args), SFT_DEFAULTS, "sft")
+        raise ConfigError(f"{starts_from}: pass --from DIR")
 
 
 class Refused(argparse.Action):
@@ -143,6 +160,24 @@ def add_training_flags(
         f"fields: {', '.join(f.name for f in dataclasses.fields(ModelConfig))})",
     )
     add_config_flags(p, TrainConfig, skip=skip, defaults=defaults)
+
+
+def add_tuning_flags(
+    p: argparse.ArgumentParser, skip: frozenset[str], defaults: dict[str, Any]
+) -> None:
+    """The flags of a command that tunes a trained model (sft, dpo): --from CHECKPOINT,
+    the training flags but ``skip``, and the flags that would choose another model or
+    tokenizer, which ``check_tuning_args`` refuses in one line."""
+    p.add_argument("--from", dest="init_from", metavar="CHECKPOINT", help="a checkpoint or run dir")
+    p.add_argument(
+        *("--preset", "--init-from", "--tokenizer"),
+        dest="refused",
+        nargs="?",
+        action=Refused,
+        help=argparse.SUPPRESS,
+    )
+    add_training_flags(p, skip, defaults)
+    p.set_defaults(refused=None)
 
 
 SFT_EPILOG = """examples:
@@ -174,16 +209,8 @@ def sft_parser(p: argparse.ArgumentParser) -> None:
         "assistant's words only. Rerunning the same command resumes."
     )
     p.epilog = SFT_EPILOG
-    p.add_argument("--from", dest="init_from", metavar="CHECKPOINT", help="a checkpoint or run dir")
-    p.add_argument(
-        *("--preset", "--init-from", "--tokenizer"),
-        dest="refused",
-        nargs="?",
-        action=Refused,
-        help=argparse.SUPPRESS,
-    )
-    add_training_flags(p, PRETRAIN_ONLY | DPO_ONLY, SFT_DEFAULTS)
-    p.set_defaults(func=_sft, refused=None)
+    add_tuning_flags(p, PRETRAIN_ONLY | DPO_ONLY, SFT_DEFAULTS)
+    p.set_defaults(func=_sft)
 
 
 PARSERS = {"train": train_parser, "sft": sft_parser}

@@ -80,6 +80,16 @@ class TimeBudget:
         every = self._every[kind]
         return every > 0 and math.floor(after / every) > math.floor(before / every)
 
+    def spent_before_first_step(self) -> str:
+        """Why a run's budget ran out before its first step, and what to do."""
+        return (
+            f"the time budget ({self.seconds:g} s) was spent before the first step: an "
+            f"evaluation takes {self.eval_seconds:.1f} s here, and {self.safety:g} times "
+            "that is kept back for the last one; give a longer --time-budget or a "
+            "cheaper evaluation (--sample-tokens 0; fewer --eval-windows when "
+            "pretraining, a smaller --val-fraction when tuning)"
+        )
+
     def measured(self, kind: str, seconds: float) -> None:
         """Record how long an evaluation or a checkpoint took."""
         if kind == "eval":

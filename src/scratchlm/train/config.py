@@ -24,7 +24,7 @@ from scratchlm.train.budget import parse_duration
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 SCHEDULES = ("auto", "cosine", "linear", "constant", "wsd")
-OPTIMIZERS = ("adamw", "sgd", "muon")
+OPTIMIZERS = ("auto", "adamw", "sgd", "muon")
 PHASES = ("pretrain", "sft", "dpo")
 LM_PHASES = ("pretrain", "sft")  # next-token prediction; dpo: preference pairs (scratchlm.tune)
 DPO_LOSSES = ("sigmoid", "ipo")
@@ -139,14 +139,12 @@ class TrainConfig:
     context_length: int = setting(0, "tokens per window (0 = the preset's)")
 
     optimizer: str = setting(
-        "muon",
-        "muon (Muon for the hidden matrices at --muon-lr, AdamW at --lr for the rest), "
-        "adamw or sgd",
+        "auto",
+        "auto (muon; adamw with --fsdp), muon (Muon for the hidden matrices at --muon-lr, "
+        "AdamW at --lr for the rest), adamw or sgd",
     )
     lr: float = setting(1e-3, "peak learning rate (with muon: of the AdamW parameters)")
-    muon_lr: float = setting(
-        0.02, "peak learning rate of the matrices Muon steps (--optimizer muon only)"
-    )
+    muon_lr: float = setting(0.02, "peak learning rate of the matrices Muon steps (with muon only)")
     min_lr: float | None = setting(None, "final learning rate (default: lr / 10)")
     schedule: str = setting(
         "auto",
@@ -324,6 +322,23 @@ class TrainConfig:
             return self.schedule
         return "wsd" if self.time_budget else "cosine"
 
+    def resolved_optimizer(self) -> str:
+        """The optimizer ``auto`` stands for: Muon, except with FSDP, where a process
+        holds a slice of each matrix that Muon would orthogonalise whole: AdamW. The
+        trainer saves the resolved name, so a resumed run keeps its optimizer."""
+        if self.optimizer != "auto":
+            return self.optimizer
+        return "adamw" if self.fsdp else "muon"
+
+    def optimizer_note(self) -> str | None:
+        """One line for a run whose ``auto`` optimizer is not the usual Muon; else None."""
+        if self.optimizer != "auto" or self.resolved_optimizer() == "muon":
+            return None
+        return (
+            f"optimizer auto is {self.resolved_optimizer()} here: muon does not work with "
+            "--fsdp (each process holds a slice of every matrix)"
+        )
+
     def budget_seconds(self) -> float | None:
         """The time budget in seconds, or None for a run sized in steps."""
         return parse_duration(self.time_budget) if self.time_budget else None
@@ -344,8 +359,12 @@ class TrainConfig:
             overrides["context_length"] = self.context_length
         return preset(self.preset, **overrides)
 
-    def total_steps(self, tokens_per_step: int) -> int:
-        """Optimizer updates of the run: ``steps``, or enough to cover ``tokens``."""
+    def total_steps(self, tokens_per_step: int) -> int | None:
+        """Optimizer updates of the run: ``steps``, or enough to cover ``tokens``; None
+        for a run sized in time, whose step count is unknown (``steps`` keeps its default
+        there, a number nothing may size or warn about)."""
+        if self.time_budget:
+            return None
         if self.tokens:
             return max(1, math.ceil(self.tokens / tokens_per_step))
         return self.steps

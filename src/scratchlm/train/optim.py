@@ -171,12 +171,13 @@ def build_optimizer(
 ) -> torch.optim.Optimizer:
     """The run's optimizer over ``param_groups(model, config.weight_decay)``.
 
-    ``config.optimizer``: "adamw", "sgd" (plain SGD at ``lr`` with L2 ``weight_decay``;
-    betas and eps are not used) or "muon" (``train.muon.Muon`` over
-    ``muon_param_groups``: the hidden matrices at ``muon_lr``, the rest with AdamW at
-    ``lr``; both follow the schedule; with ``precision`` "bf16", the run's resolved
-    number format, Muon's Newton-Schulz iteration runs in bfloat16 as the products of the
-    forward pass do, twice as fast as float32 where bf16 is). For "adamw", ``config.fused``
+    ``config.resolved_optimizer()`` (``auto``: muon, or adamw with FSDP): "adamw", "sgd"
+    (plain SGD at ``lr`` with L2 ``weight_decay``; betas and eps are not used) or "muon"
+    (``train.muon.Muon`` over ``muon_param_groups``: the hidden matrices at ``muon_lr``,
+    the rest with AdamW at ``lr``; both follow the schedule; with ``precision`` "bf16",
+    the run's resolved number format, Muon's Newton-Schulz iteration runs in bfloat16 as
+    the products of the forward pass do, twice as fast as float32 where bf16 is). For
+    "adamw", ``config.fused``
     picks the implementation: None (default) uses ``torch.optim.AdamW(fused=True)`` when
     ``fused_adamw_supported`` says the kernel exists for the parameters' devices and
     dtypes, else ``AdamW`` from this module; False forces ours; True forces torch's fused
@@ -187,7 +188,8 @@ def build_optimizer(
     Note: a state_dict carries its group options, so loading one saved by ours or by a
     non-fused torch AdamW into a fused optimizer turns ``fused`` back off (torch's rule).
     """
-    name, lr, fused, weight_decay = config.optimizer, config.lr, config.fused, config.weight_decay
+    name, lr, fused = config.resolved_optimizer(), config.lr, config.fused
+    weight_decay = config.weight_decay
     betas, eps = tuple(config.betas), config.eps
     if name not in OPTIMIZERS:
         raise ConfigError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")

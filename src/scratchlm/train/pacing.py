@@ -29,7 +29,6 @@ class Pacing:
     ) -> None:
         c = self.config = config
         self.agree = agree
-        self.total = c.total_steps(tokens_per_step)
         self.budget: TimeBudget | None = None
         seconds = c.budget_seconds()
         if seconds is not None:  # sized in time: no step count; eval/checkpoint by time share
@@ -42,6 +41,9 @@ class Pacing:
             # Step periods only where given; else shares of the budget.
             self.eval_every, self.ckpt_every = c.eval_every or 0, c.checkpoint_every or 0
         else:
+            total = c.total_steps(tokens_per_step)
+            assert total is not None, "a run without a time budget has a step count"
+            self.total = total
             if c.resolved_warmup(self.total) > self.total:
                 raise ConfigError(
                     f"warmup_steps={c.warmup_steps} is longer than the run ({self.total} "

@@ -24,9 +24,12 @@ def announce(trainer: Any) -> None:
     if not t.dist.is_main:
         return
     m = t.model
-    length = f"{t.total} steps"
-    if t.budget:
-        length = f"{t.config.time_budget} ({t.budget.seconds:g} s) of steps"
+    length = f"{t.total} steps of {t.tokens_per_step:,} tokens"
+    if t.budget:  # its step count is unknown
+        length = (
+            f"steps of {t.tokens_per_step:,} tokens for {t.config.time_budget} "
+            f"({t.budget.seconds:g} s)"
+        )
     size = f"{m.num_parameters() / 1e6:.2f}M"
     what = f"{size} parameters"
     if t.config.lora:  # the rest is frozen
@@ -34,12 +37,12 @@ def announce(trainer: Any) -> None:
         what = f"{trainable:,} LoRA parameters of a frozen {size} model"
     t.echo(
         f"training {what} on {t.device} "
-        f"({t.precision}, {t.dist.world_size} process(es)): {length} of "
-        f"{t.tokens_per_step:,} tokens, from step {t.state.step}"
+        f"({t.precision}, {t.dist.world_size} process(es)): {length}, from step {t.state.step}"
     )
     advice = precision_advice(t.config.precision, t.precision, t.device, cpu_flags())
-    if advice:
-        t.echo(advice)
+    for note in (advice, t.optimizer_note):
+        if note:
+            t.echo(note)
 
 
 def log_train(trainer: Any, bar: Any, loss: float, grad_norm: float, lr: float, tps: float) -> None:

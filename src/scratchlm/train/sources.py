@@ -39,10 +39,12 @@ def training_data(
             world_size=world_size,
         )
         rows_per_step = c.batch_size * c.grad_accum * world_size
-        steps = c.total_steps(rows_per_step * T)
-        warning = passes_warning(len(data.sampler.rows.x), rows_per_step, steps, data.trained)
-        if warning is not None and rank == 0:
-            log.warning(warning)
+        steps = c.total_steps(rows_per_step * T)  # None: sized in time, passes unknown
+        if steps is not None and rank == 0:
+            rows = len(data.sampler.rows.x)
+            warning = passes_warning(rows, rows_per_step, steps, data.trained)
+            if warning is not None:
+                log.warning(warning)
         prompts = c.sample_prompts or data.heldout_prompts
         return data.sampler, data.val_x, data.val_y, None, prompts
     bytes_per_token = read_meta(c.data)["splits"]["val"]["bytes_per_token"]

@@ -110,6 +110,10 @@ class Trainer:
         """The run's pieces (``__init__`` without the lock)."""
         c = self.config
         self.precision = pick_precision(c.precision, self.device, cpu_flags())
+        # The optimizer auto stands for, by name in the saved settings and checkpoints:
+        # a resume compares and goes on with the one the run started with.
+        self.optimizer_note = c.optimizer_note()  # said by announce()
+        c = self.config = c.replace(optimizer=c.resolved_optimizer())
         self.checkpoints = CheckpointManager(self.run_dir, keep_last=c.keep_last)
         self.checkpoints.check_layout()
         self.resuming = is_resuming(c, self.run_dir)
@@ -263,16 +267,22 @@ class Trainer:
         bar = Progress(self.total, initial_step=self.state.step, enabled=self.run_log.bar_enabled)
         window_tokens, window_time = 0, 0.0
         with bar:
+            first_val = None  # a budgeted run's evaluation before its first step
             if self.budget:  # measure an evaluation's cost first: the reserve kept for the last
-                self._timed("eval", evaluate_run, self, bar)
-            finished = self.state.step if self.resume_from else -1  # evaluated and saved
+                first_val = self._timed("eval", evaluate_run, self, bar)
+            start = self.state.step
+            finished = start if self.resume_from else -1  # evaluated and saved
             while self.state.step < self.total:
                 before = self.run_log.wall_time()
                 if self.pacing.spent(before):
                     # Spent between steps (logging, a resume late in the budget): the
                     # last step's evaluation and checkpoint, unless it had them.
+                    if self.state.step == 0 and self.budget:
+                        self.run_log.event(self.budget.spent_before_first_step())
                     if finished != self.state.step:
-                        val = self._timed("eval", evaluate_run, self, bar)
+                        val = first_val
+                        if self.state.step != start:  # first_val is of an earlier step
+                            val = self._timed("eval", evaluate_run, self, bar)
                         self._timed("checkpoint", self.save_checkpoint, val_loss=val)
                     break
                 t0 = self.clock()

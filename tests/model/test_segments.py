@@ -11,7 +11,7 @@ from torch.testing import assert_close
 
 from scratchlm.config import ModelConfig
 from scratchlm.model import KVCache, TransformerLM
-from scratchlm.model.transformer import segment_positions
+from scratchlm.model.masks import segment_positions
 
 BASE = dict(vocab_size=50, context_length=16, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2)
 POSITIONS = ["rope", "learned", "none", "cope"]

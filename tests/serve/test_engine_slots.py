@@ -9,7 +9,7 @@ import torch
 
 from scratchlm.config import preset
 from scratchlm.model import KVCache, TransformerLM
-from scratchlm.model.transformer import build_attention_mask
+from scratchlm.model.masks import build_attention_mask
 from scratchlm.serve.slots import SlotCache
 
 pytestmark = pytest.mark.usefixtures("one_thread")

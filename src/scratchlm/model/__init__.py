@@ -16,6 +16,7 @@ from scratchlm.model.layers import (
     silu,
     softmax,
 )
+from scratchlm.model.masks import causal_mask
 from scratchlm.model.quantize import Int8Linear
 from scratchlm.model.transformer import (
     MultiHeadSelfAttention,
@@ -25,7 +26,6 @@ from scratchlm.model.transformer import (
     TransformerBlock,
     TransformerLM,
     apply_rotary,
-    causal_mask,
 )
 
 __all__ = [

@@ -164,3 +164,8 @@ def test_the_built_in_pairs_hold_out_other_questions_and_facts():
     assert 150 <= len(train) <= 300 and len(heldout) >= 40
     assert not {p.prompt for p in train} & {p.prompt for p in heldout}
     assert not {p.chosen for p in train} & {p.chosen for p in heldout}  # other facts
+    # and no answer crosses over as a rejected one: training never pushes down an answer
+    # that a held-out pair prefers.
+    answers = lambda pairs: {a for p in pairs for a in (p.chosen, p.rejected)}  # noqa: E731
+    assert not {p.rejected for p in train} & {p.chosen for p in heldout}
+    assert not {p.rejected for p in heldout} & answers(train)

@@ -46,12 +46,16 @@ SFT_DEFAULTS: dict[str, Any] = {
 }
 
 # Preference tuning (DPO) starts from an instruction-tuned model and moves it little: a
-# low learning rate, few steps; it samples answers to held-out questions like SFT.
+# low learning rate, few steps, a beta that keeps it near the reference and an SFT loss
+# that keeps the chosen (taught) answers likely (docs/dpo.md: what was measured); it
+# samples answers to held-out questions like SFT.
 DPO_DEFAULTS: dict[str, Any] = {
     "phase": "dpo",
     "out": "runs/dpo",
     "conversations": ["builtin:preferences"],
     "val_data": ["builtin:preferences_heldout"],
+    "beta": 0.5,
+    "sft_weight": 1.0,
     "steps": 60,
     "optimizer": "adamw",
     "lr": 1e-4,

@@ -4,9 +4,10 @@ Deterministic: the same chat.jsonl gives the same files. Each pair asks one ques
 the built-in conversations (chat.jsonl, whose facts come from science.txt); ``chosen`` is
 the concise, correct answer those conversations teach, ``rejected`` either the same
 answer wrapped in rambling (an aimless opening and closing) or a wrong answer (another
-question's, stated as confidently). Questions whose answer is small talk or a refusal
-are left out. One question per fact; every fifth fact is held out (preferences_heldout
-.jsonl), so the held-out accuracy measures preferences learned, not answers seen.
+training question's, stated as confidently). Questions whose answer is small talk (a
+greeting, a goodbye) or a refusal are left out. One question per fact; every fifth fact
+is held out (preferences_heldout.jsonl), and no held-out answer appears in a training
+pair, so the held-out accuracy measures preferences learned, not answers seen.
 
     python scripts/make_preferences.py
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 BUILTIN = Path(__file__).resolve().parent.parent / "src" / "scratchlm" / "builtin"
@@ -31,7 +33,10 @@ CLOSINGS = (
     " I hope that makes some sense, maybe.",
     " There is a lot more to say, but whatever.",
 )
-NOT_A_FACT = re.compile(r"\b(I|I'm|I am|me|you're welcome|hello|hi)\b", re.IGNORECASE)
+NOT_A_FACT = re.compile(
+    r"\b(I|I'm|I am|me|you're welcome|hello|hi|good morning|goodbye|nice to meet)\b",
+    re.IGNORECASE,
+)
 
 
 def facts(chat: Path) -> list[tuple[str, list[str]]]:
@@ -48,17 +53,35 @@ def facts(chat: Path) -> list[tuple[str, list[str]]]:
 
 
 def pairs(found: list[tuple[str, list[str]]]) -> tuple[list[dict], list[dict]]:
-    train, heldout = [], []
-    n = len(found)
-    for i, (answer, questions) in enumerate(found):
+    """The training and held-out pairs. Every wrong answer is a training fact's answer,
+    in both shares, so the held-out pairs are the kind the training pairs are (a new
+    question and its new answer against an answer taught for another question: the
+    mistake the fact check's misses show), while a held-out fact's answer appears in no
+    training pair, not even as a rejected one (which would teach the model to avoid the
+    answer its held-out pair prefers and its fact check asks for)."""
+    train = [(i, fact) for i, fact in enumerate(found) if i % 5 != 4]
+    heldout = [(i, fact) for i, fact in enumerate(found) if i % 5 == 4]
+    wrong = [answer for _, (answer, _) in train]
+    n = len(wrong)
+    # A training fact's wrong answer is the fact half the list away (never itself); a
+    # held-out fact's is spread over the training facts the same way.
+    return _pairs(train, wrong, lambda k: (k + n // 2) % n), _pairs(
+        heldout, wrong, lambda k: (4 * k + n // 2) % n
+    )
+
+
+def _pairs(
+    share: list[tuple[int, tuple[str, list[str]]]], wrong: list[str], pick: Callable[[int], int]
+) -> list[dict]:
+    rows = []
+    for k, (i, (answer, questions)) in enumerate(share):
         if i % 2 == 0:  # rambling: the right answer, padded
             rejected = OPENINGS[i // 2 % 4] + answer + CLOSINGS[i // 8 % 4]
-        else:  # wrong: another fact's answer
-            rejected = found[(i + n // 2) % n][0]
+        else:  # wrong: a training fact's answer to another question
+            rejected = wrong[pick(k)]
         question = questions[i % len(questions)]
-        pair = {"prompt": question, "chosen": answer, "rejected": rejected}
-        (heldout if i % 5 == 4 else train).append(pair)
-    return train, heldout
+        rows.append({"prompt": question, "chosen": answer, "rejected": rejected})
+    return rows
 
 
 def main() -> None:

@@ -164,3 +164,9 @@ def test_the_built_in_pairs_hold_out_other_questions_and_facts():
     assert 150 <= len(train) <= 300 and len(heldout) >= 40
     assert not {p.prompt for p in train} & {p.prompt for p in heldout}
     assert not {p.chosen for p in train} & {p.chosen for p in heldout}  # other facts
+    # nor as a rejected one: training never pushes down an answer a held-out pair prefers.
+    assert not {p.rejected for p in train} & {p.chosen for p in heldout}
+    # A wrong answer, in either share, is one taught for another training question.
+    taught = {p.chosen for p in train}
+    for pair in train + heldout:
+        assert pair.chosen in pair.rejected or pair.rejected in taught - {pair.chosen}

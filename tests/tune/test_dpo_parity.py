@@ -1,7 +1,8 @@
 """Parity with TRL: on the same tiny model (ours, exported to a Hugging Face Llama) and
 the same pairs, TRL's DPOTrainer renders the same token ids, computes the same reference
 log-probabilities, and the same loss and gradients as ours, for the sigmoid and IPO
-losses."""
+losses and for the sigmoid loss with an SFT loss on the chosen answers (TRL's "sft" loss
+type beside it, weighted as its rpo_alpha)."""
 
 from __future__ import annotations
 
@@ -41,8 +42,12 @@ def _records():
     ]  # fmt: skip
 
 
-@pytest.mark.parametrize("loss_type", ["sigmoid", "ipo"])
-def test_loss_and_gradients_equal_trl_dpo_trainer(tmp_path, chat_tok, loss_type, one_thread):
+@pytest.mark.parametrize(
+    "loss_type, sft_weight", [("sigmoid", 0.0), ("ipo", 0.0), ("sigmoid", 0.5)]
+)
+def test_loss_and_gradients_equal_trl_dpo_trainer(
+    tmp_path, chat_tok, loss_type, sft_weight, one_thread
+):
     from trl import DPOConfig, DPOTrainer
 
     torch.manual_seed(0)
@@ -57,8 +62,11 @@ def test_loss_and_gradients_equal_trl_dpo_trainer(tmp_path, chat_tok, loss_type,
         folder = to_hf(model, chat_tok, tmp_path / name)
         hf[name] = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
     hf_tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "policy")
+    # TRL adds an SFT loss on the chosen answers as a second loss type with its weight.
+    losses = {"loss_type": [loss_type, "sft"], "loss_weights": [1.0, sft_weight]}
     args = DPOConfig(
-        output_dir=str(tmp_path / "trl"), beta=0.1, loss_type=[loss_type], report_to=[],
+        output_dir=str(tmp_path / "trl"), beta=0.1, report_to=[],
+        **(losses if sft_weight else {"loss_type": [loss_type]}),
         use_cpu=True, pad_token=END_OF_TEXT, max_length=None, dataset_num_proc=None,
     )  # fmt: skip
     records = _records()
@@ -96,7 +104,9 @@ def test_loss_and_gradients_equal_trl_dpo_trainer(tmp_path, chat_tok, loss_type,
     trl_loss.backward()
     # Given the same reference log-probabilities (TRL's own): the same loss and gradients.
     rows.ref = trl_ref
-    ours, _ = DPOLoss(policy, beta=0.1, loss_type=loss_type)(*batch_of(rows, torch.arange(3)))
+    ours, _ = DPOLoss(policy, beta=0.1, loss_type=loss_type, sft_weight=sft_weight)(
+        *batch_of(rows, torch.arange(3))
+    )
     (ours / 3).backward()
     assert abs(float(ours / 3) - float(trl_loss)) < TOL
     assert float(trl_loss) > 0.01  # the models differ: a loss far from its minimum

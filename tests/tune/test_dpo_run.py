@@ -58,14 +58,36 @@ def test_dpo_starts_at_the_reference_and_learns_heldout_preferences(
     result = Trainer(config, objective=DPOObjective(config)).run()
     assert result.step == 40
     first = _records(tmp_path / "run", "train")[0]
-    # Step 1 measures the starting model against itself: every reward 0, loss log 2.
-    assert first["loss"] == pytest.approx(math.log(2), abs=1e-5)
+    # Step 1 measures the starting model against itself: every reward 0, the DPO loss
+    # log 2 (beside the SFT loss on the chosen answers, at its weight).
+    dpo_part = first["loss"] - config.sft_weight * first["nll_chosen"]
+    assert dpo_part == pytest.approx(math.log(2), abs=1e-5)
     assert first["rewards_chosen"] == pytest.approx(0, abs=1e-5)
     assert first["margins"] == pytest.approx(0, abs=1e-5)
     val = _records(tmp_path / "run", "val")
     assert val[-1]["val_accuracy"] == 1.0  # 4 held-out questions, each answer preferred
-    assert val[-1]["val_margins"] > 0 and val[-1]["val_loss"] < math.log(2)
+    val_dpo_part = val[-1]["val_loss"] - config.sft_weight * val[-1]["val_nll_chosen"]
+    assert val[-1]["val_margins"] > 0 and val_dpo_part < math.log(2)
     assert (tmp_path / "run" / CACHE_FILE).is_file()
+
+
+def test_an_sft_loss_on_the_chosen_answers_keeps_them_likelier(
+    tmp_path, tiny_chat_model, one_thread
+):
+    nll = {}
+    for weight in (0.0, 1.0):
+        settings = _settings(tmp_path, tiny_chat_model, out=str(tmp_path / f"run{weight}"))
+        config = dpo_config(**settings, sft_weight=weight)
+        Trainer(config, objective=DPOObjective(config)).run()
+        first = _records(tmp_path / f"run{weight}", "train")[0]
+        if weight:  # step 1: the DPO loss log 2 and the SFT loss at its weight
+            assert first["loss"] == pytest.approx(math.log(2) + first["nll_chosen"], abs=1e-5)
+        val = _records(tmp_path / f"run{weight}", "val")[-1]
+        assert val["val_accuracy"] == 1.0  # the preference is learned either way
+        nll[weight] = val["val_nll_chosen"]
+    assert nll[1.0] < nll[0.0]  # the held-out chosen answers stay likelier
+    with pytest.raises(ConfigError, match="sft_weight"):
+        dpo_config(**_settings(tmp_path, tiny_chat_model), sft_weight=-1.0)
 
 
 def test_reference_log_probs_are_cached_and_recomputed_when_data_or_model_change(

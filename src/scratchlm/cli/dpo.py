@@ -14,6 +14,7 @@ EPILOG = """examples:
   scratchlm dpo --from runs/default/sft             # the built-in preference pairs
   scratchlm dpo --from runs/chat --data prefs.jsonl --beta 0.1 --out runs/chat-dpo
   scratchlm dpo --from runs/chat --data prefs.jsonl --loss ipo
+  scratchlm dpo --from runs/chat --data prefs.jsonl --sft-weight 0   # DPO alone, no SFT loss
   scratchlm dpo --resume runs/chat-dpo
 
 Preference files: JSONL with {"prompt", "chosen", "rejected"} (strings, or lists of chat

@@ -37,7 +37,7 @@ RUN_DIR/train_config.json. Rerunning the same command resumes from the last chec
 # TrainConfig fields that are flags of one command only.
 PRETRAIN_ONLY = frozenset({"data", "preset", "init_from", "tokenizer"})  # sft: from --from
 SFT_ONLY = frozenset({"conversations", "val_fraction", "skip_bad"})
-DPO_ONLY = frozenset({"val_data", "beta", "dpo_loss"})
+DPO_ONLY = frozenset({"val_data", "beta", "dpo_loss", "sft_weight"})
 
 
 def _model_override(text: str) -> tuple[str, Any]:

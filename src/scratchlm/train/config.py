@@ -46,12 +46,16 @@ SFT_DEFAULTS: dict[str, Any] = {
 }
 
 # Preference tuning (DPO) starts from an instruction-tuned model and moves it little: a
-# low learning rate, few steps; it samples answers to held-out questions like SFT.
+# low learning rate, few steps, a beta that keeps it near the reference and an SFT loss
+# that keeps the chosen (taught) answers likely (docs/dpo.md: what was measured); it
+# samples answers to held-out questions like SFT.
 DPO_DEFAULTS: dict[str, Any] = {
     "phase": "dpo",
     "out": "runs/dpo",
     "conversations": ["builtin:preferences"],
     "val_data": ["builtin:preferences_heldout"],
+    "beta": 0.5,
+    "sft_weight": 1.0,
     "steps": 60,
     "optimizer": "adamw",
     "lr": 1e-4,
@@ -131,6 +135,11 @@ class TrainConfig:
     )
     beta: float = setting(0.1, "DPO's beta: how far the tuned model may move from the reference")
     dpo_loss: str = setting("sigmoid", "sigmoid (DPO) or ipo", flag="--loss")
+    sft_weight: float = setting(
+        0.0,
+        "DPO: weight of an SFT loss on the chosen answers beside the DPO loss, which keeps "
+        "them likely (TRL's rpo_alpha; 0 = off)",
+    )
 
     steps: int = setting(1000, "optimizer updates")
     tokens: int = setting(0, "train on this many tokens instead of --steps (0 = use --steps)")
@@ -281,6 +290,8 @@ class TrainConfig:
             raise ConfigError(f"{self.phase} starts from a trained model: pass --from")
         if not (math.isfinite(self.beta) and self.beta > 0):
             raise ConfigError(f"beta must be a positive number, got {self.beta}")
+        if not (math.isfinite(self.sft_weight) and self.sft_weight >= 0):
+            raise ConfigError(f"sft_weight must be a number >= 0 (0 = off), got {self.sft_weight}")
         if self.lora and not self.init_from:
             raise ConfigError("LoRA adapts a trained model: pass --from CHECKPOINT with --lora")
         if self.lora and self.fsdp:

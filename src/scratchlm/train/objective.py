@@ -49,10 +49,18 @@ class Objective(Protocol):
     """The phase-specific part of a run (see the module docstring)."""
 
     def load_data(
-        self, config: TrainConfig, tokenizer: Any, model: nn.Module, *, rank: int, world_size: int
+        self,
+        config: TrainConfig,
+        tokenizer: Any,
+        model: nn.Module,
+        *,
+        rank: int,
+        world_size: int,
+        precision: str,
     ) -> RunData:
         """The run's data; ``model`` is the starting model (before any resume), for an
-        objective that needs it (a reference model)."""
+        objective that needs it (a reference model), and ``precision`` the one the
+        Trainer resolved for the steps ("fp32", "bf16" or "fp16")."""
         ...
 
     def training_module(self, model: nn.Module) -> nn.Module:
@@ -86,7 +94,14 @@ class LanguageModelObjective:
     conversations (the loss on the answers only). Batches: x, y (, segment_ids)."""
 
     def load_data(
-        self, config: TrainConfig, tokenizer: Any, model: nn.Module, *, rank: int, world_size: int
+        self,
+        config: TrainConfig,
+        tokenizer: Any,
+        model: nn.Module,
+        *,
+        rank: int,
+        world_size: int,
+        precision: str,
     ) -> RunData:
         T = model.config.context_length
         sampler, val_x, val_y, bytes_per_token, prompts = training_data(

@@ -131,7 +131,12 @@ class Trainer:
         self.make_optimizer = functools.partial(build_optimizer, config=c, precision=self.precision)
         self.optimizer = self.make_optimizer(self.model)
         self.data = self.objective.load_data(
-            c, self.tokenizer, self.model, rank=self.dist.rank, world_size=self.dist.world_size
+            c,
+            self.tokenizer,
+            self.model,
+            rank=self.dist.rank,
+            world_size=self.dist.world_size,
+            precision=self.precision,
         )
         self.sampler, self.prompts = self.data.sampler, self.data.prompts
         self.tokens_per_step = c.batch_size * c.grad_accum * T * self.dist.world_size

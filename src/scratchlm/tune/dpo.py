@@ -22,7 +22,6 @@ from scratchlm.train.config import DPO_DEFAULTS, TrainConfig
 from scratchlm.train.config_files import resolve_config
 from scratchlm.train.objective import Metrics, RunData
 from scratchlm.train.runtime import autocast as autocast_of
-from scratchlm.train.runtime import cpu_flags, pick_precision
 from scratchlm.train.sft_data import SAMPLED_HELDOUT
 from scratchlm.tune.dpo_data import (
     PreferencePair,
@@ -50,7 +49,14 @@ class DPOObjective:
         self.cache = ReferenceCache(config.out)
 
     def load_data(
-        self, config: TrainConfig, tokenizer: Any, model: nn.Module, *, rank: int, world_size: int
+        self,
+        config: TrainConfig,
+        tokenizer: Any,
+        model: nn.Module,
+        *,
+        rank: int,
+        world_size: int,
+        precision: str,
     ) -> RunData:
         c, T = config, model.config.context_length
         pairs, malformed = read_preferences(c.conversations, skip_bad=c.skip_bad)
@@ -82,8 +88,7 @@ class DPOObjective:
             len(val_rows.x),
         )
         device = next(model.parameters()).device
-        # The Trainer's choice, so that step 1 measures the model against itself exactly.
-        precision = pick_precision(c.precision, device, cpu_flags())
+        # The steps' precision, so that step 1 measures the model against itself exactly.
         self.cache.attach(
             model,
             {"train": train_rows, "val": val_rows},
@@ -99,7 +104,8 @@ class DPOObjective:
         return RunData(sampler, val_tensors, None, prompts, fingerprint)
 
     def training_module(self, model: nn.Module) -> nn.Module:
-        return DPOLoss(model, beta=self.config.beta, loss_type=self.config.dpo_loss)
+        c = self.config
+        return DPOLoss(model, beta=c.beta, loss_type=c.dpo_loss, sft_weight=c.sft_weight)
 
     def loss(self, module: nn.Module, batch: tuple[Tensor, ...]) -> tuple[Tensor, Metrics]:
         return module(*batch)

@@ -20,7 +20,18 @@ IPO (Azar et al. 2023) regresses the gap of the length-normalised log-ratios to
     loss = (h - 1 / (2 beta))^2                                            (ipo)
 
 (the per-token average, as TRL computes it). The logged ``accuracy`` is the share of
-pairs whose chosen reward exceeds the rejected one; ``margins`` r(y_w) - r(y_l).
+pairs whose chosen reward exceeds the rejected one; ``margins`` r(y_w) - r(y_l);
+``nll_chosen`` the chosen answers' negative log-likelihood per token (the SFT loss below).
+
+Both losses only rank the answers: the chosen answer's own probability may fall as long
+as the rejected one falls faster, and with it the answers SFT taught. An SFT loss on the
+chosen answers beside it keeps them likely (Pang et al. 2024, "Iterative Reasoning
+Preference Optimization"; TRL's ``rpo_alpha``, or its ``"sft"`` loss type)::
+
+    loss = loss_dpo + sft_weight * NLL(y_w | x) / |y_w|
+
+where the NLL is summed over the batch's chosen answers and divided by their tokens (a
+mean over tokens, as TRL computes it).
 """
 
 from __future__ import annotations
@@ -87,16 +98,19 @@ class DPOLoss(nn.Module):
     """The training computation of preference tuning as a ``forward`` (what DDP and
     torch.compile wrap): a batch of pairs -> the summed loss and metrics."""
 
-    def __init__(self, model: nn.Module, *, beta: float, loss_type: str = "sigmoid") -> None:
+    def __init__(
+        self, model: nn.Module, *, beta: float, loss_type: str = "sigmoid", sft_weight: float = 0.0
+    ) -> None:
         super().__init__()
         self.model = model
         self.beta = beta
         self.loss_type = loss_type
+        self.sft_weight = sft_weight
 
     def forward(self, x: Tensor, y: Tensor, ref: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         """x, y (2B, L): the B chosen answers, then the B rejected ones (targets -100 but
         on the answers); ref (2B,) the reference's log-probabilities of them. Returns
-        the loss summed over the B pairs and ``pair_metrics``."""
+        the loss summed over the B pairs and ``pair_metrics`` with ``nll_chosen``."""
         logps, tokens = sequence_logps(self.model(x), y)  # (2B,), (2B,)
         chosen, rejected = logps.chunk(2)
         ref_chosen, ref_rejected = ref.chunk(2)
@@ -111,4 +125,12 @@ class DPOLoss(nn.Module):
             chosen_tokens=chosen_tokens,
             rejected_tokens=rejected_tokens,
         )
-        return losses.sum(), pair_metrics(losses.detach(), chosen_rewards, rejected_rewards)
+        # The mean NLL over the batch's chosen tokens, counted once per pair: the Trainer
+        # divides the step's sums by its pairs, which leaves TRL's mean.
+        nll = len(chosen) * -chosen.sum() / chosen_tokens.sum().clamp(min=1)
+        metrics = pair_metrics(losses.detach(), chosen_rewards, rejected_rewards)
+        metrics["nll_chosen"] = nll.detach()
+        loss = losses.sum()
+        if self.sft_weight:
+            loss = loss + self.sft_weight * nll
+        return loss, metrics

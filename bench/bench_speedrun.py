@@ -93,6 +93,11 @@ def contenders(budget: float) -> list[Contender]:
         Contender("b-decay60", "new default, decay from 60% of the budget", "--decay-start 0.6"),
         Contender("b-min0", "new default, learning rates decay to 0", "--min-lr 0"),
         Contender(
+            "b-d384",
+            "new default, a smaller model: d_model 384, 12 heads, d_ff 1024",
+            "--model d_model=384 --model n_heads=12 --model d_ff=1024",
+        ),
+        Contender(
             "b-zero-init", "+ zero-initialised output projections", "--model zero_init_proj=true"
         ),
         Contender(

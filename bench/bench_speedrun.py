@@ -98,6 +98,26 @@ def contenders(budget: float) -> list[Contender]:
             "--model d_model=384 --model n_heads=12 --model d_ff=1024",
         ),
         Contender(
+            "b-d320",
+            "new default, d_model 320, 10 heads, d_ff 864",
+            "--model d_model=320 --model n_heads=10 --model d_ff=864",
+        ),
+        Contender(
+            "b-d256",
+            "new default, d_model 256, 8 heads, d_ff 704",
+            "--model d_model=256 --model n_heads=8 --model d_ff=704",
+        ),
+        Contender(
+            "b-d256-l6",
+            "new default, d_model 256, 8 heads, d_ff 704, 6 layers",
+            "--model d_model=256 --model n_heads=8 --model d_ff=704 --model n_layers=6",
+        ),
+        Contender(
+            "b-d384-l6",
+            "new default, d_model 384, 12 heads, d_ff 1024, 6 layers",
+            "--model d_model=384 --model n_heads=12 --model d_ff=1024 --model n_layers=6",
+        ),
+        Contender(
             "b-zero-init", "+ zero-initialised output projections", "--model zero_init_proj=true"
         ),
         Contender(

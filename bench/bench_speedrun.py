@@ -9,14 +9,18 @@ Contenders (``--only`` picks some; ``--list`` prints them all):
 - ``a``: the wave-1 recipe, the reference command of docs/training.md: preset ``small``,
   float32, AdamW at 1e-3, cosine over a step count sized for the budget (450 steps for 15
   minutes, as measured on 2026-11-21), 8 x 256 tokens per step.
-- ``b``: the new default recipe: ``scratchlm train --data D --time-budget Nm`` and nothing
-  else (the defaults are the recipe, see :data:`RECIPE` for what they amount to).
+- ``b``: the new default recipe: ``scratchlm train --data D --preset mini --time-budget Nm``
+  and nothing else (the defaults are the recipe, see :data:`RECIPE` for what they amount to).
 - ``c``: Hugging Face ``LlamaForCausalLM`` of the same shape, float32, torch's AdamW, a
   cosine over the budget (``speedrun_hf.py``).
 - ``b5``, ``b10``: the new default with 5- and 10-minute budgets (every budget from 5 to
   15 minutes is its own run: a warmup-stable-decay schedule is sized to its budget).
 - ablations ``b-...``: the new default with one of its changes undone (or one option
-  added), each with the same budget: the number that justifies each default.
+  added), each with the same budget: the number that justifies each default. Most were
+  measured on the ``small`` preset, the shape before ``mini`` (``b-small``, ``c-small``,
+  ``b5-small``, ``b10-small``: the recipe and HF on small); each contender names its
+  preset, and the size search (``b-d384``, ``b-d320``, ...) is small with ``--model``
+  overrides.
 
 Data: ``bench/.data/stdlib10k`` (``stdlib_py.txt`` with a 10,000-token tokenizer, built on
 first use as ``bench_train.py`` does). Every contender validates on the same 16 fixed
@@ -51,7 +55,7 @@ WAVE1_STEPS_PER_MINUTE = 30  # 450 steps in the reference's 15 minutes
 # What the new defaults amount to for this data, spelled out (the bench passes none of it
 # to contender b: `scratchlm train --data D --time-budget Nm` is the recipe).
 RECIPE = (
-    "preset small, bf16 autocast (--precision auto on a CPU with AVX512-BF16/AMX), "
+    "preset mini, bf16 autocast (--precision auto on a CPU with AVX512-BF16/AMX), "
     "--optimizer muon (--muon-lr 0.02 for the hidden matrices, AdamW at --lr 1e-3 for the "
     "rest; Newton-Schulz in bf16), "
     "--schedule wsd (warmup 5%, decay from 80% of the budget), 2 x 8 x 256 tokens per step"
@@ -66,6 +70,7 @@ class Contender:
     timed: bool = True  # --time-budget MINUTESm (else sized in steps by its flags)
     hf: bool = False  # speedrun_hf.py instead of scratchlm train
     minutes: float | None = None  # its own budget; None: --budget
+    preset: str = "mini"  # the model's shape
 
 
 def contenders(budget: float) -> list[Contender]:
@@ -76,58 +81,107 @@ def contenders(budget: float) -> list[Contender]:
         "--grad-accum 1 --eval-every 25 --checkpoint-every 150"
     )
     return [
-        Contender("a", f"wave-1: small, fp32, AdamW, cosine over {steps} steps", wave1, False),
+        Contender(
+            "a",
+            f"wave-1: fp32, AdamW, cosine over {steps} steps",
+            wave1,
+            False,
+            preset="small",
+        ),
         Contender("b", "new default (--time-budget)"),
         Contender("c", "HF LlamaForCausalLM, fp32, torch AdamW, cosine in time", hf=True),
         Contender("b5", "new default, 5-minute budget", minutes=5),
         Contender("b10", "new default, 10-minute budget", minutes=10),
-        Contender("b-fp32", "new default in float32", "--precision fp32"),
-        Contender("b-adamw", "new default with AdamW (lr 1e-3)", "--optimizer adamw --lr 1e-3"),
-        Contender("b-lr3e-3", "new default, AdamW parameters at lr 3e-3", "--lr 3e-3"),
-        Contender("b-accum1", "new default, 8 x 256 tokens per step", "--grad-accum 1"),
+        # The same recipe on small (the 2026-12-05/06 default) and the ablations, measured
+        # on small before mini was chosen; each names its shape.
+        Contender("b-small", "new default", preset="small"),
+        Contender(
+            "c-small",
+            "HF LlamaForCausalLM, fp32, torch AdamW, cosine in time",
+            hf=True,
+            preset="small",
+        ),
+        Contender("b5-small", "new default, 5-minute budget", minutes=5, preset="small"),
+        Contender("b10-small", "new default, 10-minute budget", minutes=10, preset="small"),
+        Contender("b-fp32", "new default in float32", "--precision fp32", preset="small"),
+        Contender(
+            "b-adamw",
+            "new default with AdamW (lr 1e-3)",
+            "--optimizer adamw --lr 1e-3",
+            preset="small",
+        ),
+        Contender(
+            "b-lr3e-3", "new default, AdamW parameters at lr 3e-3", "--lr 3e-3", preset="small"
+        ),
+        Contender(
+            "b-accum1", "new default, 8 x 256 tokens per step", "--grad-accum 1", preset="small"
+        ),
         Contender(
             "b-nostable",
             "new default, no stable phase (linear decay right after warmup)",
             "--decay-start 0.05",
+            preset="small",
         ),
-        Contender("b-decay60", "new default, decay from 60% of the budget", "--decay-start 0.6"),
-        Contender("b-min0", "new default, learning rates decay to 0", "--min-lr 0"),
+        Contender(
+            "b-decay60",
+            "new default, decay from 60% of the budget",
+            "--decay-start 0.6",
+            preset="small",
+        ),
+        Contender("b-min0", "new default, learning rates decay to 0", "--min-lr 0", preset="small"),
         Contender(
             "b-d384",
             "new default, a smaller model: d_model 384, 12 heads, d_ff 1024",
             "--model d_model=384 --model n_heads=12 --model d_ff=1024",
+            preset="small",
         ),
         Contender(
             "b-d320",
             "new default, d_model 320, 10 heads, d_ff 864",
             "--model d_model=320 --model n_heads=10 --model d_ff=864",
+            preset="small",
         ),
         Contender(
             "b-d256",
             "new default, d_model 256, 8 heads, d_ff 704",
             "--model d_model=256 --model n_heads=8 --model d_ff=704",
+            preset="small",
+        ),
+        Contender(
+            "b-d192",
+            "new default, d_model 192, 6 heads, d_ff 512",
+            "--model d_model=192 --model n_heads=6 --model d_ff=512",
+            preset="small",
         ),
         Contender(
             "b-d256-l6",
             "new default, d_model 256, 8 heads, d_ff 704, 6 layers",
             "--model d_model=256 --model n_heads=8 --model d_ff=704 --model n_layers=6",
+            preset="small",
         ),
         Contender(
             "b-d384-l6",
             "new default, d_model 384, 12 heads, d_ff 1024, 6 layers",
             "--model d_model=384 --model n_heads=12 --model d_ff=1024 --model n_layers=6",
+            preset="small",
         ),
         Contender(
-            "b-zero-init", "+ zero-initialised output projections", "--model zero_init_proj=true"
+            "b-zero-init",
+            "+ zero-initialised output projections",
+            "--model zero_init_proj=true",
+            preset="small",
         ),
         Contender(
             "b-relu2",
             "+ ReLU^2 MLP (d_ff 2016: same parameters)",
             "--model ffn=relu2 --model d_ff=2016",
+            preset="small",
         ),
-        Contender("b-qknorm", "+ QK-norm", "--model qk_norm=true"),
-        Contender("b-softcap", "+ logit soft-capping at 15", "--model logit_softcap=15"),
-        Contender("b-tied", "+ tied embeddings", "--model tie_embeddings=true"),
+        Contender("b-qknorm", "+ QK-norm", "--model qk_norm=true", preset="small"),
+        Contender(
+            "b-softcap", "+ logit soft-capping at 15", "--model logit_softcap=15", preset="small"
+        ),
+        Contender("b-tied", "+ tied embeddings", "--model tie_embeddings=true", preset="small"),
     ]
 
 
@@ -154,6 +208,8 @@ def run_contender(c: Contender, budget: float, threads: int, reuse: bool) -> Pat
             str(EVAL_WINDOWS),
             "--final-windows",
             str(FINAL_WINDOWS),
+            "--preset",
+            c.preset,
         ]
     else:
         timed = ["--time-budget", f"{minutes:g}m", "--eval-every", "50"] if c.timed else []
@@ -166,7 +222,7 @@ def run_contender(c: Contender, budget: float, threads: int, reuse: bool) -> Pat
             "--data",
             str(PREPARED),
             "--preset",
-            "small",
+            c.preset,
             "--batch-size",
             "8",
             "--eval-windows",
@@ -277,7 +333,7 @@ def tables(chosen: list[Contender], curves: dict[str, Curve], budget: float) -> 
         main.rows.append(
             [
                 c.name,
-                c.what,
+                f"{c.preset}: {c.what}",
                 f"{curve.steps[i]:,}",
                 f"{curve.tokens[i]:,}",
                 num(curve.tokens[i] / (curve.minutes[i] * 60)),
@@ -323,12 +379,13 @@ def plot(chosen: list[Contender], curves: dict[str, Curve], png: Path) -> None:
     for c in chosen:
         curve = curves[c.name]
         style = "-" if c.name in ("a", "b", "c") else ":"
-        ax.plot(curve.minutes, curve.bpb, style, label=f"{c.name}: {c.what}", linewidth=1.6)
+        label = f"{c.name}: {c.preset}, {c.what}"
+        ax.plot(curve.minutes, curve.bpb, style, label=label, linewidth=1.6)
     ax.axhline(TARGET_BPB, color="grey", linewidth=0.8, linestyle="--")
     ax.set_xlabel("wall-clock minutes (2 CPU threads)")
     ax.set_ylabel("validation bits per byte")
     ax.set_ylim(1.3, 2.6)
-    ax.set_title("scratchlm speedrun: preset small on stdlib_py")
+    ax.set_title("scratchlm speedrun on stdlib_py")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()

@@ -2,8 +2,9 @@
 
     .venv/bin/python bench/speedrun_hf.py --data bench/.data/stdlib10k --budget 900 --out DIR
 
-``transformers.LlamaForCausalLM`` of the ``small`` preset's shape (exported from a freshly
-initialised scratchlm model, so both start from the same weights), trained with torch's
+``transformers.LlamaForCausalLM`` of a preset's shape (``--preset``, default ``mini``;
+exported from a freshly initialised scratchlm model, so both start from the same weights),
+trained with torch's
 ``AdamW`` (0.9, 0.95, weight decay 0.1, clip 1.0) in float32 on the same random windows
 scratchlm's sampler draws (same seed), for a wall-clock budget. Its learning rate warms up
 for 5% of the budget, then follows a cosine to a tenth of the peak, as a function of the
@@ -67,12 +68,13 @@ def main() -> None:
     p.add_argument("--eval-windows", type=int, default=16)
     p.add_argument("--final-windows", type=int, default=128)
     p.add_argument("--seed", type=int, default=1337)
+    p.add_argument("--preset", default="mini", help="the model's shape")
     args = p.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
     torch.manual_seed(args.seed)
-    config = preset("small")
+    config = preset(args.preset)
     hf = transformers.LlamaForCausalLM.from_pretrained(
         to_hf(TransformerLM(config), None, out / "init", force=True),
         dtype=torch.float32,

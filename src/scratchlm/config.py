@@ -231,6 +231,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     # A few hundred thousand parameters: tests and CPU smoke runs in seconds.
     "tiny": dict(vocab_size=512, context_length=128, d_model=64, n_layers=2, n_heads=4,
                  n_kv_heads=2),
+    # Sized for a short budget on a CPU: the best of a size search for 15 minutes on two
+    # cores (docs/training.md); most of its parameters are the embeddings.
+    "mini": dict(vocab_size=10_000, context_length=256, d_model=256, n_layers=4, n_heads=8,
+                 d_ff=704),
     # The classic TinyStories setting.
     "small": dict(vocab_size=10_000, context_length=256, d_model=512, n_layers=4,
                   n_heads=16, d_ff=1344),

@@ -154,6 +154,12 @@ def contenders(budget: float) -> list[Contender]:
             preset="small",
         ),
         Contender(
+            "b-d128",
+            "new default, d_model 128, 4 heads, d_ff 352",
+            "--model d_model=128 --model n_heads=4 --model d_ff=352",
+            preset="small",
+        ),
+        Contender(
             "b-d256-l6",
             "new default, d_model 256, 8 heads, d_ff 704, 6 layers",
             "--model d_model=256 --model n_heads=8 --model d_ff=704 --model n_layers=6",
@@ -165,23 +171,18 @@ def contenders(budget: float) -> list[Contender]:
             "--model d_model=384 --model n_heads=12 --model d_ff=1024 --model n_layers=6",
             preset="small",
         ),
+        # The architecture options, on mini (measured with --budget 5).
         Contender(
-            "b-zero-init",
-            "+ zero-initialised output projections",
-            "--model zero_init_proj=true",
-            preset="small",
+            "b-zero-init", "+ zero-initialised output projections", "--model zero_init_proj=true"
         ),
         Contender(
             "b-relu2",
-            "+ ReLU^2 MLP (d_ff 2016: same parameters)",
-            "--model ffn=relu2 --model d_ff=2016",
-            preset="small",
+            "+ ReLU^2 MLP (d_ff 1056: the same parameters as SwiGLU's 704)",
+            "--model ffn=relu2 --model d_ff=1056",
         ),
-        Contender("b-qknorm", "+ QK-norm", "--model qk_norm=true", preset="small"),
-        Contender(
-            "b-softcap", "+ logit soft-capping at 15", "--model logit_softcap=15", preset="small"
-        ),
-        Contender("b-tied", "+ tied embeddings", "--model tie_embeddings=true", preset="small"),
+        Contender("b-qknorm", "+ QK-norm", "--model qk_norm=true"),
+        Contender("b-softcap", "+ logit soft-capping at 15", "--model logit_softcap=15"),
+        Contender("b-tied", "+ tied embeddings", "--model tie_embeddings=true"),
     ]
 
 

@@ -177,8 +177,8 @@ def contenders(budget: float) -> list[Contender]:
         ),
         Contender(
             "b-relu2",
-            "+ ReLU^2 MLP (d_ff 1056: the same parameters as SwiGLU's 704)",
-            "--model ffn=relu2 --model d_ff=1056",
+            "+ ReLU^2 MLP (d_ff 528: the same parameters as SwiGLU's 352)",
+            "--model ffn=relu2 --model d_ff=528",
         ),
         Contender("b-qknorm", "+ QK-norm", "--model qk_norm=true"),
         Contender("b-softcap", "+ logit soft-capping at 15", "--model logit_softcap=15"),

@@ -233,8 +233,8 @@ PRESETS: dict[str, dict[str, Any]] = {
                  n_kv_heads=2),
     # Sized for a short budget on a CPU: the best of a size search for 15 minutes on two
     # cores (docs/training.md); most of its parameters are the embeddings.
-    "mini": dict(vocab_size=10_000, context_length=256, d_model=256, n_layers=4, n_heads=8,
-                 d_ff=704),
+    "mini": dict(vocab_size=10_000, context_length=256, d_model=128, n_layers=4, n_heads=4,
+                 d_ff=352),
     # The classic TinyStories setting.
     "small": dict(vocab_size=10_000, context_length=256, d_model=512, n_layers=4,
                   n_heads=16, d_ff=1344),

@@ -16,11 +16,10 @@ Contenders (``--only`` picks some; ``--list`` prints them all):
 - ``b5``, ``b10``: the new default with 5- and 10-minute budgets (every budget from 5 to
   15 minutes is its own run: a warmup-stable-decay schedule is sized to its budget).
 - ablations ``b-...``: the new default with one of its changes undone (or one option
-  added), each with the same budget: the number that justifies each default. Most were
-  measured on the ``small`` preset, the shape before ``mini`` (``b-small``, ``c-small``,
-  ``b5-small``, ``b10-small``: the recipe and HF on small); each contender names its
-  preset, and the size search (``b-d384``, ``b-d320``, ...) is small with ``--model``
-  overrides.
+  added), each with the same budget: the number that justifies each default.
+- ``...-small``: the same on the ``small`` preset, the default shape before ``mini`` was
+  measured; the size search (``b-d384``, ``b-d320``, ...) is small with ``--model``
+  overrides. Each contender names its preset.
 
 Data: ``bench/.data/stdlib10k`` (``stdlib_py.txt`` with a 10,000-token tokenizer, built on
 first use as ``bench_train.py`` does). Every contender validates on the same 16 fixed
@@ -103,32 +102,40 @@ def contenders(budget: float) -> list[Contender]:
         ),
         Contender("b5-small", "new default, 5-minute budget", minutes=5, preset="small"),
         Contender("b10-small", "new default, 10-minute budget", minutes=10, preset="small"),
-        Contender("b-fp32", "new default in float32", "--precision fp32", preset="small"),
+        Contender("b-small-fp32", "new default in float32", "--precision fp32", preset="small"),
         Contender(
-            "b-adamw",
+            "b-small-adamw",
             "new default with AdamW (lr 1e-3)",
             "--optimizer adamw --lr 1e-3",
             preset="small",
         ),
         Contender(
-            "b-lr3e-3", "new default, AdamW parameters at lr 3e-3", "--lr 3e-3", preset="small"
+            "b-small-lr3e-3",
+            "new default, AdamW parameters at lr 3e-3",
+            "--lr 3e-3",
+            preset="small",
         ),
         Contender(
-            "b-accum1", "new default, 8 x 256 tokens per step", "--grad-accum 1", preset="small"
+            "b-small-accum1",
+            "new default, 8 x 256 tokens per step",
+            "--grad-accum 1",
+            preset="small",
         ),
         Contender(
-            "b-nostable",
+            "b-small-nostable",
             "new default, no stable phase (linear decay right after warmup)",
             "--decay-start 0.05",
             preset="small",
         ),
         Contender(
-            "b-decay60",
+            "b-small-decay60",
             "new default, decay from 60% of the budget",
             "--decay-start 0.6",
             preset="small",
         ),
-        Contender("b-min0", "new default, learning rates decay to 0", "--min-lr 0", preset="small"),
+        Contender(
+            "b-small-min0", "new default, learning rates decay to 0", "--min-lr 0", preset="small"
+        ),
         Contender(
             "b-d384",
             "new default, a smaller model: d_model 384, 12 heads, d_ff 1024",
@@ -171,7 +178,10 @@ def contenders(budget: float) -> list[Contender]:
             "--model d_model=384 --model n_heads=12 --model d_ff=1024 --model n_layers=6",
             preset="small",
         ),
-        # The architecture options, on mini (measured with --budget 5).
+        # The recipe's choices and the architecture options on mini (with --budget 5).
+        Contender("b-fp32", "new default in float32", "--precision fp32"),
+        Contender("b-adamw", "new default with AdamW (lr 1e-3)", "--optimizer adamw --lr 1e-3"),
+        Contender("b-accum1", "new default, 8 x 256 tokens per step", "--grad-accum 1"),
         Contender(
             "b-zero-init", "+ zero-initialised output projections", "--model zero_init_proj=true"
         ),
@@ -408,7 +418,7 @@ def main() -> None:
     every = contenders(args.budget)
     if args.list:
         for c in every:
-            print(f"{c.name:12} {c.what}")
+            print(f"{c.name:18} {c.preset:6} {c.what}")
         return
     names = (args.only or "a,b,c").split(",")
     unknown = sorted(set(names) - {c.name for c in every})

@@ -60,8 +60,10 @@ def run_tokenizer(config: TrainConfig) -> Any:
 def build_model(config: TrainConfig, tokenizer: Any) -> TransformerLM:
     """A new TransformerLM for the run, or the one in ``config.init_from`` (with rows
     added for tokens the tokenizer has and the checkpoint lacks, e.g. the chat tokens);
-    with ``config.lora``, frozen and wrapped with new LoRA adapters (model/lora.py)."""
+    with ``config.lora``, frozen and wrapped with new LoRA adapters (model/lora.py).
+    ``config.checkpoint_activations`` sets whether its blocks recompute activations."""
     model = _base_model(config, tokenizer)
+    model.checkpoint_activations = config.checkpoint_activations
     if config.lora:
         apply_lora(model, parse_lora_spec(config.lora))
     return model

@@ -25,16 +25,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from scratchlm.checkpoint import (
-    CheckpointManager,
-    RunLock,
-    capture_rng_state,
-    load_checkpoint,
-    read_train_state,
-    restore_rng_state,
-)
+from scratchlm.checkpoint import CheckpointManager, RunLock
 from scratchlm.data import tokenizer_fingerprint
-from scratchlm.errors import ConfigError, ScratchLMError, WriteError
+from scratchlm.errors import ConfigError, ScratchLMError
 from scratchlm.train.assembly import (
     build_model,
     is_resuming,
@@ -48,9 +41,10 @@ from scratchlm.train.guard import DivergenceGuard
 from scratchlm.train.objective import LanguageModelObjective, Objective
 from scratchlm.train.optim import build_optimizer, clip_grad_norm
 from scratchlm.train.pacing import Pacing
-from scratchlm.train.parallel import gather_to_cpu, scatter_from_cpu, wrap_for_training
+from scratchlm.train.parallel import wrap_for_training
 from scratchlm.train.progress import Progress, peak_flops
 from scratchlm.train.reporting import announce, evaluate_run, log_train
+from scratchlm.train.run_checkpoints import restore_run, save_run_checkpoint
 from scratchlm.train.run_log import RunLog
 from scratchlm.train.runtime import (
     SignalFlag,
@@ -60,7 +54,7 @@ from scratchlm.train.runtime import (
     pick_precision,
     shutdown_distributed,
 )
-from scratchlm.train.state import TrainResult, TrainState, join_tensors, split_tensors
+from scratchlm.train.state import TrainResult, TrainState
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +114,6 @@ class Trainer:
         self.tokenizer = run_tokenizer(c)
         torch.manual_seed(c.seed)  # the same initial weights on every process
         self.model = build_model(c, self.tokenizer).to(self.device)
-        self.model.checkpoint_activations = c.checkpoint_activations
         T = self.model.config.context_length
         # What the steps call (made before the optimizer: FSDP replaces the parameters).
         # Evaluation, sampling and checkpoints use self.model.
@@ -167,77 +160,6 @@ class Trainer:
             self.resume_from = resume_point(self.checkpoints, self.fingerprints, self.model)
 
     # ----------------------------------------------------------------------------------
-    # Checkpoints
-    def _train_state(self) -> tuple[dict[str, Any], dict[str, Tensor]]:
-        """Everything the next steps depend on, as JSON and as tensors."""
-        sampler, tensors = split_tensors(self.sampler.state_dict(), "sampler.")
-        state = self.state.state_dict()
-        state.update(
-            elapsed=self.run_log.wall_time(),
-            guard=self.guard.state_dict(),
-            sampler=sampler,
-            scaler=self.scaler.state_dict() if self.scaler.is_enabled() else None,
-            config=self.config.to_dict(),
-            phase=self.config.phase,
-            fingerprints=self.fingerprints,
-        )
-        return state, {**tensors, **capture_rng_state()}  # rng.* keys
-
-    def save_checkpoint(self, val_loss: float | None = None) -> Path | None:
-        """Write a checkpoint of the current step (rank 0; the others wait for it)."""
-        path = None
-        model, optimizer = self.model, self.optimizer
-        if self.config.fsdp:  # every process takes part in gathering the shards
-            model, optimizer = gather_to_cpu(model, optimizer, self.make_optimizer)
-        if self.dist.is_main:
-            state, tensors = self._train_state()
-            try:
-                path = self.checkpoints.save(
-                    model,
-                    optimizer,
-                    self.state.step,
-                    tokenizer=self.tokenizer,
-                    train_state=state,
-                    tensors=tensors,
-                    val_loss=val_loss,
-                )
-            except WriteError as e:  # the run so far is safe: say where it goes on from
-                last = self.checkpoints.latest_valid()
-                raise WriteError(
-                    f"{e}; training stopped at step {self.state.step} (last checkpoint: "
-                    f"{last.name if last else 'none yet'}): once fixed, continue with "
-                    f"--resume {self.run_dir}"
-                ) from e
-            self.last_checkpoint = path
-        self.dist.barrier()
-        return path
-
-    def _restore(self, path: Path, *, data_and_rng: bool) -> None:
-        """Load a checkpoint's weights, optimizer and counters; with ``data_and_rng``
-        also the sampler and RNG states, so the next steps repeat exactly."""
-        if self.config.fsdp:
-            copy = type(self.model)(self.model.config)
-            copy_optimizer = self.make_optimizer(copy)
-            load_checkpoint(path, copy, copy_optimizer)
-            scatter_from_cpu(self.model, self.optimizer, copy, copy_optimizer)
-        else:
-            load_checkpoint(path, self.model, self.optimizer)
-        state, tensors = read_train_state(path)
-        rollbacks, elapsed = self.state.rollbacks, self.state.elapsed
-        self.state.load_state_dict(state)
-        self.state.rollbacks = max(rollbacks, self.state.rollbacks)  # rollbacks never undo
-        if not data_and_rng:  # a rollback: the time spent since that checkpoint still counts
-            self.state.elapsed = elapsed
-        self.guard.load_state_dict(state["guard"])
-        if state.get("scaler") and self.scaler.is_enabled():
-            self.scaler.load_state_dict(state["scaler"])
-        if data_and_rng:
-            self.sampler.load_state_dict(join_tensors(state["sampler"], tensors, "sampler."))
-            restore_rng_state(tensors)
-        self.last_checkpoint = path
-        self.run_log.truncate_after(self.state.step)
-
-    # ----------------------------------------------------------------------------------
     # The loop
     def run(self) -> TrainResult:
         """Train until the configured number of steps (resuming when the run directory
@@ -253,7 +175,7 @@ class Trainer:
             if self.resuming:
                 latest = self.resume_from
                 if latest is not None:
-                    self._restore(latest, data_and_rng=True)
+                    restore_run(self, latest, data_and_rng=True)
                     self.run_log.event(
                         f"resumed from {latest.name} (step {self.state.step})", logging.INFO
                     )
@@ -288,7 +210,7 @@ class Trainer:
                         val = first_val
                         if self.state.step != start:  # first_val is of an earlier step
                             val = self._timed("eval", evaluate_run, self, bar)
-                        self._timed("checkpoint", self.save_checkpoint, val_loss=val)
+                        self._timed("checkpoint", save_run_checkpoint, self, val_loss=val)
                     break
                 t0 = self.clock()
                 done = self._train_step()
@@ -312,7 +234,7 @@ class Trainer:
                     new_best = self._beats_best(val)
                 signalled = self.dist.any(stop.name is not None, self.device)
                 if ckpt_due or at_end or signalled or new_best:
-                    self._timed("checkpoint", self.save_checkpoint, val_loss=val)
+                    self._timed("checkpoint", save_run_checkpoint, self, val_loss=val)
                     finished = self.state.step if (eval_due or at_end) else finished
                 if signalled:
                     where = f"at step {self.state.step}"
@@ -415,7 +337,7 @@ class Trainer:
                 f"(now {c.lr:g}), a smaller --grad-clip or a larger batch"
             )
         self.state.rollbacks += 1
-        self._restore(latest, data_and_rng=False)  # new data: the same would fail again
+        restore_run(self, latest, data_and_rng=False)  # new data: the same would fail again
         self.state.lr_scale *= c.rollback_lr
         self.guard.skips_in_row = 0
         self.run_log.event(

@@ -42,14 +42,26 @@ class TimeBudget:
     longest evaluation and the longest checkpoint measured so far in this process, times
     ``safety``. The trainer evaluates once before the first step, so an evaluation's
     cost is known from the start; a checkpoint's from the first periodic one.
+
+    Periodic work falls every ``eval_share`` (``checkpoint_share``) of the budget, but
+    never so often that it would take more than ``work_share`` of the budget: a period
+    is at least the longest measured cost of that work over ``work_share``. A short
+    budget with a slow evaluation trains instead of evaluating.
     """
 
     def __init__(
-        self, seconds: float, *, eval_share: float, checkpoint_share: float, safety: float = 1.5
+        self,
+        seconds: float,
+        *,
+        eval_share: float,
+        checkpoint_share: float,
+        safety: float = 1.5,
+        work_share: float = 0.05,
     ) -> None:
-        assert seconds > 0 and safety >= 1
+        assert seconds > 0 and safety >= 1 and 0 < work_share <= 1
         self.seconds = seconds
         self.safety = safety
+        self.work_share = work_share
         self.eval_seconds = 0.0  # the longest evaluation measured
         self.checkpoint_seconds = 0.0  # the longest checkpoint measured
         self.step_seconds = 0.0  # the last step's duration
@@ -78,7 +90,11 @@ class TimeBudget:
         """Whether a periodic ``kind`` ("eval" or "checkpoint") falls due in the step that
         ran from ``before`` to ``after`` (a multiple of its period was crossed)."""
         every = self._every[kind]
-        return every > 0 and math.floor(after / every) > math.floor(before / every)
+        if every <= 0:
+            return False
+        cost = self.eval_seconds if kind == "eval" else self.checkpoint_seconds
+        every = max(every, cost / self.work_share)
+        return math.floor(after / every) > math.floor(before / every)
 
     def spent_before_first_step(self) -> str:
         """Why a run's budget ran out before its first step, and what to do."""

@@ -395,7 +395,7 @@ def plot(chosen: list[Contender], curves: dict[str, Curve], png: Path) -> None:
     ax.axhline(TARGET_BPB, color="grey", linewidth=0.8, linestyle="--")
     ax.set_xlabel("wall-clock minutes (2 CPU threads)")
     ax.set_ylabel("validation bits per byte")
-    ax.set_ylim(1.3, 2.6)
+    ax.set_ylim(1.1, 2.6)
     ax.set_title("scratchlm speedrun on stdlib_py")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)

@@ -24,6 +24,7 @@ from scratchlm.tune.lora import ADAPTER_DIR, export_adapter
 
 EPILOG = """examples:
   scratchlm train                                   # the default run on the built-in data
+  scratchlm train --data data/ --time-budget 15m     # preset mini, sized by the clock
   scratchlm train --data data/ --preset small --steps 2000 --out runs/small
   scratchlm train --config run.toml --lr 3e-4        # a file's settings, one flag changed
   scratchlm train --resume runs/small                # continue after a crash or Ctrl-C

@@ -107,7 +107,7 @@ class TrainConfig:
     data: str = setting("", "prepared data directory (train.bin, val.bin, meta.json)")
     out: str = setting("runs/train", "run directory")
     tokenizer: str = setting("", "tokenizer directory (default: DATA_DIR/tokenizer.json)")
-    preset: str = setting("small", "model preset: " + ", ".join(PRESETS))
+    preset: str = setting("mini", "model preset: " + ", ".join(PRESETS))
     model: dict[str, Any] = field(default_factory=dict)  # overrides of the preset's fields
     init_from: str = setting("", "start from this checkpoint's weights instead of random ones")
     phase: str = "pretrain"

@@ -31,10 +31,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from scratchlm.errors import ScratchLMError
-from scratchlm.model.decode_blocks import FusedAttention, FusedRMSNorm, FusedSwiGLU
+from scratchlm.model.decode_blocks import FusedAttention, FusedBlock, FusedRMSNorm, FusedSwiGLU
 from scratchlm.model.layers import Linear
 from scratchlm.model.quantize import Int8Linear, quantize_weight
-from scratchlm.model.transformer import MultiHeadSelfAttention, RMSNorm, SwiGLU
+from scratchlm.model.transformer import (
+    MultiHeadSelfAttention,
+    RMSNorm,
+    SwiGLU,
+    TransformerBlock,
+)
 
 # split_linear: at most this many rows (decoding steps of up to 32 sequences).
 SPLIT_MAX_ROWS = 32
@@ -53,31 +58,49 @@ def takes_split_path(x: Tensor, weight: Tensor) -> bool:
     if torch.compiler.is_compiling() or torch.is_grad_enabled() or not x.is_cpu:
         return False
     threads = torch.get_num_threads()
+    out_features, in_features = weight.shape
+    # Row- or column-major, read from the strides (weight.t() would be one more op).
+    one_block = weight.stride() in ((in_features, 1), (1, out_features))
     return (
         threads > 1
-        and weight.shape[0] >= threads
+        and out_features >= threads
         and x.numel() <= SPLIT_MAX_ROWS * x.shape[-1]
         and weight.numel() >= SPLIT_MIN_WEIGHTS
-        and (weight.is_contiguous() or weight.t().is_contiguous())
+        and (one_block or weight.is_contiguous())
     )
 
 
-def split_linear(x: Tensor, weight: Tensor, parts: int | None = None) -> Tensor:
+def weight_blocks(weight: Tensor, parts: int) -> Tensor:
+    """The first parts * n outputs of weight (out, in), n = out // parts, as ``parts``
+    blocks (parts, in, n): block p is the view weight[p * n : (p+1) * n] transposed."""
+    out_features, in_features = weight.shape
+    n = out_features // parts
+    return weight[: parts * n].view(parts, n, in_features).transpose(1, 2)
+
+
+def split_linear(
+    x: Tensor, weight: Tensor, parts: int | None = None, blocks: Tensor | None = None
+) -> Tensor:
     """x W^T with the outputs split into ``parts`` blocks (default: torch's threads),
     multiplied as one batched product whose batch entries run on separate threads.
     x (..., in), weight (out, in) -> (..., out). Same sums in the same order within each
     output as F.linear, so equal to float rounding (tests/model/test_inference.py).
+    ``blocks``: ``weight_blocks(weight, parts)``, when the caller keeps it.
 
     No copy of the weight: block p is the view weight[p * n : (p+1) * n], n = out // parts.
     When parts does not divide out (GPT-2's 50,257-token vocabulary), the last few rows
     are one small product of their own.
     """
     parts = parts or torch.get_num_threads()
+    blocks = weight_blocks(weight, parts) if blocks is None else blocks  # (parts, in, n)
     out_features, in_features = weight.shape
-    n = out_features // parts
-    rows = x.reshape(1, -1, in_features).expand(parts, -1, -1)  # (parts, M, in)
-    blocks = weight[: parts * n].view(parts, n, in_features).transpose(1, 2)  # (parts, in, n)
-    y = torch.bmm(rows, blocks).transpose(0, 1).reshape(*x.shape[:-1], parts * n)
+    n = blocks.shape[-1]
+    # x @ blocks: torch.matmul broadcasts the rows to every block, one bmm, no copies.
+    if x.numel() == in_features:  # one row (a decoding step of one sequence)
+        y = torch.matmul(x, blocks).view(*x.shape[:-1], parts * n)  # (..., parts, 1, n)
+    else:
+        y = torch.matmul(x.reshape(-1, in_features), blocks)  # (parts, M, n)
+        y = y.transpose(0, 1).reshape(*x.shape[:-1], parts * n)
     if parts * n < out_features:
         y = torch.cat([y, F.linear(x, weight[parts * n :])], dim=-1)
     return y  # (..., out)
@@ -98,6 +121,9 @@ class DecodeLinear(nn.Module):
         self.register_buffer(
             "bias", None if bias is None else bias.detach(), persistent=False
         )  # (out,)
+        # (weight, parts, weight_blocks(weight, parts)) of the last split product: the
+        # views are taken once, not every step (again if the weight or threads change).
+        self._blocks: tuple[Tensor, int, Tensor] | None = None
 
     @property
     def weight(self) -> Tensor:
@@ -110,13 +136,20 @@ class DecodeLinear(nn.Module):
         w = self.decode_weight
         if w.dtype != x.dtype:  # bfloat16 weights: the product in bfloat16
             rows = x.to(w.dtype)
-            y = split_linear(rows, w) if takes_split_path(rows, w) else F.linear(rows, w)
+            y = self._split(rows, w) if takes_split_path(rows, w) else F.linear(rows, w)
             y = y.to(x.dtype)
             return y if self.bias is None else y + self.bias
         if takes_split_path(x, w):
-            y = split_linear(x, w)
+            y = self._split(x, w)
             return y if self.bias is None else y + self.bias
         return F.linear(x, w, self.bias)
+
+    def _split(self, x: Tensor, w: Tensor) -> Tensor:
+        parts = torch.get_num_threads()
+        kept = self._blocks
+        if kept is None or kept[0] is not w or kept[1] != parts:
+            kept = self._blocks = (w, parts, weight_blocks(w, parts))
+        return split_linear(x, w, parts, kept[2])
 
     def extra_repr(self) -> str:
         w = self.decode_weight
@@ -183,8 +216,9 @@ def prepare_for_inference(
 
 def fuse_layers(model: nn.Module, product: Callable[[Tensor, Tensor | None], nn.Module]) -> None:
     """Swap, in place, each attention for a ``FusedAttention`` (its q, k, v weights
-    stacked into one product), each SwiGLU for a ``FusedSwiGLU`` (gate and up stacked)
-    and each RMSNorm for a ``FusedRMSNorm``. ``product(weight, bias)`` builds the module
+    stacked into one product), each SwiGLU for a ``FusedSwiGLU`` (gate and up stacked),
+    each RMSNorm for a ``FusedRMSNorm`` and each block for a ``FusedBlock`` (no dropout
+    layers). ``product(weight, bias)`` builds the module
     of a stacked weight (out, in). The other Linears are left for the caller, and so
     are layers whose projections are not plain Linears (an adapter wrapped around one
     must keep computing its own product)."""
@@ -208,6 +242,11 @@ def fuse_layers(model: nn.Module, product: Callable[[Tensor, Tensor | None], nn.
             else:
                 continue
             setattr(parent, name, new)
+    # Then the blocks, around the layers they now hold.
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is TransformerBlock:
+                setattr(parent, name, FusedBlock(child))
 
 
 def _stacked(layers: tuple[nn.Module, ...]) -> tuple[Tensor, Tensor | None]:

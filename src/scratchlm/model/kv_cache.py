@@ -35,6 +35,9 @@ class KVCache:
         shape = (depth, batch_size, n_kv_heads, max_len, head_dim)
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
+        # Each layer's keys and values as views (B, Hkv, max_len, D), taken once: a
+        # decoding step then writes and reads them with two calls each, not five.
+        self._layers = list(zip(self.k.unbind(0), self.v.unbind(0), strict=True))
         self.batch_size, self.max_len = batch_size, max_len
         self.length = 0
         self.key_mask: Tensor | None = None  # (B, max_len) bool, only once padding is seen
@@ -76,10 +79,11 @@ class KVCache:
     def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         """Write k, v (B, Hkv, T, D) at the current length of ``layer``; return all keys
         and values so far, (B, Hkv, length + T, D)."""
-        end = self.length + k.shape[2]
-        self.k[layer, :, :, self.length : end] = k
-        self.v[layer, :, :, self.length : end] = v
-        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+        keys, values = self._layers[layer]  # (B, Hkv, max_len, D), views of k and v
+        start, t = self.length, k.shape[2]
+        keys.narrow(2, start, t).copy_(k)
+        values.narrow(2, start, t).copy_(v)
+        return keys.narrow(2, 0, start + t), values.narrow(2, 0, start + t)
 
     def advance(self, t: int) -> None:
         self.length += t

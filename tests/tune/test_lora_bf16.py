@@ -49,8 +49,8 @@ def adapted(base: str, **overrides) -> TransformerLM:
 
 
 def round_to_bf16(model: TransformerLM, modules: tuple[type, ...]) -> None:
-    """Round the weights of ``model``'s ``modules`` (Linear, Embedding) to bf16 values,
-    kept in float32."""
+    """Round the weights of ``model``'s ``modules`` (Linear, Embedding, LoraLinear: its
+    base weight) to bf16 values, kept in float32."""
     with torch.no_grad():
         for m in model.modules():
             if isinstance(m, modules):
@@ -113,7 +113,7 @@ def test_under_bf16_autocast_it_computes_what_the_float_base_computes():
 
 def test_without_autocast_it_is_the_float_model_with_bf16_rounded_weights():
     reference = adapted("float")
-    round_to_bf16(reference, (Embedding, Linear))
+    round_to_bf16(reference, (Embedding, Linear, LoraLinear))
     model = adapted("bf16")
     loss, grads = loss_and_grads(model, autocast=False)
     want_loss, want_grads = loss_and_grads(reference, autocast=False)
@@ -243,7 +243,7 @@ def test_sft_on_a_bf16_base_trains_the_adapters_and_resumes_exactly(pretrained, 
         if int(later.name.rpartition("_")[2]) > 3:
             shutil.rmtree(later)
     shutil.rmtree(run / "adapter", ignore_errors=True)
-    assert main([*command, "--steps", "6", "--checkpoint-every", "3", "--resume"]) == 0
+    assert main([*command, "--steps", "6", "--checkpoint-every", "3"]) == 0  # resumes
     again = load_file(resolve_checkpoint(run) / "model.safetensors")
     for key, tensor in load_file(tmp_path / "uninterrupted.safetensors").items():
         torch.testing.assert_close(again[key], tensor, rtol=0, atol=0, msg=key)

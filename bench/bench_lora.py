@@ -2,24 +2,33 @@
 
     .venv/bin/python bench/bench_lora.py [--quick] [--steps N] [--batch N] [--seq-len N]
                                          [--precision P] [--checkpointing off|on|both]
+                                         [--malloc default|mmap|both] [--loss-chunk N]
+                                         [--preset NAME] [--modes NAME,...]
                                          [--threads N] [--markdown PATH]
 
-Each contender trains preset ``small`` (random weights: memory and speed do not depend
-on them) in a fresh process (``harness.measure_torch``, 2 threads), on the same random
-token batches, with what the trainer does per step: forward + loss under the run's
-autocast (``--precision``, default: what ``--precision auto`` picks here, bf16 on a CPU
-with hardware bf16), backward, clip the gradient to 1.0, AdamW (``build_optimizer``,
-fused where torch has it), zero_grad:
+Each contender trains a preset (``small`` by default; random weights: memory and speed
+do not depend on them) in a fresh process (``harness.measure``, 2 threads), on the same
+random token batches, with what the trainer does per step: forward + loss under the
+run's autocast (``--precision``, default: what ``--precision auto`` picks here, bf16 on
+a CPU with hardware bf16), backward, clip the gradient to 1.0, AdamW
+(``build_optimizer``, fused where torch has it), zero_grad:
 
 - full: every parameter trained (what ``scratchlm sft`` does without ``--lora``);
-- lora: ``--lora r=8,alpha=16,targets=q_proj,v_proj``, the base frozen;
+- lora: ``--lora r=8,alpha=16,targets=q_proj,v_proj``, the base frozen in float32;
+- lora bf16: the same adapters on the bf16 base (``base=bf16``: every frozen matrix
+  stored in bfloat16);
 - lora int8: the same adapters on the int8 base (``base=int8``, "QLoRA-lite").
 
-All three run under the same settings, once keeping every activation for the backward
-pass and once with ``--checkpoint-activations`` (each block's input kept, the block
-recomputed in backward); each ratio compares with full fine-tuning under the same
-settings. The loss is ``model.loss``, the chunked output layer + cross-entropy the trainer
-uses (it never holds the (tokens x vocabulary) logits at once).
+All run under the same settings, once keeping every activation for the backward pass
+and once with ``--checkpoint-activations`` (each block's input kept, the block
+recomputed in backward), and (``--malloc``) with glibc's default allocator settings or
+with ``MALLOC_MMAP_THRESHOLD_=65536`` (every allocation over 64 KiB is its own mapping,
+returned to the kernel when freed, so the RSS follows the live tensors instead of
+keeping freed blocks in the heap). Each ratio compares with full fine-tuning under the
+same settings, and with full fine-tuning at its best (the lowest full peak measured in
+the same invocation, whatever its settings). The loss is ``model.loss``, the chunked
+output layer + cross-entropy the trainer uses (it never holds the (tokens x vocabulary)
+logits at once; ``--loss-chunk`` rows at a time).
 
 Peak RSS is read from the kernel (VmHWM). The training peak is measured from the start
 of the first step, after the model was built (the high-water mark is reset through
@@ -42,13 +51,19 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from harness import Report, Run, Table, cores, load_average, measure_torch, package_version, ratio
+from harness import Report, Run, Table, cores, load_average, measure, package_version, ratio
 
 MODES = {
     "full": "",
     "lora": "r=8,alpha=16,targets=q_proj,v_proj",
+    "lora bf16": "r=8,alpha=16,base=bf16,targets=q_proj,v_proj",
     "lora int8": "r=8,alpha=16,base=int8,targets=q_proj,v_proj",
 }
+MALLOC = {  # glibc settings of the child process
+    "default": {},
+    "mmap": {"MALLOC_MMAP_THRESHOLD_": "65536"},
+}
+LOSS_CHUNK = 1024  # the model's default (model/loss.py)
 SEED = 1337
 MIB = 2**20
 
@@ -70,11 +85,13 @@ def train_steps(
     seq_len: int,
     precision: str = "fp32",
     checkpointing: bool = False,
+    preset_name: str = "small",
+    loss_chunk: int = LOSS_CHUNK,
 ) -> dict:
-    """Train preset small for ``warmup`` + ``steps`` steps, LoRA per ``spec`` ("" = full
-    fine-tuning), under ``precision``'s autocast ("auto": what the trainer would pick),
-    with activation checkpointing or not; returns step times, memory and parameter
-    counts."""
+    """Train ``preset_name`` for ``warmup`` + ``steps`` steps, LoRA per ``spec`` ("" =
+    full fine-tuning), under ``precision``'s autocast ("auto": what the trainer would
+    pick), with activation checkpointing or not, the loss ``loss_chunk`` rows at a time;
+    returns step times, memory and parameter counts."""
     import torch
 
     from scratchlm.config import preset
@@ -88,7 +105,7 @@ def train_steps(
     precision = pick_precision(precision, cpu, cpu_flags())
     torch.manual_seed(SEED)
     rss_start = _status("VmRSS")
-    model = TransformerLM(preset("small", context_length=seq_len)).train()
+    model = TransformerLM(preset(preset_name, context_length=seq_len)).train()
     model.checkpoint_activations = checkpointing
     if spec:
         apply_lora(model, parse_lora_spec(spec))
@@ -104,7 +121,7 @@ def train_steps(
         start = time.perf_counter()
         rows = batches[i % len(batches)]
         with autocast(cpu, precision):
-            loss = model.loss(rows[:, :-1], rows[:, 1:])
+            loss = model.loss(rows[:, :-1], rows[:, 1:], chunk_size=loss_chunk)
         loss.backward()
         clip_grad_norm(model.parameters(), 1.0)
         optimizer.step()
@@ -130,50 +147,62 @@ def train_steps(
         "precision": precision,
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
+        "malloc": os.environ.get("MALLOC_MMAP_THRESHOLD_", "default"),
     }
 
 
 GROUPS = {"off": (False,), "on": (True,), "both": (False, True)}
+MALLOC_GROUPS = {"default": ("default",), "mmap": ("mmap",), "both": ("default", "mmap")}
+Key = tuple[str, bool, str]  # contender, checkpointing, malloc
 
 
 def _group(checkpointing: bool) -> str:
     return "checkpointed" if checkpointing else "all kept"
 
 
-def results_table(runs: dict[tuple[str, bool], Run], args: argparse.Namespace) -> Table:
+def _above(r: dict) -> float:
+    """The training peak above the RSS the process had before the model was built."""
+    return r["train_peak_mib"] - r["rss_start_mib"]
+
+
+def results_table(runs: dict[Key, Run], args: argparse.Namespace) -> Table:
     done = [r.result for r in runs.values() if not r.error]
     precision = done[0]["precision"] if done else args.precision
     title = (
-        f"preset small, batch {args.batch} x {args.seq_len} tokens, {precision} autocast, "
-        f"{args.threads} threads, {args.steps} timed steps after {args.warmup}"
+        f"preset {args.preset}, batch {args.batch} x {args.seq_len} tokens, {precision} "
+        f"autocast, loss {args.loss_chunk} rows at a time, {args.threads} threads, "
+        f"{args.steps} timed steps after {args.warmup}"
     )
-    headers = ["training", "activations", "trainable params", "weights MiB",
-               "optimizer state MiB", "training peak RSS MiB", "vs full",
-               "peak above baseline MiB", "vs full", "process peak RSS MiB",
+    headers = ["training", "activations", "malloc", "trainable params", "weights MiB",
+               "optimizer state MiB", "training peak RSS MiB", "vs full", "vs best full",
+               "peak above baseline MiB", "vs full", "vs best full", "process peak RSS MiB",
                "tokens/s (median)", "vs full"]  # fmt: skip
     table = Table(title, headers)
 
     def tps(r: dict) -> float:
         return r["tokens_per_step"] / statistics.median(r["step_s"])
 
-    def above(r: dict) -> float:
-        return r["train_peak_mib"] - r["rss_start_mib"]
-
-    for (name, checkpointing), run in runs.items():
+    fulls = [run.result for (name, _, _), run in runs.items() if name == "full" and not run.error]
+    best_peak = min((r["train_peak_mib"] for r in fulls), default=None)
+    best_above = min((_above(r) for r in fulls), default=None)
+    for (name, checkpointing, malloc), run in runs.items():
         group = _group(checkpointing)
         if run.error:
-            table.rows.append([name, group, "failed", run.error] + [""] * 8)
+            table.rows.append([name, group, malloc, "failed", run.error] + [""] * 10)
             continue
         r = run.result
-        full = runs.get(("full", checkpointing))
+        full = runs.get(("full", checkpointing, malloc))
         base = full.result if full is not None and not full.error else None
         peak = ratio(r["train_peak_mib"] / base["train_peak_mib"]) if base else ""
-        net = ratio(above(r) / above(base)) if base else ""
+        net = ratio(_above(r) / _above(base)) if base else ""
         speed = ratio(tps(r) / tps(base)) if base else ""
+        best = ratio(r["train_peak_mib"] / best_peak) if best_peak else ""
+        best_net = ratio(_above(r) / best_above) if best_above else ""
         table.rows.append([
-            name, group, f"{r['trainable']:,}", f"{r['weights_mib']:,.0f}",
-            f"{r['optimizer_mib']:,.1f}", f"{r['train_peak_mib']:,.0f}", peak,
-            f"{above(r):,.0f}", net, f"{run.peak_rss_mib:,.0f}", f"{tps(r):,.0f}", speed,
+            name, group, malloc, f"{r['trainable']:,}", f"{r['weights_mib']:,.0f}",
+            f"{r['optimizer_mib']:,.1f}", f"{r['train_peak_mib']:,.0f}", peak, best,
+            f"{_above(r):,.0f}", net, best_net, f"{run.peak_rss_mib:,.0f}",
+            f"{tps(r):,.0f}", speed,
         ])  # fmt: skip
     if done:
         starts = sorted(r["rss_start_mib"] for r in done)
@@ -185,6 +214,10 @@ def results_table(runs: dict[tuple[str, bool], Run], args: argparse.Namespace) -
         "LoRA: " + "; ".join(f"{k}: --lora {v}" for k, v in MODES.items() if v),
         "activations: all kept for backward, or checkpointed (--checkpoint-activations: "
         "each block's input kept, the block recomputed in backward)",
+        "malloc: glibc's default settings, or mmap: MALLOC_MMAP_THRESHOLD_=65536 (freed "
+        "tensors go back to the kernel)",
+        "vs full: under the same settings; vs best full: against the lowest full "
+        "fine-tuning figure in this table, whatever its settings",
         "the issue's target: LoRA's training peak at most 0.50x full fine-tuning's",
         "random token batches (fixed seed), the loss on every position; one process per row",
     ]
@@ -200,7 +233,7 @@ def machine_table(args: argparse.Namespace) -> Table:
         ["python", platform.python_version()],
         ["torch", package_version("torch")],
         ["torch threads", f"{args.threads} (torch.set_num_threads, OMP_NUM_THREADS)"],
-        ["glibc malloc", malloc or "default settings (freed memory may stay resident)"],
+        ["glibc malloc (this process)", malloc or "default settings"],
         ["date", datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")],
     ]
     return table
@@ -221,23 +254,45 @@ def main(argv: list[str] | None = None) -> None:
         "--checkpointing", choices=sorted(GROUPS), default="both",
         help="activation checkpointing off, on, or both (each contender twice)",
     )  # fmt: skip
+    p.add_argument(
+        "--malloc", choices=sorted(MALLOC_GROUPS), default="default",
+        help="glibc's default settings, mmap (MALLOC_MMAP_THRESHOLD_=65536), or both",
+    )  # fmt: skip
+    p.add_argument(
+        "--loss-chunk", type=int, default=LOSS_CHUNK,
+        help=f"rows of the output layer + loss at a time (default {LOSS_CHUNK}, the model's)",
+    )  # fmt: skip
+    p.add_argument("--preset", default="small", help="the model (default small)")
+    p.add_argument(
+        "--modes", default=",".join(MODES),
+        help=f"the contenders, comma-separated (default all: {','.join(MODES)})",
+    )  # fmt: skip
     p.add_argument("--markdown", type=Path, help="also write the tables here as Markdown")
     args = p.parse_args(argv)
     args.steps = args.steps or (2 if args.quick else 20)
     args.batch = args.batch or (2 if args.quick else 8)
     args.seq_len = args.seq_len or (64 if args.quick else 256)
+    modes = [m.strip() for m in args.modes.split(",")]
+    unknown = [m for m in modes if m not in MODES]
+    if unknown:
+        p.error(f"unknown contender {unknown[0]!r}: choose from {', '.join(MODES)}")
+    if "default" in MALLOC_GROUPS[args.malloc] and any(k in os.environ for k in MALLOC["mmap"]):
+        p.error("MALLOC_MMAP_THRESHOLD_ is set here: unset it, or measure with --malloc mmap")
 
     report = Report()
     report.show(machine_table(args))
-    runs: dict[tuple[str, bool], Run] = {}
-    for checkpointing in GROUPS[args.checkpointing]:
-        for name, spec in MODES.items():
-            runs[name, checkpointing] = measure_torch(
-                train_steps, threads=args.threads, timeout=3600, spec=spec, steps=args.steps,
-                warmup=args.warmup, batch=args.batch, seq_len=args.seq_len,
-                precision=args.precision, checkpointing=checkpointing,
-            )  # fmt: skip
-            print(f"  {name}, {_group(checkpointing)}: done", flush=True)
+    runs: dict[Key, Run] = {}
+    for malloc in MALLOC_GROUPS[args.malloc]:
+        for checkpointing in GROUPS[args.checkpointing]:
+            for name in modes:
+                runs[name, checkpointing, malloc] = measure(
+                    train_steps, env=MALLOC[malloc], threads=args.threads, timeout=3600,
+                    spec=MODES[name], steps=args.steps, warmup=args.warmup,
+                    batch=args.batch, seq_len=args.seq_len, precision=args.precision,
+                    checkpointing=checkpointing, preset_name=args.preset,
+                    loss_chunk=args.loss_chunk,
+                )  # fmt: skip
+                print(f"  {name}, {_group(checkpointing)}, malloc {malloc}: done", flush=True)
     report.show(results_table(runs, args))
     quick = " (--quick: few steps, not for docs)" if args.quick else ""
     report.finish(f"LoRA vs full fine-tuning{quick}", args.markdown)

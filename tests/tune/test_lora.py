@@ -201,6 +201,7 @@ def test_spec_parses_every_setting():
     c = parse_lora_spec("r=8,alpha=16,dropout=0.05,targets=q_proj,v_proj")
     assert c == LoraConfig(r=8, alpha=16.0, dropout=0.05, targets=("q_proj", "v_proj"))
     assert parse_lora_spec("base=int8,r=2").base == "int8"
+    assert parse_lora_spec("base=bf16").base == "bf16"
     assert parse_lora_spec("targets=all-linear,r=2") == LoraConfig(r=2, targets=("all-linear",))
     assert parse_lora_spec("r=4") == LoraConfig(r=4)
     assert parse_lora_spec(c.spec()) == c
@@ -224,7 +225,7 @@ def test_config_round_trips_through_json():
         ("r=8,8", "cannot read '8'"),
         ("r=8,r=4", "given twice"),
         ("targets=", "targets must be module names"),
-        ("base=int4", "base='int4' is not one of float, int8"),
+        ("base=int4", "base='int4' is not one of float, bf16, int8"),
     ],
 )
 def test_bad_specs_name_the_problem(spec, message):

@@ -47,6 +47,7 @@ def peft_logits(hf_dir, adapter_dir, ids: torch.Tensor) -> torch.Tensor:
         (LoraConfig(r=2, alpha=5, targets=("all-linear", "lm_head")), {"tie_embeddings": False}),
         (LoraConfig(r=3, alpha=3, targets=("layers.1.mlp.down_proj", "k_proj")), {}),
         (LoraConfig(r=4, alpha=8, base="int8", targets=("all-linear",)), {}),  # dequantized
+        (LoraConfig(r=4, alpha=8, base="bf16", targets=("all-linear",)), {}),  # bf16 values
     ],
 )
 def test_peft_loads_our_adapter_onto_our_export(tmp_path, lora, overrides):

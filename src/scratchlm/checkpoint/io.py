@@ -60,7 +60,8 @@ from scratchlm.checkpoint.state import (
 from scratchlm.config import ModelConfig
 from scratchlm.errors import CheckpointError, ConfigError
 from scratchlm.model.inference import refuse_prepared
-from scratchlm.model.lora import LoraConfig, lora_config_of
+from scratchlm.model.lora import lora_config_of
+from scratchlm.model.lora_config import LoraConfig
 from scratchlm.tokenizer.files import save_tokenizer
 
 log = logging.getLogger(__name__)

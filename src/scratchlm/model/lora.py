@@ -13,8 +13,10 @@ the change is linear, it folds back into the weight when training is done:
 
     W' = W + (alpha / r) * B A                                   (``merge_lora``)
 
-and the merged model is an ordinary one, as fast as the base. With ``base="int8"`` the
-frozen hidden layers are stored as int8 first ("QLoRA-lite", model/lora_int8.py).
+and the merged model is an ordinary one, as fast as the base. With ``base="bf16"`` every
+frozen matrix is stored in bfloat16 first (model/lora_bf16.py: half the memory, the same
+products under bf16 autocast); with ``base="int8"`` the frozen hidden layers are stored
+as int8 ("QLoRA-lite", model/lora_int8.py). The settings: model/lora_config.py.
 
 ``apply_lora(model, config)`` wraps the chosen ``Linear`` layers in place by name
 (``q_proj``, ``mlp.up_proj``, ``layers.0.self_attn.v_proj``... or ``all-linear``: every
@@ -30,11 +32,8 @@ trainer build LoRA models; ``scratchlm.tune.lora`` is the interface users import
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -42,124 +41,16 @@ from torch import Tensor, nn
 
 from scratchlm.errors import ConfigError
 from scratchlm.model.layers import Linear
+from scratchlm.model.lora_bf16 import (
+    FrozenBf16Embedding,
+    FrozenBf16Linear,
+    float_module,
+    store_base_bf16,
+    weight_for,
+)
+from scratchlm.model.lora_config import ALL_LINEAR, OUTPUT_LAYER, LoraConfig
 from scratchlm.model.lora_int8 import FrozenInt8Linear, Int8Matmul, quantize_base
 from scratchlm.model.quantize import dequantize_weight
-
-ALL_LINEAR = "all-linear"
-OUTPUT_LAYER = "lm_head"
-SPEC_KEYS = ("r", "alpha", "dropout", "base", "targets")
-SPEC_EXAMPLE = "r=8,alpha=16,targets=q_proj,v_proj"
-BASES = ("float", "int8")  # how the frozen weights are stored
-
-
-@dataclass
-class LoraConfig:
-    """Which layers get adapters and how big they are. ``targets``: module names or
-    name endings (``q_proj`` matches ``layers.3.self_attn.q_proj``), or ``all-linear``.
-    ``base``: "float", or "int8" to store the frozen hidden layers as int8."""
-
-    r: int = 8
-    alpha: float = 16.0
-    dropout: float = 0.0
-    targets: tuple[str, ...] = ("q_proj", "v_proj")
-    base: str = "float"
-
-    def __post_init__(self) -> None:
-        if isinstance(self.targets, str):
-            self.targets = (self.targets,)
-        self.targets = tuple(self.targets)  # JSON gives a list
-        if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r < 1:
-            raise ConfigError(f"LoRA r (the rank) must be a positive integer, got {self.r!r}")
-        if isinstance(self.alpha, bool) or not isinstance(self.alpha, int | float):
-            raise ConfigError(f"LoRA alpha must be a number, got {self.alpha!r}")
-        if not (math.isfinite(self.alpha) and self.alpha > 0):
-            raise ConfigError(f"LoRA alpha must be a positive number, got {self.alpha!r}")
-        self.alpha = float(self.alpha)
-        if isinstance(self.dropout, bool) or not isinstance(self.dropout, int | float):
-            raise ConfigError(f"LoRA dropout must be a number in [0, 1), got {self.dropout!r}")
-        if not 0 <= self.dropout < 1:
-            raise ConfigError(f"LoRA dropout must be in [0, 1), got {self.dropout!r}")
-        self.dropout = float(self.dropout)
-        if self.base not in BASES:
-            raise ConfigError(f"LoRA base={self.base!r} is not one of {', '.join(BASES)}")
-        if not self.targets or not all(isinstance(t, str) and t for t in self.targets):
-            raise ConfigError(
-                f"LoRA targets must be module names such as q_proj,v_proj or {ALL_LINEAR}, "
-                f"got {list(self.targets)!r}"
-            )
-
-    @property
-    def scale(self) -> float:
-        """alpha / r: the adapter's output is multiplied by it, so changing r at a fixed
-        alpha keeps the size of the update roughly the same."""
-        return self.alpha / self.r
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**dataclasses.asdict(self), "targets": list(self.targets)}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> LoraConfig:
-        if not isinstance(data, dict):
-            raise ConfigError(f"a LoRA config must be a JSON object, got {data!r}")
-        unknown = sorted(set(data) - set(SPEC_KEYS))
-        if unknown:
-            raise ConfigError(
-                f"unknown LoRA setting {unknown[0]!r} (the settings: {', '.join(SPEC_KEYS)})"
-            )
-        return cls(**data)
-
-    def spec(self) -> str:
-        """The canonical ``--lora`` text of this config (``parse_lora_spec`` reads it)."""
-        return (
-            f"r={self.r},alpha={self.alpha:g},dropout={self.dropout:g},base={self.base},"
-            f"targets={','.join(self.targets)}"
-        )
-
-
-def parse_lora_spec(spec: str) -> LoraConfig:
-    """``"r=8,alpha=16,dropout=0.05,targets=q_proj,v_proj"`` -> LoraConfig. Settings left
-    out keep their defaults; the words after ``targets=`` up to the next KEY= are its
-    list. ConfigError naming the bad part and what is allowed."""
-    if not isinstance(spec, str) or not spec.strip():
-        raise ConfigError(f"empty LoRA spec: give settings such as {SPEC_EXAMPLE}")
-    values: dict[str, list[str]] = {}
-    key = None
-    for part in (p.strip() for p in spec.split(",")):
-        name, sep, value = part.partition("=")
-        if sep:
-            key = name.strip()
-            if key not in SPEC_KEYS:
-                raise ConfigError(
-                    f"unknown LoRA setting {key!r} in {spec!r}: the settings are "
-                    f"{', '.join(SPEC_KEYS)} (e.g. {SPEC_EXAMPLE})"
-                )
-            if key in values:
-                raise ConfigError(f"LoRA setting {key!r} is given twice in {spec!r}")
-            values[key] = [value.strip()]
-        elif key == "targets" and part:
-            values[key].append(part)
-        else:
-            raise ConfigError(
-                f"cannot read {part!r} in the LoRA spec {spec!r}: expected KEY=VALUE with "
-                f"KEY one of {', '.join(SPEC_KEYS)} (e.g. {SPEC_EXAMPLE})"
-            )
-    settings: dict[str, Any] = {}
-    for key, words in values.items():
-        if key in ("targets", "base"):
-            settings[key] = tuple(words) if key == "targets" else words[0]
-            continue
-        number = _number(words[0], key, spec)
-        settings[key] = int(number) if key == "r" and number.is_integer() else number
-    return LoraConfig(**settings)
-
-
-def _number(text: str, key: str, spec: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        raise ConfigError(
-            f"LoRA {key}={text!r} in {spec!r} is not a number (e.g. {SPEC_EXAMPLE})"
-        ) from None
 
 
 class LoraLinear(nn.Module):
@@ -167,24 +58,32 @@ class LoraLinear(nn.Module):
     y = x W^T + b + scale * dropout(x) A^T B^T, with A (r, in), B (out, r).
 
     The base layer's tensors keep their names: ``weight`` and ``bias`` of a Linear (its
-    own Parameters, shared, not copied: a tied matrix stays tied), or ``qweight``,
-    ``scale`` and ``bias`` of a FrozenInt8Linear. ``enabled`` False runs the base alone
+    own Parameters, shared, not copied: a tied matrix stays tied) or of a
+    FrozenBf16Linear, or ``qweight``, ``scale`` and ``bias`` of a FrozenInt8Linear. The
+    adapters get the dtype the base computes in (float32 over a bf16 or int8 base).
+    ``enabled`` False runs the base alone
     (``adapters_disabled``); ``merged`` True means the update has been added into
     ``weight`` (``merge``)."""
 
     def __init__(
-        self, base: Linear | FrozenInt8Linear, r: int, alpha: float, dropout: float = 0.0
+        self,
+        base: Linear | FrozenBf16Linear | FrozenInt8Linear,
+        r: int,
+        alpha: float,
+        dropout: float = 0.0,
     ) -> None:
         super().__init__()
         self.in_features, self.out_features = base.in_features, base.out_features
         self.quantized = isinstance(base, FrozenInt8Linear)
+        self.bf16_base = isinstance(base, FrozenBf16Linear)
         if self.quantized:
             self.register_buffer("qweight", base.qweight)  # (out, in) int8
             self.register_buffer("scale", base.scale)  # (out,)
             device, dtype = base.scale.device, base.scale.dtype
         else:
             self.weight = base.weight  # (out, in), frozen by apply_lora
-            device, dtype = base.weight.device, base.weight.dtype
+            device = base.weight.device
+            dtype = base.dtype if self.bf16_base else base.weight.dtype
         self.bias = base.bias
         self.r, self.alpha, self.lora_scale = r, alpha, alpha / r
         self.lora_A = nn.Parameter(torch.empty(r, self.in_features, device=device, dtype=dtype))
@@ -201,7 +100,7 @@ class LoraLinear(nn.Module):
             y = Int8Matmul.apply(x, self.qweight, self.scale)
             y = y if self.bias is None else y + self.bias
         else:
-            y = F.linear(x, self.weight, self.bias)
+            y = F.linear(x, weight_for(x, self.weight), self.bias)
         if self.merged or not self.enabled:
             return y
         h = F.linear(self.dropout(x), self.lora_A)  # (..., r)
@@ -212,18 +111,19 @@ class LoraLinear(nn.Module):
         return (self.lora_B @ self.lora_A) * self.lora_scale
 
     def base_weight(self) -> Tensor:
-        """The frozen weight (out, in): the int8 one dequantized to float32."""
+        """The frozen weight (out, in): an int8 or bf16 one in float32 (the adapters' dtype)."""
         if self.quantized:
             return dequantize_weight(self.qweight, self.scale)
-        return self.weight
+        return self.weight.to(self.lora_A.dtype)
 
     @torch.no_grad()
     def merge(self) -> None:
         """Add the update into ``weight`` (forward then skips the adapter)."""
-        if self.quantized:
+        if self.quantized or self.bf16_base:
+            kind = "int8" if self.quantized else "bf16"
             raise ConfigError(
-                "adapters on an int8 base cannot be merged in place: merge_lora gives a "
-                "float model (the dequantized weights plus the update)"
+                f"adapters on an {kind} base cannot be merged in place: merge_lora gives a "
+                "float model (the base's weights in float32 plus the update)"
             )
         if not self.merged:
             self.weight.add_(self.delta_weight())
@@ -237,8 +137,8 @@ class LoraLinear(nn.Module):
             self.merged = False
 
     def extra_repr(self) -> str:
-        int8 = ", int8 base" if self.quantized else ""
-        return f"{self.in_features} -> {self.out_features}, r={self.r}, alpha={self.alpha:g}{int8}"
+        base = ", int8 base" if self.quantized else ", bf16 base" if self.bf16_base else ""
+        return f"{self.in_features} -> {self.out_features}, r={self.r}, alpha={self.alpha:g}{base}"
 
 
 def _matches(name: str, target: str) -> bool:
@@ -248,7 +148,8 @@ def _matches(name: str, target: str) -> bool:
 def target_modules(model: nn.Module, config: LoraConfig) -> list[str]:
     """The names of the Linear layers ``config.targets`` picks, in model order.
     ConfigError for a target that matches none (with the names there are)."""
-    linears = [n for n, m in model.named_modules() if isinstance(m, Linear | FrozenInt8Linear)]
+    kinds = Linear | FrozenBf16Linear | FrozenInt8Linear
+    linears = [n for n, m in model.named_modules() if isinstance(m, kinds)]
     chosen: set[str] = set()
     for target in config.targets:
         if target == ALL_LINEAR:
@@ -285,6 +186,8 @@ def apply_lora(model: nn.Module, config: LoraConfig) -> list[str]:
         p.requires_grad_(False)
     if config.base == "int8":
         quantize_base(model)
+    elif config.base == "bf16":
+        store_base_bf16(model)
     for name in names:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
@@ -360,29 +263,41 @@ def strip_lora(model: nn.Module) -> None:
 
 
 def _unwrap(model: nn.Module, *, merge: bool) -> None:
-    """Put a plain Linear in place of every LoraLinear (and, for an int8 base, of every
-    FrozenInt8Linear: its dequantized weight), merging the update or not."""
+    """Put a plain Linear in place of every LoraLinear, merging the update or not, and a
+    float one in place of every frozen int8 or bf16 layer (for an int8 or bf16 base, the
+    weights in float32). A tensor two layers share (a tied output layer) stays shared."""
+    floats: dict[int, nn.Parameter] = {}  # id of a bf16 tensor -> its float form, made once
+
+    def as_float(m: FrozenBf16Linear | FrozenBf16Embedding) -> nn.Parameter:
+        if id(m.weight) not in floats:
+            floats[id(m.weight)] = nn.Parameter(m.weight.detach().to(m.dtype))
+        return floats[id(m.weight)]
+
     for name, m in list(model.named_modules()):
-        if not isinstance(m, LoraLinear | FrozenInt8Linear):
-            continue
-        if isinstance(m, FrozenInt8Linear):
-            weight = nn.Parameter(m.dequantized())
-        elif m.quantized:
-            with torch.no_grad():
-                weight = m.base_weight() + (m.delta_weight() if merge else 0)
-            weight = nn.Parameter(weight)
-        else:
-            if merge:
-                m.merge()
+        if isinstance(m, FrozenBf16Linear | FrozenBf16Embedding):
+            plain = float_module(m, as_float(m))
+        elif isinstance(m, LoraLinear | FrozenInt8Linear):
+            if isinstance(m, FrozenInt8Linear):
+                weight = nn.Parameter(m.dequantized())
+            elif m.quantized or m.bf16_base:
+                with torch.no_grad():
+                    weight = m.base_weight() + (m.delta_weight() if merge else 0)
+                weight = nn.Parameter(weight)
             else:
-                m.unmerge()
-            weight = m.weight
+                if merge:
+                    m.merge()
+                else:
+                    m.unmerge()
+                weight = m.weight
+            with torch.device("meta"):  # no allocation: the weight is moved in
+                plain = Linear(m.in_features, m.out_features, bias=m.bias is not None)
+            plain.weight, plain.bias = weight, m.bias
+            plain.train(m.training)
+        else:
+            continue
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
-        with torch.device("meta"):  # no allocation: the weight is moved in
-            plain = Linear(m.in_features, m.out_features, bias=m.bias is not None)
-        plain.weight, plain.bias = weight, m.bias
-        setattr(parent, child, plain.train(m.training))
+        setattr(parent, child, plain)
     for p in model.parameters():
         p.requires_grad_(True)
     if hasattr(model, "lora_config"):

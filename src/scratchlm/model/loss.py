@@ -30,6 +30,7 @@ from scratchlm.model.layers import softcap as soft_cap
 
 IGNORE_INDEX = -100
 REDUCTIONS = ("mean", "sum")
+LOSS_CHUNK = 1024  # rows of logits at a time: (1024, V) float32 is 39 MiB at V = 10,000
 
 
 def _check_reduction(reduction: str) -> None:
@@ -65,7 +66,7 @@ def linear_cross_entropy(
     weight: Tensor,
     targets: Tensor,
     ignore_index: int = IGNORE_INDEX,
-    chunk_size: int = 1024,
+    chunk_size: int = LOSS_CHUNK,
     reduction: str = "mean",
     softcap: float | None = None,
 ) -> Tensor:
@@ -99,6 +100,10 @@ class _LinearCrossEntropy(torch.autograd.Function):
         cap: float | None,
     ):
         ctx.weight_dtype = weight.dtype
+        if weight.dtype != h.dtype and not torch.is_autocast_enabled(h.device.type):
+            # A frozen bf16 output layer (LoRA's bf16 base) without autocast: cast once
+            # here, not per chunk. Under autocast the products take it as it is.
+            weight = weight.to(h.dtype)
         n_valid = int((targets != ignore_index).sum())  # one host sync per call
         divisor = max(n_valid, 1) if reduction == "mean" else 1
         want_h, want_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]

@@ -39,7 +39,7 @@ from scratchlm.model.layers import (
     softcap,
     softmax,
 )
-from scratchlm.model.loss import linear_cross_entropy
+from scratchlm.model.loss import LOSS_CHUNK, linear_cross_entropy
 from scratchlm.model.masks import build_attention_mask, causal_mask, segment_positions
 
 # ------------------------------------------------------------------ norm
@@ -290,16 +290,18 @@ class TransformerLM(nn.Module):
         attention_mask: Tensor | None = None,
         segment_ids: Tensor | None = None,
         reduction: str = "mean",
+        chunk_size: int = LOSS_CHUNK,
     ) -> Tensor:
         """Next-token cross-entropy over the targets that are not -100, their mean (or
         with ``reduction="sum"`` their sum): ids, targets (B, T). The fused projection +
-        loss never holds all (B, T, V) logits; equal to cross_entropy(self(ids), targets).
-        segment_ids (B, T): packed rows, as in ``forward``."""
+        loss never holds all (B, T, V) logits, only ``chunk_size`` rows of them at a
+        time; equal to cross_entropy(self(ids), targets). segment_ids (B, T): packed
+        rows, as in ``forward``."""
         hidden = self.hidden_states(
             ids, attention_mask=attention_mask, segment_ids=segment_ids
         )  # (B, T, d_model)
         return linear_cross_entropy(
-            hidden, self.lm_head.weight, targets, reduction=reduction,
+            hidden, self.lm_head.weight, targets, chunk_size=chunk_size, reduction=reduction,
             softcap=self.config.logit_softcap,
         )  # fmt: skip
 

@@ -34,7 +34,8 @@ from scratchlm.config import ModelConfig
 from scratchlm.data import data_fingerprint, read_meta, tokenizer_fingerprint
 from scratchlm.errors import ConfigError
 from scratchlm.model import TransformerLM
-from scratchlm.model.lora import apply_lora, parse_lora_spec
+from scratchlm.model.lora import apply_lora
+from scratchlm.model.lora_config import parse_lora_spec
 from scratchlm.model.resize import grow_vocab
 from scratchlm.tokenizer import load_tokenizer
 from scratchlm.train.config import PATH_SETTINGS, RESUMABLE_CHANGES, TrainConfig

@@ -19,7 +19,7 @@ from typing import Any
 from scratchlm.atomic import atomic_write_text, naming_write_errors
 from scratchlm.config import PRESETS, ModelConfig, _known_fields, flag_info, preset, setting
 from scratchlm.errors import ConfigError
-from scratchlm.model.lora import parse_lora_spec
+from scratchlm.model.lora_config import parse_lora_spec
 from scratchlm.train.budget import parse_duration
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -121,8 +121,9 @@ class TrainConfig:
     skip_bad: bool = setting(False, "skip malformed records, with a count")
     lora: str = setting(
         "",
-        "train LoRA adapters only, the model frozen: r=8,alpha=16,dropout=0,"
-        "targets=q_proj,v_proj (targets: layer names or all-linear; docs/lora.md)",
+        "train LoRA adapters only, the model frozen: r=8,alpha=16,dropout=0,base=float,"
+        "targets=q_proj,v_proj (base: float, bf16 or int8 storage of the frozen weights; "
+        "targets: layer names or all-linear; docs/lora.md)",
         metavar="SPEC",
     )
     val_data: list[str] = field(

@@ -23,8 +23,6 @@ from scratchlm.errors import CheckpointError
 from scratchlm.export import to_hf
 from scratchlm.model import TransformerLM
 from scratchlm.model.lora import (
-    ALL_LINEAR,
-    LoraConfig,
     LoraLinear,
     adapters_disabled,
     apply_lora,
@@ -34,12 +32,12 @@ from scratchlm.model.lora import (
     lora_state_dict,
     merge_adapters,
     merge_lora,
-    parse_lora_spec,
     strip_lora,
     target_modules,
     trainable_parameters,
     unmerge_adapters,
 )
+from scratchlm.model.lora_config import ALL_LINEAR, LoraConfig, parse_lora_spec
 from scratchlm.tune.peft_files import write_peft_adapter
 
 __all__ = [

@@ -30,7 +30,8 @@ from scratchlm.checkpoint.files import save_tensors, write_json
 from scratchlm.errors import ConfigError
 from scratchlm.export import architecture_for
 from scratchlm.model.layers import Linear
-from scratchlm.model.lora import OUTPUT_LAYER, LoraConfig, lora_config_of, lora_modules
+from scratchlm.model.lora import lora_config_of, lora_modules
+from scratchlm.model.lora_config import OUTPUT_LAYER, LoraConfig
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"

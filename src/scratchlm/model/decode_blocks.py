@@ -83,7 +83,7 @@ class FusedAttention(nn.Module):
         half = attn.head_dim // 2  # RoPE's half-split: -1 on the first half, +1 on the second
         sign = torch.cat([-torch.ones(half), torch.ones(attn.head_dim - half)])
         device = next(iter(qkv.buffers())).device  # the stacked weight's
-        self.register_buffer("sign", sign.to(device), persistent=False)  # (D,)
+        self.register_buffer("rope_sign", sign.to(device), persistent=False)  # (D,)
 
     @property
     def impl(self) -> str:  # TransformerLM.set_impl reaches the attention kernel
@@ -111,13 +111,13 @@ class FusedAttention(nn.Module):
             heads = qkv.view(B, T, self.n_stacked, a.head_dim).transpose(1, 2)
         if a.q_norm is None and rotary is not None:  # rotate q and k heads in one go
             qk, v = heads.split([self.heads[0] + self.heads[1], self.heads[2]], dim=1)
-            q, k = rotate(qk, *rotary, self.sign).split(self.heads[:2], dim=1)
+            q, k = rotate(qk, *rotary, self.rope_sign).split(self.heads[:2], dim=1)
         else:
             q, k, v = heads.split(self.heads, dim=1)  # (B, H, T, D), (B, Hkv, T, D) x 2
             if a.q_norm is not None:
                 q, k = a.q_norm(q), a.k_norm(k)
             if rotary is not None:
-                q, k = rotate(q, *rotary, self.sign), rotate(k, *rotary, self.sign)
+                q, k = rotate(q, *rotary, self.rope_sign), rotate(k, *rotary, self.rope_sign)
         if cache is not None:
             k, v = cache.update(layer, k, v)  # (B, Hkv, S, D)
         y = a._attend(q, k, v, mask)  # (B, H, T, D)

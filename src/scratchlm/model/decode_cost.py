@@ -23,14 +23,14 @@ from scratchlm.errors import ScratchLMError
 
 # Buffers that are position tables (RoPE's cos/sin or inverse frequencies): a step reads
 # one position of them, a negligible amount, so they are not counted.
-_TABLE_NAMES = ("rotary", "inv_freq")
+_TABLE_NAMES = ("rotary", "inv_freq", "rope_sign")  # position tables, rotary signs
 
 
 def decode_read_bytes(model: nn.Module) -> int:
     """Bytes of weights one decoding step of one sequence reads: every parameter and
     buffer (a quantized layer's int8 weight and its scales, a prepared layer's copy of
     its weight) in full, except embedding tables, of which a step reads one row per
-    table, and position tables (not counted). A tensor shared by two layers (a tied
+    table, and position tables and rotary signs (not counted). A tensor shared by two layers (a tied
     output projection) counts once in full, as the output projection reads all of it."""
     embeddings = [m for m in model.modules() if isinstance(m, nn.Embedding) or _is_table(m)]
     table_ids = {id(m.weight) for m in embeddings}

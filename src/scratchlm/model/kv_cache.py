@@ -36,8 +36,9 @@ class KVCache:
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
         # Each layer's keys and values as views (B, Hkv, max_len, D), taken once: a
-        # decoding step then writes and reads them with two calls each, not five.
-        self._layers = list(zip(self.k.unbind(0), self.v.unbind(0), strict=True))
+        # decoding step then writes and reads them with two calls each, not five. One
+        # select per view (not unbind, whose views autograd forbids writing in place).
+        self._layers = [(self.k[i], self.v[i]) for i in range(depth)]
         self.batch_size, self.max_len = batch_size, max_len
         self.length = 0
         self.key_mask: Tensor | None = None  # (B, max_len) bool, only once padding is seen

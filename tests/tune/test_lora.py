@@ -131,6 +131,25 @@ def test_only_adapters_get_gradients():
     assert all(m.lora_B.grad.abs().sum() > 0 for m in model.modules() if isinstance(m, LoraLinear))
 
 
+def test_an_adapter_on_the_output_layer_is_trained_by_the_loss():
+    # The fused loss reads the output weight directly; a LoRA output layer must go
+    # through its adapter instead, or its adapter would get no gradient.
+    model, x = tiny(tie_embeddings=False), ids()
+    apply_lora(model, LoraConfig(r=4, targets=("q_proj", "lm_head")))
+    randomize_b(model)
+    targets = x.clone()
+    targets[0, :5] = -100
+    loss = model.loss(x, targets)
+    logits = model(x)  # (B, T, V), through the adapters
+    expected = torch.nn.functional.cross_entropy(
+        logits.flatten(0, 1), targets.flatten(), ignore_index=-100
+    )
+    assert torch.allclose(loss, expected, atol=1e-6)
+    loss.backward()
+    assert model.lm_head.lora_A.grad.abs().sum() > 0
+    assert model.lm_head.lora_B.grad.abs().sum() > 0
+
+
 @pytest.mark.parametrize("bias", [False, True])
 def test_merge_and_unmerge_are_exact_in_fp32(bias):
     model, x = tiny(bias=bias), ids()

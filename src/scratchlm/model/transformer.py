@@ -300,6 +300,17 @@ class TransformerLM(nn.Module):
         hidden = self.hidden_states(
             ids, attention_mask=attention_mask, segment_ids=segment_ids
         )  # (B, T, d_model)
+        if getattr(self.lm_head, "lora_A", None) is not None:
+            # An output layer with a LoRA adapter (model/lora.py): the adapter must see
+            # the hidden states, so the loss goes through its forward, all logits at once.
+            logits = self.lm_head(hidden).float()  # (B, T, V)
+            cap = self.config.logit_softcap
+            logits = logits if cap is None else softcap(logits, cap)
+            total = F.cross_entropy(
+                logits.flatten(0, 1), targets.flatten(), ignore_index=-100, reduction="sum"
+            )
+            count = int((targets != -100).sum())
+            return total / max(count, 1) if reduction == "mean" else total
         return linear_cross_entropy(
             hidden, self.lm_head.weight, targets, chunk_size=chunk_size, reduction=reduction,
             softcap=self.config.logit_softcap,

@@ -121,9 +121,9 @@ class TrainConfig:
     skip_bad: bool = setting(False, "skip malformed records, with a count")
     lora: str = setting(
         "",
-        "train LoRA adapters only, the model frozen: r=8,alpha=16,dropout=0,base=float,"
-        "targets=q_proj,v_proj (base: float, bf16 or int8 storage of the frozen weights; "
-        "targets: layer names or all-linear; docs/lora.md)",
+        "train LoRA adapters only, the model frozen: r=8,alpha=16,targets=q_proj,v_proj "
+        "(also dropout=0 and base=float; base: float, bf16 or int8 storage of the frozen "
+        "weights; targets: layer names or all-linear; docs/lora.md)",
         metavar="SPEC",
     )
     val_data: list[str] = field(

@@ -39,7 +39,7 @@ from scratchlm.model.layers import (
     softcap,
     softmax,
 )
-from scratchlm.model.loss import LOSS_CHUNK, linear_cross_entropy
+from scratchlm.model.loss import LOSS_CHUNK, cross_entropy, linear_cross_entropy
 from scratchlm.model.masks import build_attention_mask, causal_mask, segment_positions
 
 # ------------------------------------------------------------------ norm
@@ -303,14 +303,10 @@ class TransformerLM(nn.Module):
         if getattr(self.lm_head, "lora_A", None) is not None:
             # An output layer with a LoRA adapter (model/lora.py): the adapter must see
             # the hidden states, so the loss goes through its forward, all logits at once.
-            logits = self.lm_head(hidden).float()  # (B, T, V)
+            logits = self.lm_head(hidden)  # (B, T, V)
             cap = self.config.logit_softcap
             logits = logits if cap is None else softcap(logits, cap)
-            total = F.cross_entropy(
-                logits.flatten(0, 1), targets.flatten(), ignore_index=-100, reduction="sum"
-            )
-            count = int((targets != -100).sum())
-            return total / max(count, 1) if reduction == "mean" else total
+            return cross_entropy(logits, targets, reduction=reduction)
         return linear_cross_entropy(
             hidden, self.lm_head.weight, targets, chunk_size=chunk_size, reduction=reduction,
             softcap=self.config.logit_softcap,

@@ -288,6 +288,13 @@ def test_terminal_finds_what_an_earlier_read_fetched():
         os.close(write_end)
 
 
+def _ctrl_c_as_on_a_terminal() -> None:
+    """In the child before it starts: SIGINT does what it does for a program started at a
+    terminal. A test run started in the background by a script (``pytest ... &``) ignores
+    SIGINT, its children inherit that, and Python then never raises KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_chat_on_a_terminal_survives_ctrl_c(endless_checkpoint, tmp_path):
     master, slave = os.openpty()
     child = subprocess.Popen(
@@ -298,6 +305,7 @@ def test_chat_on_a_terminal_survives_ctrl_c(endless_checkpoint, tmp_path):
         env=child_env(),
         cwd=tmp_path,
         start_new_session=True,
+        preexec_fn=_ctrl_c_as_on_a_terminal,
     )
     os.close(slave)
     terminal = Terminal(master)

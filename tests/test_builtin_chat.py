@@ -15,6 +15,9 @@ from scratchlm.builtin import (
     builtin_chat_heldout,
     builtin_corpus,
 )
+from scratchlm.data.chat_sources import read_conversations
+from scratchlm.train.config import TrainConfig
+from scratchlm.train.sft_data import split_conversations
 
 ROLES = {"system", "user", "assistant"}
 EVAL_KEYS = {"question", "expect", "source"}
@@ -124,6 +127,17 @@ def test_eval_questions_are_trained_with_the_expected_answer(eval_rows, answer_o
         for answer in answers:
             for word in row["expect"]:
                 assert word.lower() in answer.lower(), (row["question"], word, answer)
+
+
+def test_eval_questions_are_in_the_training_share(eval_rows):
+    """A taught question is one the default run trains on: instruction tuning holds a
+    tenth of the conversations out for validation (and pretraining leaves out the same
+    tenth), so no question of chat_eval.jsonl may fall in that tenth."""
+    conversations, _ = read_conversations([str(builtin_chat())])
+    _, held_out = split_conversations(conversations, TrainConfig().val_fraction)
+    unseen = {m["content"] for talk in held_out for m in talk if m["role"] == "user"}
+    assert len(unseen) > 300  # the check below looks at a real validation share
+    assert [row["question"] for row in eval_rows if row["question"] in unseen] == []
 
 
 def _words(text: str) -> set[str]:

@@ -98,7 +98,8 @@ def sft_speed(
     from scratchlm.data.chat_sources import read_conversations
     from scratchlm.model import TransformerLM
     from scratchlm.tokenizer import BPETokenizer, train_bpe
-    from scratchlm.train.config import SFT_DEFAULTS, TrainConfig
+    from scratchlm.train.config import TrainConfig
+    from scratchlm.train.config_files import SFT_DEFAULTS
     from scratchlm.train.optim import build_optimizer, clip_grad_norm
     from scratchlm.train.sft_data import (
         PAD_SEGMENT,

@@ -16,7 +16,8 @@ from scratchlm.data import prepare
 from scratchlm.generate import generate_ids
 from scratchlm.tokenizer import BPETokenizer, train_bpe
 from scratchlm.tokenizer.files import write_tokenizer_dir
-from scratchlm.train.config import SFT_DEFAULTS, TrainConfig
+from scratchlm.train.config import TrainConfig
+from scratchlm.train.config_files import SFT_DEFAULTS
 from scratchlm.train.trainer import Trainer
 
 TEXT = [

@@ -16,7 +16,8 @@ import pytest
 import torch
 
 from scratchlm.checkpoint import load_model
-from scratchlm.train.config import SFT_DEFAULTS, TrainConfig
+from scratchlm.train.config import TrainConfig
+from scratchlm.train.config_files import SFT_DEFAULTS
 from scratchlm.train.trainer import Trainer
 
 ANIMALS = ["cat", "dog", "cow", "bird", "fish", "horse", "sheep", "bee"]

@@ -12,7 +12,8 @@ from scratchlm.builtin import resolve_builtin
 from scratchlm.chat_format import END_OF_TURN, render_conversation, render_prompt
 from scratchlm.config import SampleConfig
 from scratchlm.data.chat_sources import read_conversations
-from scratchlm.train.config import SFT_DEFAULTS, TrainConfig
+from scratchlm.train.config import TrainConfig
+from scratchlm.train.config_files import SFT_DEFAULTS
 from scratchlm.train.sft_data import (
     PAD_SEGMENT,
     ConversationSampler,

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from scratchlm.chat_format import END_OF_TURN, chat_tokenizer
-from scratchlm.train.config import SFT_DEFAULTS, TrainConfig
+from scratchlm.train.config import TrainConfig
+from scratchlm.train.config_files import SFT_DEFAULTS
 from scratchlm.train.sft_data import (
     PAD_SEGMENT,
     ConversationSampler,

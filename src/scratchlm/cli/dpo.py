@@ -7,7 +7,8 @@ import argparse
 from scratchlm.cli.config_flags import given_settings
 from scratchlm.cli.train import PRETRAIN_ONLY, add_tuning_flags, check_tuning_args, run_training
 from scratchlm.errors import ConfigError
-from scratchlm.train.config import DPO_DEFAULTS, TrainConfig
+from scratchlm.train.config import TrainConfig
+from scratchlm.train.config_files import DPO_DEFAULTS
 from scratchlm.tune.dpo import DPOObjective
 
 EPILOG = """examples:

@@ -15,8 +15,8 @@ from scratchlm.config import ModelConfig
 from scratchlm.console import live_progress
 from scratchlm.errors import ConfigError
 from scratchlm.train.assembly import nothing_to_resume
-from scratchlm.train.config import SFT_DEFAULTS, TrainConfig
-from scratchlm.train.config_files import load_run_config, resolve_config
+from scratchlm.train.config import TrainConfig
+from scratchlm.train.config_files import SFT_DEFAULTS, load_run_config, resolve_config
 from scratchlm.train.objective import Objective
 from scratchlm.train.state import TrainResult
 from scratchlm.train.trainer import Trainer

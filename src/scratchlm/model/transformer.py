@@ -39,6 +39,7 @@ from scratchlm.model.layers import (
     softcap,
     softmax,
 )
+from scratchlm.model.lora import LoraLinear
 from scratchlm.model.loss import LOSS_CHUNK, cross_entropy, linear_cross_entropy
 from scratchlm.model.masks import build_attention_mask, causal_mask, segment_positions
 
@@ -300,7 +301,7 @@ class TransformerLM(nn.Module):
         hidden = self.hidden_states(
             ids, attention_mask=attention_mask, segment_ids=segment_ids
         )  # (B, T, d_model)
-        if getattr(self.lm_head, "lora_A", None) is not None:
+        if isinstance(self.lm_head, LoraLinear):
             # An output layer with a LoRA adapter (model/lora.py): the adapter must see
             # the hidden states, so the loss goes through its forward, all logits at once.
             logits = self.lm_head(hidden)  # (B, T, V)

@@ -38,8 +38,35 @@ from scratchlm.model.lora import apply_lora
 from scratchlm.model.lora_config import parse_lora_spec
 from scratchlm.model.resize import grow_vocab
 from scratchlm.tokenizer import load_tokenizer
-from scratchlm.train.config import PATH_SETTINGS, RESUMABLE_CHANGES, TrainConfig
+from scratchlm.train.config import TrainConfig
 from scratchlm.train.config_files import CONFIG_FILE, load_run_config
+
+# Fields that may change between a run and its resumption: they do not change the
+# meaning of the steps already taken (a longer run, more frequent checkpoints, ...).
+RESUMABLE_CHANGES = frozenset(
+    {
+        "steps",
+        "tokens",
+        "eval_every",
+        "checkpoint_every",
+        "keep_last",
+        "log_every",
+        "sample_prompts",
+        "sample_tokens",
+        "progress",
+        "tensorboard",
+        "device",
+        "compile",
+        "checkpoint_activations",
+        "resume",
+        "max_rollbacks",
+        "max_skips",
+    }
+)
+# Fields that name where things are. A resumed run compares what they hold, not how they
+# are spelled (a run directory given as ./runs/a or moved elsewhere is the same run): the
+# data's and the tokenizer's fingerprints and the model, recorded in each checkpoint.
+PATH_SETTINGS = frozenset({"out", "data", "tokenizer", "init_from", "conversations", "val_data"})
 
 
 def run_tokenizer(config: TrainConfig) -> Any:

@@ -31,68 +31,6 @@ DPO_LOSSES = ("sigmoid", "ipo")
 
 DEFAULT_PROMPTS = ("The", "Water", "In the")
 
-# Instruction tuning starts from a trained model: a lower peak learning rate, fewer steps,
-# and no fixed prompts: it samples answers to questions held out of its own conversations.
-SFT_DEFAULTS: dict[str, Any] = {
-    "phase": "sft",
-    "out": "runs/sft",
-    "steps": 300,
-    "optimizer": "adamw",  # small steps from a trained model; Muon is for pretraining
-    "lr": 3e-4,
-    "grad_accum": 1,
-    "batch_size": 16,
-    "sample_prompts": [],
-    "sample_tokens": 48,
-}
-
-# Preference tuning (DPO) starts from an instruction-tuned model and moves it little: a
-# low learning rate, few steps, a beta that keeps it near the reference and an SFT loss
-# that keeps the chosen (taught) answers likely (docs/dpo.md: what was measured); it
-# samples answers to held-out questions like SFT.
-DPO_DEFAULTS: dict[str, Any] = {
-    "phase": "dpo",
-    "out": "runs/dpo",
-    "conversations": ["builtin:preferences"],
-    "val_data": ["builtin:preferences_heldout"],
-    "beta": 0.5,
-    "sft_weight": 1.0,
-    "steps": 60,
-    "optimizer": "adamw",
-    "lr": 1e-4,
-    "batch_size": 8,
-    "grad_accum": 1,
-    "eval_every": 20,
-    "sample_prompts": [],
-    "sample_tokens": 48,
-}
-
-# Fields that may change between a run and its resumption: they do not change the
-# meaning of the steps already taken (a longer run, more frequent checkpoints, ...).
-RESUMABLE_CHANGES = frozenset(
-    {
-        "steps",
-        "tokens",
-        "eval_every",
-        "checkpoint_every",
-        "keep_last",
-        "log_every",
-        "sample_prompts",
-        "sample_tokens",
-        "progress",
-        "tensorboard",
-        "device",
-        "compile",
-        "checkpoint_activations",
-        "resume",
-        "max_rollbacks",
-        "max_skips",
-    }
-)
-# Fields that name where things are. A resumed run compares what they hold, not how they
-# are spelled (a run directory given as ./runs/a or moved elsewhere is the same run): the
-# data's and the tokenizer's fingerprints and the model, recorded in each checkpoint.
-PATH_SETTINGS = frozenset({"out", "data", "tokenizer", "init_from", "conversations", "val_data"})
-
 
 @dataclass
 class TrainConfig:

@@ -11,7 +11,42 @@ from pathlib import Path
 from typing import Any
 
 from scratchlm.errors import ConfigError
-from scratchlm.train.config import SFT_DEFAULTS, TrainConfig
+from scratchlm.train.config import TrainConfig
+
+# Instruction tuning starts from a trained model: a lower peak learning rate, fewer steps,
+# and no fixed prompts: it samples answers to questions held out of its own conversations.
+SFT_DEFAULTS: dict[str, Any] = {
+    "phase": "sft",
+    "out": "runs/sft",
+    "steps": 300,
+    "optimizer": "adamw",  # small steps from a trained model; Muon is for pretraining
+    "lr": 3e-4,
+    "grad_accum": 1,
+    "batch_size": 16,
+    "sample_prompts": [],
+    "sample_tokens": 48,
+}
+
+# Preference tuning (DPO) starts from an instruction-tuned model and moves it little: a
+# low learning rate, few steps, a beta that keeps it near the reference and an SFT loss
+# that keeps the chosen (taught) answers likely (docs/dpo.md: what was measured); it
+# samples answers to held-out questions like SFT.
+DPO_DEFAULTS: dict[str, Any] = {
+    "phase": "dpo",
+    "out": "runs/dpo",
+    "conversations": ["builtin:preferences"],
+    "val_data": ["builtin:preferences_heldout"],
+    "beta": 0.5,
+    "sft_weight": 1.0,
+    "steps": 60,
+    "optimizer": "adamw",
+    "lr": 1e-4,
+    "batch_size": 8,
+    "grad_accum": 1,
+    "eval_every": 20,
+    "sample_prompts": [],
+    "sample_tokens": 48,
+}
 
 
 def read_config_file(path: str | os.PathLike) -> dict[str, Any]:

@@ -18,8 +18,8 @@ import torch
 from torch import Tensor, nn
 
 from scratchlm.errors import ConfigError, DataError
-from scratchlm.train.config import DPO_DEFAULTS, TrainConfig
-from scratchlm.train.config_files import resolve_config
+from scratchlm.train.config import TrainConfig
+from scratchlm.train.config_files import DPO_DEFAULTS, resolve_config
 from scratchlm.train.objective import Metrics, RunData
 from scratchlm.train.runtime import autocast as autocast_of
 from scratchlm.train.sft_data import SAMPLED_HELDOUT

@@ -222,7 +222,6 @@ def sft_stage(
         precision=run.precision,
         batch_size=run.batch_size,
         grad_accum=1,
-        eval_windows=16,
         sample_prompts=list(QUESTIONS[1:2]),
         sample_tokens=32,
         progress=progress,

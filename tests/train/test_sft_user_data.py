@@ -9,12 +9,14 @@ import logging
 from pathlib import Path
 
 import pytest
+import torch
 
 from scratchlm.chat_format import chat_tokenizer
 from scratchlm.data.chat_sources import read_conversations
 from scratchlm.tokenizer import load_tokenizer
 from scratchlm.train.config_files import sft_config
 from scratchlm.train.sft_data import (
+    evenly_spaced,
     heldout_prompts,
     load_sft_data,
     passes_warning,
@@ -146,3 +148,36 @@ def test_a_run_sized_in_time_is_not_warned_about_steps_it_never_asked_for(
     with caplog.at_level(logging.WARNING, logger="scratchlm"):
         training_data(config, chat_tok, T, rank=0, world_size=1)
     assert not [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+
+
+def test_evenly_spaced_keeps_the_ends_and_the_order():
+    assert evenly_spaced(list(range(10)), 4) == [0, 3, 6, 9]
+    assert evenly_spaced(list(range(10)), 1) == [0]
+    assert evenly_spaced(list(range(3)), 5) == [0, 1, 2]  # fewer than asked: all of them
+
+
+def test_sft_validation_scores_eval_windows_held_out_conversations(tmp_path, chat_tok):
+    """--eval-windows caps the held-out conversations an evaluation scores (a large file
+    holds out thousands), spread over all of them, not the first few."""
+    path = write_jsonl(tmp_path / "mine.jsonl", python_conversations(200))
+    config = sft_config(init_from="unused", conversations=[str(path)], out=str(tmp_path / "o"))
+    _, all_x, all_y, *_ = training_data(
+        config.replace(eval_windows=1000), chat_tok, T, rank=0, world_size=1
+    )
+    assert len(all_x) > 10  # the cap below keeps fewer than were held out
+    _, x, y, *_ = training_data(config.replace(eval_windows=3), chat_tok, T, rank=0, world_size=1)
+    assert len(x) == 3
+    width = x.shape[1]  # the kept rows' longest; the rest of every row is padding
+    assert (all_x[:, width:] == 0).all() or len(all_x[0]) == width
+    rows = [(r, t) for r, t in zip(all_x[:, :width], all_y[:, :width], strict=True)]
+
+    def position(row: int) -> int:
+        found = [
+            i for i, (r, t) in enumerate(rows) if torch.equal(r, x[row]) and torch.equal(t, y[row])
+        ]
+        assert found, f"validation row {row} is not a held-out conversation"
+        return found[0]
+
+    first, middle, last = (position(row) for row in range(3))
+    assert (first, last) == (0, len(all_x) - 1)
+    assert abs(middle - (len(all_x) - 1) / 2) <= 1

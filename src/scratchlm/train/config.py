@@ -133,7 +133,9 @@ class TrainConfig:
     eval_every: int | None = setting(
         None, "updates between evaluations (default: a tenth of the run)"
     )
-    eval_windows: int = setting(32, "validation windows per evaluation")
+    eval_windows: int = setting(
+        32, "validation windows per evaluation (sft: held-out conversations, evenly spaced)"
+    )
     sample_prompts: list[str] = field(
         default_factory=lambda: list(DEFAULT_PROMPTS),
         metadata=flag_info(

@@ -23,6 +23,9 @@ SFT_DEFAULTS: dict[str, Any] = {
     "lr": 3e-4,
     "grad_accum": 1,
     "batch_size": 16,
+    # Validation scores only the answers, a few dozen tokens each: 256 held-out
+    # conversations score about as many tokens as pretraining's 32 windows.
+    "eval_windows": 256,
     "sample_prompts": [],
     "sample_tokens": 48,
 }

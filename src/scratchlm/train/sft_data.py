@@ -253,13 +253,15 @@ def load_sft_data(
     seed: int,
     val_fraction: float,
     skip_bad: bool,
+    val_rows: int | None = None,
     rank: int = 0,
     world_size: int = 1,
 ) -> ConversationData:
     """The training sampler (packed rows), the validation rows and the held-out prompts
     of conversation files (any format ``read_conversations`` reads; ``builtin:chat``
     names the built-in set). Logs how many conversations were read, skipped (and why),
-    trained on and held out."""
+    trained on and held out. ``val_rows``: at most this many held-out conversations,
+    spread evenly over them, make the validation rows (None: all of them)."""
     paths = [str(resolve_builtin(f)) for f in files]
     if not paths:
         raise DataError("instruction tuning needs conversations: pass --data FILE ...")
@@ -288,11 +290,23 @@ def load_sft_data(
             too_long + val_too_long,
             context_length,
         )
-    val_x, val_y, val_lengths = _padded_rows(val_examples, context_length)
+    scored = val_examples if val_rows is None else evenly_spaced(val_examples, val_rows)
+    val_x, val_y, val_lengths = _padded_rows(scored, context_length)
     width = int(val_lengths.max())
     sampler = ConversationSampler(rows, batch_size, seed=seed, rank=rank, world_size=world_size)
     prompts = heldout_prompts(val, tokenizer, context_length, SAMPLED_HELDOUT)
     return ConversationData(sampler, val_x[:, :width], val_y[:, :width], prompts, len(examples))
+
+
+def evenly_spaced(items: Sequence[Any], count: int) -> list[Any]:
+    """``count`` of ``items`` spread evenly from the first to the last, in order (all of
+    them when there are no more than ``count``)."""
+    n = len(items)
+    if n <= count:
+        return list(items)
+    if count == 1:
+        return [items[0]]
+    return [items[round(i * (n - 1) / (count - 1))] for i in range(count)]
 
 
 def count_line(

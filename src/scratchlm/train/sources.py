@@ -35,6 +35,7 @@ def training_data(
             seed=c.seed,
             val_fraction=c.val_fraction,
             skip_bad=c.skip_bad,
+            val_rows=c.eval_windows,
             rank=rank,
             world_size=world_size,
         )

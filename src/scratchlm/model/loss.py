@@ -30,7 +30,7 @@ from scratchlm.model.layers import softcap as soft_cap
 
 IGNORE_INDEX = -100
 REDUCTIONS = ("mean", "sum")
-LOSS_CHUNK = 1024  # rows of logits at a time: (1024, V) float32 is 39 MiB at V = 10,000
+LOSS_CHUNK = 256  # rows of logits at a time: (256, V) float32 is 10 MiB at V = 10,000
 
 
 def _check_reduction(reduction: str) -> None:

@@ -44,7 +44,7 @@ from pathlib import Path
 
 from harness import BENCH, REPO, Report, Table, cores, load_average, num
 from speedrun_contenders import RECIPE, Contender, contenders
-from train_tasks import PREPARED, ensure_inputs
+from train_inputs import PREPARED, ensure_inputs
 
 RUNS = BENCH / ".data" / "speedrun"
 EVAL_WINDOWS = 16  # as the reference run (docs/training.md)

@@ -34,18 +34,16 @@ import shutil
 from pathlib import Path
 
 from harness import Report, Run, measure_torch
-from train_tables import data_table, machine_table, memory_table, profile_table, speed_table
-from train_tasks import (
+from train_inputs import (
     DATA,
     PREPARED,
     SYNTHETIC,
     drop_from_page_cache,
     ensure_inputs,
-    fetch_cold,
     make_synthetic,
-    train_memory,
-    train_speed,
 )
+from train_tables import data_table, machine_table, memory_table, profile_table, speed_table
+from train_tasks import fetch_cold, train_memory, train_speed
 
 
 def main(argv: list[str] | None = None) -> None:

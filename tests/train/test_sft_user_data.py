@@ -13,6 +13,7 @@ import torch
 
 from scratchlm.chat_format import chat_tokenizer
 from scratchlm.data.chat_sources import read_conversations
+from scratchlm.model.loss import IGNORE_INDEX
 from scratchlm.tokenizer import load_tokenizer
 from scratchlm.train.config_files import sft_config
 from scratchlm.train.sft_data import (
@@ -167,16 +168,16 @@ def test_sft_validation_scores_eval_windows_held_out_conversations(tmp_path, cha
     assert len(all_x) > 10  # the cap below keeps fewer than were held out
     _, x, y, *_ = training_data(config.replace(eval_windows=3), chat_tok, T, rank=0, world_size=1)
     assert len(x) == 3
-    width = x.shape[1]  # the kept rows' longest; the rest of every row is padding
-    assert (all_x[:, width:] == 0).all() or len(all_x[0]) == width
-    rows = [(r, t) for r, t in zip(all_x[:, :width], all_y[:, :width], strict=True)]
+    width = x.shape[1]  # padded to the longest kept row
 
     def position(row: int) -> int:
-        found = [
-            i for i, (r, t) in enumerate(rows) if torch.equal(r, x[row]) and torch.equal(t, y[row])
-        ]
-        assert found, f"validation row {row} is not a held-out conversation"
-        return found[0]
+        """Where validation row ``row`` is among all held-out rows; nothing it scores
+        lies beyond ``width``."""
+        for i in range(len(all_x)):
+            same = torch.equal(all_x[i, :width], x[row]) and torch.equal(all_y[i, :width], y[row])
+            if same and (all_y[i, width:] == IGNORE_INDEX).all():
+                return i
+        raise AssertionError(f"validation row {row} is not a held-out conversation")
 
     first, middle, last = (position(row) for row in range(3))
     assert (first, last) == (0, len(all_x) - 1)

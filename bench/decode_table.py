@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import statistics
 
+from decode_parts import products_only
 from harness import Table, common_prefix, measure_torch, num, ratio
 from model_tables import TARGETS, spread, target_line
 from model_tasks import decode
@@ -20,6 +21,7 @@ OURS = "ours generate_ids, cached"
 OURS_INT8 = "ours generate_ids, cached, int8 weights"
 OURS_BF16 = "ours generate_ids, cached, bf16 weights"
 OURS_UNCACHED = "ours generate_ids, uncached"
+OURS_PRODUCTS = "ours, the cached float32 step's matrix products alone"
 _CACHED = dict(use_cache=True, repeats="decode_repeats", weights="float32")
 DECODE_CONTENDERS = {
     HF_F32: _CACHED | dict(impl="hf"),
@@ -28,6 +30,7 @@ DECODE_CONTENDERS = {
     OURS_INT8: _CACHED | dict(impl="ours", weights="int8"),
     OURS_BF16: _CACHED | dict(impl="ours", weights="bfloat16"),
     OURS_UNCACHED: _CACHED | dict(impl="ours", use_cache=False, repeats="uncached_repeats"),
+    OURS_PRODUCTS: dict(task=products_only, repeats="decode_repeats", weights="float32"),
 }
 
 
@@ -53,9 +56,12 @@ def decode_table(args, peak: dict | None, bandwidth: dict | None = None) -> Tabl
     gbs = bandwidth["best_gbs"] if bandwidth else None
     runs = {
         label: measure_torch(
-            decode,
+            c.get("task", decode),
             threads=args.threads,
-            **(c | {"repeats": getattr(args, c["repeats"])}),
+            **(
+                {k: v for k, v in c.items() if k != "task"}
+                | {"repeats": getattr(args, c["repeats"])}
+            ),
             prompt_len=p,
             new_tokens=n,
         )
@@ -70,12 +76,14 @@ def decode_table(args, peak: dict | None, bandwidth: dict | None = None) -> Tabl
             continue
         r = run.result
         speeds[label] = speed = n / statistics.mean(r["total_s"])
-        same = "-" if hf.error else _same_tokens(r["tokens"], hf.result["tokens"])
+        same = (
+            "-" if hf.error or not r["tokens"] else _same_tokens(r["tokens"], hf.result["tokens"])
+        )
         if not r["same_every_repeat"]:
             same += " (differs between repeats!)"
         bound = bandwidth_bound(r["read_mb"] * 1e6, gbs * 1e9) if gbs else None
         step_speed = 1 / statistics.median(r["step_s"]) if r["step_s"] else None
-        cached = DECODE_CONTENDERS[label]["use_cache"]
+        cached = DECODE_CONTENDERS[label].get("use_cache", True)
         if bound and step_speed and cached:
             of_bound[label] = step_speed / bound
         table.rows.append(
@@ -85,7 +93,7 @@ def decode_table(args, peak: dict | None, bandwidth: dict | None = None) -> Tabl
                 spread([n / t for t in r["total_s"]]),
                 f"{1e3 * statistics.median(r['step_s']):.2f}" if r["step_s"] else "-",
                 f"{1e3 * statistics.mean(r['first_token_s']):.1f}",
-                ratio(speed / speeds[HF_F32]) if not hf.error else "-",
+                ratio(speed / speeds[HF_F32]) if not hf.error and r["tokens"] else "-",
                 "(reference)" if run is hf else same,
                 f"{r['weight_mb']:.0f}",
                 f"{r['read_mb']:.1f}",
@@ -120,6 +128,11 @@ def decode_table(args, peak: dict | None, bandwidth: dict | None = None) -> Tabl
         + (f"{kv:.1f} MB per step at the middle of the generation." if kv else "-.")
         + " bf16 weights = prepare_for_inference(model, bf16=True): a bfloat16 copy of "
         "every matrix, products in bfloat16, everything else float32.",
+        f"{OURS_PRODUCTS}: the same prepared float32 model's matrix products "
+        "(DecodeLinear: q/k/v stacked, o, gate/up stacked, down, per layer, and the output "
+        "layer), each on one random row in module order, nothing else: one pass stands for "
+        "one decoding step, and its speed is what the step would reach if attention, norms, "
+        "the KV cache and the calls between cost nothing.",
         "Rows with other weights than float32 compute a slightly different function, so "
         "their greedy tokens may part from the float32 ones on a random model, whose "
         "top logits are close together.",
@@ -145,6 +158,7 @@ def decode_table(args, peak: dict | None, bandwidth: dict | None = None) -> Tabl
             if OURS in of_bound
             else f"not measured (target >= {100 * TARGETS['bound']:.0f}%)"
         ),
+        _split_line(runs),
         "ours bf16 weights / its bound = "
         + (f"{100 * of_bound[OURS_BF16]:.0f}%" if OURS_BF16 in of_bound else "not measured")
         + "; int8 / its bound = "
@@ -166,6 +180,20 @@ def decode_table(args, peak: dict | None, bandwidth: dict | None = None) -> Tabl
         ),
     ]
     return table
+
+
+def _split_line(runs: dict) -> str:
+    """Of ours' float32 median step, what its products alone take and what the rest adds."""
+    step, products = runs[OURS], runs[OURS_PRODUCTS]
+    if step.error or products.error or not step.result["step_s"]:
+        return "the float32 step split into products and the rest: not measured"
+    whole = statistics.median(step.result["step_s"])
+    alone = statistics.median(products.result["step_s"])
+    return (
+        f"of ours' float32 median step ({1e3 * whole:.2f} ms), its "
+        f"{products.result['products']} matrix products alone take {1e3 * alone:.2f} ms "
+        f"({100 * alone / whole:.0f}%); everything else adds {1e3 * (whole - alone):.2f} ms"
+    )
 
 
 def _same_tokens(ours: list[int], theirs: list[int]) -> str:

@@ -134,6 +134,9 @@ def contenders(budget: float) -> list[Contender]:
             "--model d_model=384 --model n_heads=12 --model d_ff=1024 --model n_layers=6",
             preset="small",
         ),
+        # Depth at mini's width: the size search above only varied the width.
+        Contender("b-l6", "new default (mini) with 6 layers", "--model n_layers=6"),
+        Contender("b-l8", "new default (mini) with 8 layers", "--model n_layers=8"),
         # The recipe's choices and the architecture options on mini (with --budget 5).
         Contender("b-fp32", "new default in float32", "--precision fp32"),
         Contender("b-adamw", "new default with AdamW (lr 1e-3)", "--optimizer adamw --lr 1e-3"),

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 
-from model_tasks import _ours
+from model_tasks import _ours, _weight_mb
 
 
 def products_only(prompt_len: int, new_tokens: int, repeats: int, weights: str = "float32") -> dict:
@@ -50,7 +50,7 @@ def products_only(prompt_len: int, new_tokens: int, repeats: int, weights: str =
         "step_s": [s for r in runs for s in r],
         "context": context,
         "flops_per_token": ours.flops_per_token(training=False, seq_len=prompt_len + new_tokens),
-        "weight_mb": sum(b.numel() * b.element_size() for b in ours.buffers()) / 1e6,
+        "weight_mb": _weight_mb(ours),
         "read_mb": decode_read_bytes(ours) / 1e6,
         "kv_mb": kv_read_bytes(ours.config, prompt_len + new_tokens // 2) / 1e6,
         "products": len(products),

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 
-from model_tasks import _ours, _weight_mb
+from model_tasks import _ours, _prepared, _weight_mb
 
 
 def products_only(prompt_len: int, new_tokens: int, repeats: int, weights: str = "float32") -> dict:
@@ -19,15 +19,12 @@ def products_only(prompt_len: int, new_tokens: int, repeats: int, weights: str =
     the keys of ``decode``'s result (no tokens: nothing is generated)."""
     import torch
 
-    from scratchlm.model import prepare_for_inference
     from scratchlm.model.decode_cost import decode_read_bytes, kv_read_bytes
     from scratchlm.model.inference import DecodeLinear
     from scratchlm.model.quantize import Int8Linear
 
     context = max(256, prompt_len + new_tokens)
-    ours = prepare_for_inference(
-        _ours(context_length=context), int8=weights == "int8", bf16=weights == "bfloat16"
-    )
+    ours = _prepared(_ours(context_length=context), weights)
     products = [m for m in ours.modules() if isinstance(m, DecodeLinear | Int8Linear)]
     rows = [torch.randn(1, 1, m.in_features, generator=torch.Generator().manual_seed(i))
             for i, m in enumerate(products)]  # fmt: skip

@@ -14,7 +14,7 @@ from model_tables import TARGETS, spread, target_line
 from model_tasks import decode
 from scratchlm.model.decode_cost import bandwidth_bound
 
-# label -> decode() arguments; ``repeats`` names the --*-repeats count that applies
+# label -> (task, its arguments); ``repeats`` names the --*-repeats count that applies
 HF_F32 = "HF generate, cache on"
 HF_BF16 = "HF generate, cache on, bf16 weights"
 OURS = "ours generate_ids, cached"
@@ -24,13 +24,16 @@ OURS_UNCACHED = "ours generate_ids, uncached"
 OURS_PRODUCTS = "ours, the cached float32 step's matrix products alone"
 _CACHED = dict(use_cache=True, repeats="decode_repeats", weights="float32")
 DECODE_CONTENDERS = {
-    HF_F32: _CACHED | dict(impl="hf"),
-    HF_BF16: _CACHED | dict(impl="hf", weights="bfloat16"),
-    OURS: _CACHED | dict(impl="ours"),
-    OURS_INT8: _CACHED | dict(impl="ours", weights="int8"),
-    OURS_BF16: _CACHED | dict(impl="ours", weights="bfloat16"),
-    OURS_UNCACHED: _CACHED | dict(impl="ours", use_cache=False, repeats="uncached_repeats"),
-    OURS_PRODUCTS: dict(task=products_only, repeats="decode_repeats", weights="float32"),
+    HF_F32: (decode, _CACHED | dict(impl="hf")),
+    HF_BF16: (decode, _CACHED | dict(impl="hf", weights="bfloat16")),
+    OURS: (decode, _CACHED | dict(impl="ours")),
+    OURS_INT8: (decode, _CACHED | dict(impl="ours", weights="int8")),
+    OURS_BF16: (decode, _CACHED | dict(impl="ours", weights="bfloat16")),
+    OURS_UNCACHED: (
+        decode,
+        _CACHED | dict(impl="ours", use_cache=False, repeats="uncached_repeats"),
+    ),
+    OURS_PRODUCTS: (products_only, dict(repeats="decode_repeats", weights="float32")),
 }
 
 
@@ -56,16 +59,13 @@ def decode_table(args, peak: dict | None, bandwidth: dict | None = None) -> Tabl
     gbs = bandwidth["best_gbs"] if bandwidth else None
     runs = {
         label: measure_torch(
-            c.get("task", decode),
+            task,
             threads=args.threads,
-            **(
-                {k: v for k, v in c.items() if k != "task"}
-                | {"repeats": getattr(args, c["repeats"])}
-            ),
+            **(c | {"repeats": getattr(args, c["repeats"])}),
             prompt_len=p,
             new_tokens=n,
         )
-        for label, c in DECODE_CONTENDERS.items()
+        for label, (task, c) in DECODE_CONTENDERS.items()
     }
     hf = runs[HF_F32]
     kv = next((r.result["kv_mb"] for r in runs.values() if not r.error), None)
@@ -83,7 +83,7 @@ def decode_table(args, peak: dict | None, bandwidth: dict | None = None) -> Tabl
             same += " (differs between repeats!)"
         bound = bandwidth_bound(r["read_mb"] * 1e6, gbs * 1e9) if gbs else None
         step_speed = 1 / statistics.median(r["step_s"]) if r["step_s"] else None
-        cached = DECODE_CONTENDERS[label].get("use_cache", True)
+        cached = DECODE_CONTENDERS[label][1].get("use_cache", True)  # products: a cached step
         if bound and step_speed and cached:
             of_bound[label] = step_speed / bound
         table.rows.append(

@@ -86,6 +86,14 @@ def _ours(context_length: int | None = None, seed: int = 0):
     return TransformerLM(preset(PRESET, **overrides))
 
 
+def _prepared(model, weights: str = "float32"):
+    """``model`` prepared for generation as chat and generate prepare it, its products
+    in ``weights``: "float32", "bfloat16" or "int8"."""
+    from scratchlm.model import prepare_for_inference
+
+    return prepare_for_inference(model, int8=weights == "int8", bf16=weights == "bfloat16")
+
+
 def _hf_twin(ours, tmp: str, dtype: str = "float32"):
     """HF LlamaForCausalLM with exactly our weights: to_hf, then from_pretrained (its
     weights cast to ``dtype`` on load)."""
@@ -239,7 +247,6 @@ def decode(
     generation."""
     import torch
 
-    from scratchlm.model import prepare_for_inference
     from scratchlm.model.decode_cost import decode_read_bytes, kv_read_bytes
 
     context = max(256, prompt_len + new_tokens)
@@ -271,7 +278,7 @@ def decode(
             gaps = [b - a for a, b in itertools.pairwise(t)]
             return [out[0, prompt_len:].tolist()], t[0] - start, gaps, total
     else:
-        ours = prepare_for_inference(ours, int8=weights == "int8", bf16=weights == "bfloat16")
+        ours = _prepared(ours, weights)
         weight_mb = _weight_mb(ours)
         read_mb = decode_read_bytes(ours) / 1e6
 

@@ -2,7 +2,8 @@
 another in separate processes, on the same data and validation windows.
 
     .venv/bin/python bench/bench_speedrun.py [--budget 15] [--only a,b,c] [--reuse]
-                                             [--markdown PATH] [--plot PNG] [--threads 2]
+                                             [--repeat 1] [--markdown PATH] [--plot PNG]
+                                             [--threads 2]
 
 Contenders (``--only`` picks some; ``--list`` prints them all):
 
@@ -26,7 +27,11 @@ first use as ``bench_train.py`` does). Every contender validates on the same 16 
 windows during its run (as the reference did) and, after its budget and untimed, on 128
 windows in float32 (the "final" column: the number to compare). Runs go to
 ``bench/.data/speedrun/MINUTESm/NAME``; ``--reuse`` keeps a contender's finished run instead of
-training it again (to add contenders to a table without rerunning the others). Nothing
+training it again (to add contenders to a table without rerunning the others).
+``--repeat K`` trains each contender K times (``NAME``, ``NAME.2``, ...; every other round
+in reverse order, so a drift in the machine's speed falls on all contenders alike) and adds
+a table of each contender's mean and spread: on a shared machine a run's throughput, and
+with it its bits per byte on the clock, varies between runs of the same recipe. Nothing
 here asserts a number: the issue's targets are printed beside the measured ones.
 """
 
@@ -52,12 +57,18 @@ FINAL_WINDOWS = 128
 TARGET_BPB = 1.45  # issue 17, for 15 minutes
 
 
-def run_contender(c: Contender, budget: float, threads: int, reuse: bool) -> Path:
-    """Train ``c`` in a child process (unless ``reuse`` finds it finished); its run dir."""
+def run_name(c: Contender, round_: int) -> str:
+    """The name of ``c``'s run in round ``round_`` (1-based) of ``--repeat``."""
+    return c.name if round_ == 1 else f"{c.name}.{round_}"
+
+
+def run_contender(c: Contender, name: str, budget: float, threads: int, reuse: bool) -> Path:
+    """Train ``c`` in a child process as the run ``name`` (unless ``reuse`` finds it
+    finished); its run dir."""
     minutes = c.minutes or budget
-    out = RUNS / f"{minutes:g}m" / c.name
+    out = RUNS / f"{minutes:g}m" / name
     if reuse and (out / "final.json").exists():
-        print(f"[{c.name}] reusing {out}", flush=True)
+        print(f"[{name}] reusing {out}", flush=True)
         return out
     shutil.rmtree(out, ignore_errors=True)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
@@ -101,17 +112,17 @@ def run_contender(c: Contender, budget: float, threads: int, reuse: bool) -> Pat
             str(out),
             *flags,
         ]
-    print(f"[{c.name}] {c.what}: {' '.join(cmd[1:])}", flush=True)
+    print(f"[{name}] {c.what}: {' '.join(cmd[1:])}", flush=True)
     limit = minutes * 60 * 1.1 + 60  # a run sized in steps (a) is stopped at its budget
     child = subprocess.Popen(cmd, cwd=REPO, env=env)
     try:
         child.wait(timeout=limit)
     except subprocess.TimeoutExpired:
-        print(f"[{c.name}] past {limit:.0f} s: interrupted (it saves a checkpoint)", flush=True)
+        print(f"[{name}] past {limit:.0f} s: interrupted (it saves a checkpoint)", flush=True)
         child.send_signal(signal.SIGINT)
         child.wait()
     if child.returncode not in (0, 130):
-        sys.exit(f"[{c.name}] failed with exit status {child.returncode}")
+        sys.exit(f"[{name}] failed with exit status {child.returncode}")
     if not c.hf:
         final_eval(out, threads)
     return out
@@ -175,7 +186,11 @@ def cell(x: float | None) -> str:
     return "-" if x is None else f"{x:.3f}"
 
 
-def tables(chosen: list[Contender], curves: dict[str, Curve], budget: float) -> list[Table]:
+def tables(
+    runs: list[tuple[Contender, str]], curves: dict[str, Curve], budget: float
+) -> list[Table]:
+    """The speedrun's tables for ``runs`` ((contender, run name) pairs, a run's curve in
+    ``curves`` under its name)."""
     marks = [m for m in (5, 10, 15) if m <= budget] or [budget]
     main = Table(
         f"Validation bits per byte on stdlib_py within a {budget:g}-minute budget",
@@ -191,15 +206,15 @@ def tables(chosen: list[Contender], curves: dict[str, Curve], budget: float) -> 
         ],
     )
     base = curves.get("a")
-    for c in chosen:
-        curve = curves[c.name]
+    for c, name in runs:
+        curve = curves[name]
         minutes = c.minutes or budget
         i = curve.last_within(minutes)
         a_final = base.at(minutes) if base else None
         gain = "-" if a_final is None else f"{a_final - curve.at(minutes):+.3f}"
         main.rows.append(
             [
-                c.name,
+                name,
                 f"{c.preset}: {c.what}",
                 f"{curve.steps[i]:,}",
                 f"{curve.tokens[i]:,}",
@@ -232,21 +247,49 @@ def tables(chosen: list[Contender], curves: dict[str, Curve], budget: float) -> 
         "a and c at a shorter time are read off their full-budget curves (mid-schedule), "
         "b5 and b10 are runs sized to those budgets."
     ]
-    return [main, budgets] if budgets.rows else [main]
+    repeated = repeats_table(runs, curves)
+    return [main] + ([budgets] if budgets.rows else []) + ([repeated] if repeated else [])
 
 
-def plot(chosen: list[Contender], curves: dict[str, Curve], png: Path) -> None:
-    """Bits per byte against minutes, one line per contender."""
+def repeats_table(runs: list[tuple[Contender, str]], curves: dict[str, Curve]) -> Table | None:
+    """Each contender's final bits per byte over its ``--repeat`` runs: mean, spread and
+    the difference of means from b's (None when no contender ran twice)."""
+    finals: dict[str, list[float]] = {}
+    for c, name in runs:
+        finals.setdefault(c.name, []).append(curves[name].final_bpb)
+    if max(len(f) for f in finals.values()) < 2:
+        return None
+    table = Table(
+        "Repeated runs: final bits per byte (128 windows), each contender's mean and spread",
+        ["contender", "runs", "final bpb of each run", "mean", "spread (max - min)", "mean - b's"],
+    )
+    base = finals.get("b")
+    for name, values in finals.items():
+        mean = sum(values) / len(values)
+        vs_b = "-" if base is None else f"{mean - sum(base) / len(base):+.3f}"
+        each = ", ".join(f"{v:.3f}" for v in values)
+        table.rows.append(
+            [name, str(len(values)), each, f"{mean:.3f}", f"{max(values) - min(values):.3f}", vs_b]
+        )
+    table.notes = [
+        "A difference of means smaller than the spreads is not a difference these runs can "
+        "tell apart."
+    ]
+    return table
+
+
+def plot(runs: list[tuple[Contender, str]], curves: dict[str, Curve], png: Path) -> None:
+    """Bits per byte against minutes, one line per run."""
     import matplotlib  # deferred: the plot extra is optional
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
-    for c in chosen:
-        curve = curves[c.name]
+    for c, name in runs:
+        curve = curves[name]
         style = "-" if c.name in ("a", "b", "c") else ":"
-        label = f"{c.name}: {c.preset}, {c.what}"
+        label = f"{name}: {c.preset}, {c.what}"
         ax.plot(curve.minutes, curve.bpb, style, label=label, linewidth=1.6)
     ax.axhline(TARGET_BPB, color="grey", linewidth=0.8, linestyle="--")
     ax.set_xlabel("wall-clock minutes (2 CPU threads)")
@@ -267,6 +310,7 @@ def main() -> None:
     p.add_argument("--only", help="comma-separated contender names (default: a,b,c)")
     p.add_argument("--list", action="store_true", help="print the contenders and exit")
     p.add_argument("--reuse", action="store_true", help="keep finished runs of contenders")
+    p.add_argument("--repeat", type=int, default=1, help="runs of each contender (default 1)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--markdown", type=Path, help="write the tables as Markdown here")
     p.add_argument("--plot", type=Path, help="write the curves as a PNG here")
@@ -281,6 +325,13 @@ def main() -> None:
     if unknown:
         sys.exit(f"unknown contenders {unknown}: see --list")
     chosen = [c for c in every if c.name in names]
+    if args.repeat < 1:
+        sys.exit(f"--repeat {args.repeat}: give at least 1")
+    runs = [
+        (c, run_name(c, k))
+        for k in range(1, args.repeat + 1)
+        for c in (chosen if k % 2 else chosen[::-1])
+    ]
     ensure_inputs()
     report = Report()
     report.show(
@@ -291,13 +342,13 @@ def main() -> None:
         )
     )
     curves = {}
-    for c in chosen:
-        curves[c.name] = Curve.read(run_contender(c, args.budget, args.threads, args.reuse))
-        print(f"[{c.name}] final bpb {curves[c.name].final_bpb:.3f}", flush=True)
-    for table in tables(chosen, curves, args.budget):
+    for c, name in runs:
+        curves[name] = Curve.read(run_contender(c, name, args.budget, args.threads, args.reuse))
+        print(f"[{name}] final bpb {curves[name].final_bpb:.3f}", flush=True)
+    for table in tables(runs, curves, args.budget):
         report.show(table)
     if args.plot:
-        plot(chosen, curves, args.plot)
+        plot(runs, curves, args.plot)
     report.finish("CPU speedrun", args.markdown)
 
 

@@ -62,11 +62,27 @@ def run_name(c: Contender, round_: int) -> str:
     return c.name if round_ == 1 else f"{c.name}.{round_}"
 
 
-def run_contender(c: Contender, name: str, budget: float, threads: int, reuse: bool) -> Path:
+@dataclass(frozen=True)
+class Machine:
+    """Where and how every contender trains: torch threads, ``--device``, ``--compile``."""
+
+    threads: int = 2
+    device: str = "cpu"
+    compile: bool = False
+
+    def runs(self, minutes: float) -> Path:
+        """The folder of the runs of a ``minutes`` budget: ``5m`` on the CPU, ``5m-cuda``
+        (``5m-cuda1``, ...) on an accelerator, so the two never mix."""
+        kind = "" if self.device == "cpu" else "-" + self.device.replace(":", "")
+        return RUNS / f"{minutes:g}m{kind}"
+
+
+def run_contender(c: Contender, name: str, budget: float, machine: Machine, reuse: bool) -> Path:
     """Train ``c`` in a child process as the run ``name`` (unless ``reuse`` finds it
     finished); its run dir."""
     minutes = c.minutes or budget
-    out = RUNS / f"{minutes:g}m" / name
+    out = machine.runs(minutes) / name
+    threads = machine.threads
     if reuse and (out / "final.json").exists():
         print(f"[{name}] reusing {out}", flush=True)
         return out
@@ -91,7 +107,8 @@ def run_contender(c: Contender, name: str, budget: float, threads: int, reuse: b
         ]
     else:
         timed = ["--time-budget", f"{minutes:g}m", "--eval-every", "50"] if c.timed else []
-        flags = timed + c.flags.split()
+        where = ["--device", machine.device] + (["--compile"] if machine.compile else [])
+        flags = timed + where + c.flags.split()
         cmd = [
             sys.executable,
             "-m",
@@ -278,7 +295,9 @@ def repeats_table(runs: list[tuple[Contender, str]], curves: dict[str, Curve]) -
     return table
 
 
-def plot(runs: list[tuple[Contender, str]], curves: dict[str, Curve], png: Path) -> None:
+def plot(
+    runs: list[tuple[Contender, str]], curves: dict[str, Curve], machine: Machine, png: Path
+) -> None:
     """Bits per byte against minutes, one line per run."""
     import matplotlib  # deferred: the plot extra is optional
 
@@ -292,9 +311,11 @@ def plot(runs: list[tuple[Contender, str]], curves: dict[str, Curve], png: Path)
         label = f"{name}: {c.preset}, {c.what}"
         ax.plot(curve.minutes, curve.bpb, style, label=label, linewidth=1.6)
     ax.axhline(TARGET_BPB, color="grey", linewidth=0.8, linestyle="--")
-    ax.set_xlabel("wall-clock minutes (2 CPU threads)")
+    where = f"{machine.threads} CPU threads" if machine.device == "cpu" else machine.device
+    ax.set_xlabel(f"wall-clock minutes ({where})")
     ax.set_ylabel("validation bits per byte")
-    ax.set_ylim(1.1, 2.6)
+    lowest = min(min(curves[name].bpb) for _, name in runs)
+    ax.set_ylim(min(1.1, lowest - 0.05), 2.6)
     ax.set_title("scratchlm speedrun on stdlib_py")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
@@ -312,6 +333,10 @@ def main() -> None:
     p.add_argument("--reuse", action="store_true", help="keep finished runs of contenders")
     p.add_argument("--repeat", type=int, default=1, help="runs of each contender (default 1)")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument(
+        "--device", default="cpu", help="cpu (default) or cuda: where scratchlm contenders train"
+    )
+    p.add_argument("--compile", action="store_true", help="torch.compile scratchlm contenders")
     p.add_argument("--markdown", type=Path, help="write the tables as Markdown here")
     p.add_argument("--plot", type=Path, help="write the curves as a PNG here")
     args = p.parse_args()
@@ -327,6 +352,10 @@ def main() -> None:
     chosen = [c for c in every if c.name in names]
     if args.repeat < 1:
         sys.exit(f"--repeat {args.repeat}: give at least 1")
+    on_cpu_only = [c.name for c in chosen if c.hf]
+    if args.device != "cpu" and on_cpu_only:
+        sys.exit(f"{on_cpu_only} train on the CPU only: leave them out of --only")
+    machine = Machine(args.threads, args.device, args.compile)
     runs = [
         (c, run_name(c, k))
         for k in range(1, args.repeat + 1)
@@ -337,18 +366,18 @@ def main() -> None:
     report.show(
         Table(
             "Machine",
-            ["cores", "threads", "load average at the start"],
-            [[cores(), str(args.threads), load_average()]],
+            ["cores", "threads", "device", "compile", "load average at the start"],
+            [[cores(), str(args.threads), args.device, str(args.compile), load_average()]],
         )
     )
     curves = {}
     for c, name in runs:
-        curves[name] = Curve.read(run_contender(c, name, args.budget, args.threads, args.reuse))
+        curves[name] = Curve.read(run_contender(c, name, args.budget, machine, args.reuse))
         print(f"[{name}] final bpb {curves[name].final_bpb:.3f}", flush=True)
     for table in tables(runs, curves, args.budget):
         report.show(table)
     if args.plot:
-        plot(runs, curves, args.plot)
+        plot(runs, curves, machine, args.plot)
     report.finish("CPU speedrun", args.markdown)
 
 

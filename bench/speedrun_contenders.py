@@ -7,10 +7,32 @@ from dataclasses import dataclass
 
 WAVE1_STEPS_PER_MINUTE = 30  # 450 steps in the reference's 15 minutes
 
+# The defaults before mini tied its embeddings and zero-initialised its projections
+# (2026-12-06): the contenders measured on them keep them, so each recorded number can be
+# reproduced with today's code.
+BEFORE_TIED = "--model tie_embeddings=false --model zero_init_proj=false"
+# (name, what, flags) of each contender measured on b-prev: depth at mini's width (the
+# size search only varied the width), the recipe's choices and the architecture options.
+ON_PREV = (
+    ("b-l6", "with 6 layers", "--model n_layers=6"),
+    ("b-l8", "with 8 layers", "--model n_layers=8"),
+    ("b-fp32", "in float32", "--precision fp32"),
+    ("b-adamw", "with AdamW (lr 1e-3)", "--optimizer adamw --lr 1e-3"),
+    ("b-accum1", "with 8 x 256 tokens per step", "--grad-accum 1"),
+    (
+        "b-relu2",
+        "+ ReLU^2 MLP (d_ff 528: SwiGLU 352's parameters)",
+        "--model ffn=relu2 --model d_ff=528",
+    ),
+    ("b-qknorm", "+ QK-norm", "--model qk_norm=true"),
+    ("b-softcap", "+ logit soft-capping at 15", "--model logit_softcap=15"),
+)
+
 # What the new defaults amount to for this data, spelled out (the bench passes none of it
 # to contender b: `scratchlm train --data D --time-budget Nm` is the recipe).
 RECIPE = (
-    "preset mini, bf16 autocast (--precision auto on a CPU with AVX512-BF16/AMX), "
+    "preset mini (tied embeddings, zero-initialised output projections), "
+    "bf16 autocast (--precision auto on a CPU with AVX512-BF16/AMX), "
     "--optimizer muon (--muon-lr 0.02 for the hidden matrices, AdamW at --lr 1e-3 for the "
     "rest; Newton-Schulz in bf16), "
     "--schedule wsd (warmup 5%, decay from 80% of the budget), 2 x 8 x 256 tokens per step"
@@ -47,6 +69,15 @@ def contenders(budget: float) -> list[Contender]:
         Contender("c", "HF LlamaForCausalLM, fp32, torch AdamW, cosine in time", hf=True),
         Contender("b5", "new default, 5-minute budget", minutes=5),
         Contender("b10", "new default, 10-minute budget", minutes=10),
+        # The default before tied embeddings and zero-initialised projections won their
+        # ablations (below), and each of the two undone from today's default.
+        Contender("b-prev", "the defaults before tying (untied, normal init)", BEFORE_TIED),
+        Contender("b-untied", "new default with untied embeddings", "--model tie_embeddings=false"),
+        Contender(
+            "b-normal-init",
+            "new default, output projections initialised as the rest",
+            "--model zero_init_proj=false",
+        ),
         # The same recipe on small (the 2026-12-05/06 default) and the ablations, measured
         # on small before mini was chosen; each names its shape.
         Contender("b-small", "new default", preset="small"),
@@ -134,22 +165,9 @@ def contenders(budget: float) -> list[Contender]:
             "--model d_model=384 --model n_heads=12 --model d_ff=1024 --model n_layers=6",
             preset="small",
         ),
-        # Depth at mini's width: the size search above only varied the width.
-        Contender("b-l6", "new default (mini) with 6 layers", "--model n_layers=6"),
-        Contender("b-l8", "new default (mini) with 8 layers", "--model n_layers=8"),
-        # The recipe's choices and the architecture options on mini (with --budget 5).
-        Contender("b-fp32", "new default in float32", "--precision fp32"),
-        Contender("b-adamw", "new default with AdamW (lr 1e-3)", "--optimizer adamw --lr 1e-3"),
-        Contender("b-accum1", "new default, 8 x 256 tokens per step", "--grad-accum 1"),
-        Contender(
-            "b-zero-init", "+ zero-initialised output projections", "--model zero_init_proj=true"
+        # Measured on the defaults before tying (b-prev), each with one change.
+        *(
+            Contender(name, f"b-prev {what}", f"{BEFORE_TIED} {flags}")
+            for name, what, flags in ON_PREV
         ),
-        Contender(
-            "b-relu2",
-            "+ ReLU^2 MLP (d_ff 528: the same parameters as SwiGLU's 352)",
-            "--model ffn=relu2 --model d_ff=528",
-        ),
-        Contender("b-qknorm", "+ QK-norm", "--model qk_norm=true"),
-        Contender("b-softcap", "+ logit soft-capping at 15", "--model logit_softcap=15"),
-        Contender("b-tied", "+ tied embeddings", "--model tie_embeddings=true"),
     ]

@@ -12,6 +12,7 @@ from scratchlm.checkpoint import load_model, save_checkpoint
 from scratchlm.checkpoint.files import write_manifest
 from scratchlm.config import PRESETS, ModelConfig, preset
 from scratchlm.errors import ConfigError, ScratchLMError
+from scratchlm.export import hf_llama
 from scratchlm.model import TransformerLM
 
 
@@ -199,6 +200,20 @@ def test_logit_softcap_must_be_a_positive_number(cap):
 def test_zero_init_proj_must_be_a_bool():
     with pytest.raises(ConfigError, match="zero_init_proj"):
         ModelConfig(zero_init_proj="yes")
+
+
+def test_the_default_preset_ties_its_embeddings_starts_blocks_as_identity_and_exports():
+    """mini, the default of `scratchlm train --data`, carries the two speedrun options that
+    won their ablations (docs/training.md), and none that a Llama export refuses."""
+    config = preset("mini", vocab_size=64)
+    assert hf_llama.unsupported(config) == []
+    model = TransformerLM(config)
+    assert model.lm_head.weight is model.embed_tokens.weight
+    for block in model.layers:
+        assert not block.self_attn.o_proj.weight.any() and not block.mlp.down_proj.weight.any()
+    ids = torch.tensor([[1, 2, 3]])
+    hidden = model.embed_tokens(ids)  # every block adds nothing yet: logits = norm(x) E^T
+    torch.testing.assert_close(model(ids), model.lm_head(model.norm(hidden)))
 
 
 def test_null_derived_fields_round_trip_through_json():

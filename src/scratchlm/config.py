@@ -59,7 +59,8 @@ class ModelConfig:
     application with its own learned residual scale (recursive depth: more compute, same
     weights).
 
-    Options of the speedrun recipes (modded-nanogpt, nanochat), all off by default:
+    Options of the speedrun recipes (modded-nanogpt, nanochat), all off by default (the
+    ``mini`` preset turns on ``zero_init_proj`` and ``tie_embeddings``):
     ``ffn="relu2"`` (a two-matrix MLP with relu(x)^2, Primer), ``zero_init_proj`` (each
     block's output projections, attention's o_proj and the MLP's down_proj, start at zero,
     so every block starts as the identity) and ``logit_softcap`` (logits = cap *
@@ -232,9 +233,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(vocab_size=512, context_length=128, d_model=64, n_layers=2, n_heads=4,
                  n_kv_heads=2),
     # Sized for a short budget on a CPU: the best of a size search for 15 minutes on two
-    # cores (docs/training.md); most of its parameters are the embeddings.
+    # cores (docs/training.md). Most of its parameters would be the two embeddings: tying
+    # them, and starting each block as the identity, each won its ablation there.
     "mini": dict(vocab_size=10_000, context_length=256, d_model=128, n_layers=4, n_heads=4,
-                 d_ff=352),
+                 d_ff=352, tie_embeddings=True, zero_init_proj=True),
     # The classic TinyStories setting.
     "small": dict(vocab_size=10_000, context_length=256, d_model=512, n_layers=4,
                   n_heads=16, d_ff=1344),

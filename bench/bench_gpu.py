@@ -20,9 +20,7 @@ asserts a number; docs/benchmarks.md records what a lent GPU measured.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
-import statistics
 import subprocess
 import sys
 import time
@@ -33,7 +31,8 @@ import torch
 from bench_speedrun import Machine
 from harness import BENCH, REPO, Report, Table, num
 from scratchlm.config import PRESETS
-from scratchlm.train import peak_flops
+from scratchlm.report.collect import training_facts
+from scratchlm.train import peak_flops, read_metrics
 from train_inputs import DATA, PREPARED, ensure_inputs
 
 RUNS = DATA / "gpu"  # the throughput runs (checkpoints included: not for --out)
@@ -95,17 +94,16 @@ def train(args: argparse.Namespace, preset: str, out: Path) -> dict:
     start = time.perf_counter()
     subprocess.run(cmd, cwd=REPO, check=True)
     wall = time.perf_counter() - start
-    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    steady = [r for r in records if r.get("kind") == "train" and r["step"] > args.steps // 3]
-    rates = [r["tokens_per_s"] for r in steady if r.get("tokens_per_s")]
-    mfus = [r["mfu"] for r in steady if r.get("mfu") is not None]
-    memory = [r["peak_memory_bytes"] for r in records if r.get("peak_memory_bytes")]
+    # The logged peak memory only grows, so the steady steps hold the run's peak too.
+    steady = [r for r in read_metrics(out) if r.get("step", 0) > args.steps // 3]
+    facts = training_facts(steady, None, None)
+    peak = facts.peak_memory_bytes if facts else None
     return {
         "batch": batch,
         "context": context,
-        "tokens_per_s": statistics.median(rates) if rates else None,
-        "mfu": statistics.median(mfus) if mfus else None,
-        "peak_memory_gb": max(memory) / 1e9 if memory else None,
+        "tokens_per_s": facts.tokens_per_s if facts else None,
+        "mfu": facts.mfu if facts else None,
+        "peak_memory_gb": peak / 1e9 if peak else None,
         "wall_s": wall,
     }
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 
-from model_tasks import _ours, _prepared, _weight_mb
+from model_tasks import _footprint, _ours, _prepared
 
 
 def products_only(prompt_len: int, new_tokens: int, repeats: int, weights: str = "float32") -> dict:
@@ -19,7 +19,6 @@ def products_only(prompt_len: int, new_tokens: int, repeats: int, weights: str =
     the keys of ``decode``'s result (no tokens: nothing is generated)."""
     import torch
 
-    from scratchlm.model.decode_cost import decode_read_bytes, kv_read_bytes
     from scratchlm.model.inference import DecodeLinear
     from scratchlm.model.quantize import Int8Linear
 
@@ -47,8 +46,6 @@ def products_only(prompt_len: int, new_tokens: int, repeats: int, weights: str =
         "step_s": [s for r in runs for s in r],
         "context": context,
         "flops_per_token": ours.flops_per_token(training=False, seq_len=prompt_len + new_tokens),
-        "weight_mb": _weight_mb(ours),
-        "read_mb": decode_read_bytes(ours) / 1e6,
-        "kv_mb": kv_read_bytes(ours.config, prompt_len + new_tokens // 2) / 1e6,
+        **_footprint(ours, ours.config, prompt_len, new_tokens),
         "products": len(products),
     }

@@ -94,6 +94,19 @@ def _prepared(model, weights: str = "float32"):
     return prepare_for_inference(model, int8=weights == "int8", bf16=weights == "bfloat16")
 
 
+def _footprint(decoder, config, prompt_len: int, new_tokens: int) -> dict:
+    """Megabytes a decoding step of ``decoder`` touches: its weights (``weight_mb``), the
+    weights one step reads (``read_mb``, decode_read_bytes) and the cached keys and values
+    of ``config``'s model at the middle of the generation (``kv_mb``)."""
+    from scratchlm.model.decode_cost import decode_read_bytes, kv_read_bytes
+
+    return {
+        "weight_mb": _weight_mb(decoder),
+        "read_mb": decode_read_bytes(decoder) / 1e6,
+        "kv_mb": kv_read_bytes(config, prompt_len + new_tokens // 2) / 1e6,
+    }
+
+
 def _hf_twin(ours, tmp: str, dtype: str = "float32"):
     """HF LlamaForCausalLM with exactly our weights: to_hf, then from_pretrained (its
     weights cast to ``dtype`` on load)."""
@@ -247,8 +260,6 @@ def decode(
     generation."""
     import torch
 
-    from scratchlm.model.decode_cost import decode_read_bytes, kv_read_bytes
-
     context = max(256, prompt_len + new_tokens)
     ours = _ours(context_length=context)
     ours.eval()
@@ -257,8 +268,7 @@ def decode(
     if impl == "hf":
         with tempfile.TemporaryDirectory() as tmp:
             hf = _hf_twin(ours, tmp, weights).eval()
-        weight_mb = _weight_mb(hf)
-        read_mb = decode_read_bytes(hf) / 1e6
+        footprint = _footprint(hf, ours.config, prompt_len, new_tokens)
         ids = torch.tensor([prompt])
 
         def run(n: int):
@@ -279,8 +289,7 @@ def decode(
             return [out[0, prompt_len:].tolist()], t[0] - start, gaps, total
     else:
         ours = _prepared(ours, weights)
-        weight_mb = _weight_mb(ours)
-        read_mb = decode_read_bytes(ours) / 1e6
+        footprint = _footprint(ours, ours.config, prompt_len, new_tokens)
 
         def run(n: int):
             return _run_ours(ours, [prompt], n, use_cache)
@@ -295,9 +304,7 @@ def decode(
         "step_s": [g for r in runs for g in r[2]],
         "context": context,
         "flops_per_token": flops,
-        "weight_mb": weight_mb,
-        "read_mb": read_mb,
-        "kv_mb": kv_read_bytes(ours.config, prompt_len + new_tokens // 2) / 1e6,
+        **footprint,
     }
 
 
